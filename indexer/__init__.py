@@ -1,0 +1,1 @@
+"""Indexer role: consumer workers, growing and sealed segments, FAISS builds, snapshots, registry writes."""

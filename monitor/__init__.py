@@ -1,0 +1,1 @@
+"""Monitor role: Prometheus metrics, drift, freshness canary, recall probe and status."""

@@ -1,0 +1,7 @@
+"""Allow `python -m streamvec` as a synonym of the `streamvec` command."""
+
+import sys
+
+from streamvec.cli import main
+
+sys.exit(main())

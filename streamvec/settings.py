@@ -1,0 +1,148 @@
+"""Settings every streamvec component reads: flags over `STREAMVEC_*` env vars over defaults."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Ports of the embedded local stack (`streamvec dev up`); chosen high and unusual so that
+# a developer's own Kafka or Redis on the standard ports is never touched by accident.
+LOCAL_KAFKA_PORT = 39092
+LOCAL_KAFKA_CONTROLLER_PORT = 39093
+LOCAL_REDIS_PORT = 36379
+
+# librdkafka options whose values must never reach a log line or a terminal.
+_SECRET_KAFKA_KEYS = ("password", "secret", "key.pem", "token", "sasl.jaas")
+
+
+def default_home() -> Path:
+    """Return the folder for local state: the dev stack, caches and default snapshots."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "streamvec"
+
+
+def parse_kafka_options(value: Any) -> dict[str, str]:
+    """Parse librdkafka pass-through options from a dict, JSON object or `k=v,k=v` text."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        pairs = list(value)
+    else:
+        text = str(value).strip()
+        if text.startswith("{"):
+            return parse_kafka_options(json.loads(text))
+        pairs = [p for p in text.split(",") if p.strip()]
+    options: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, val = str(pair).partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"kafka option {pair!r} is not of the form key=value")
+        options[key.strip()] = val.strip()
+    return options
+
+
+def redact_url(url: str) -> str:
+    """Return `url` with any password replaced by `***`, safe to log or print."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{user}:***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def redact_kafka_options(options: dict[str, str]) -> dict[str, str]:
+    """Return the options with secret values masked."""
+    return {
+        k: ("***" if any(s in k.lower() for s in _SECRET_KAFKA_KEYS) else v)
+        for k, v in options.items()
+    }
+
+
+class Settings(BaseSettings):
+    """Connection settings shared by every role; each field reads `STREAMVEC_<FIELD>`."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMVEC_", frozen=True, extra="ignore")
+
+    kafka: str = Field(
+        default=f"127.0.0.1:{LOCAL_KAFKA_PORT}",
+        description="Kafka bootstrap servers (comma-separated host:port).",
+    )
+    redis: SecretStr = Field(
+        default=SecretStr(f"redis://127.0.0.1:{LOCAL_REDIS_PORT}/0"),
+        description="Redis URL: redis:// or rediss://, with ACL user and password if any.",
+    )
+    snapshots: Path = Field(
+        default_factory=lambda: default_home() / "snapshots",
+        description="Snapshot store: the folder that holds sealed segment folders.",
+    )
+    # NoDecode: the validator below reads both JSON and k=v,k=v from the env var.
+    kafka_options: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="Extra librdkafka options (SASL, SSL, ...): JSON object or k=v,k=v.",
+    )
+    home: Path = Field(
+        default_factory=default_home,
+        description="Folder for local state: the dev stack's data, logs and jar cache.",
+    )
+
+    @field_validator("kafka_options", mode="before")
+    @classmethod
+    def _parse_options(cls, value: Any) -> dict[str, str]:
+        return parse_kafka_options(value)
+
+    @field_validator("kafka")
+    @classmethod
+    def _check_kafka(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("kafka bootstrap servers must not be empty")
+        return value.strip()
+
+    @field_validator("redis")
+    @classmethod
+    def _check_redis(cls, value: SecretStr) -> SecretStr:
+        scheme = urlsplit(value.get_secret_value()).scheme
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"redis URL must start with redis://, rediss:// or unix://, not {scheme!r}")
+        return value
+
+    @property
+    def redis_url(self) -> str:
+        """The Redis URL with its secret, for connecting only."""
+        return self.redis.get_secret_value()
+
+    def kafka_config(self, **extra: Any) -> dict[str, Any]:
+        """Return a librdkafka config dict: bootstrap servers, pass-through options, `extra`."""
+        return {"bootstrap.servers": self.kafka, **self.kafka_options, **extra}
+
+    def redis_client(self) -> redis.Redis:
+        """Open a Redis client for these settings (bytes in, bytes out)."""
+        return redis.Redis.from_url(self.redis_url, health_check_interval=30)
+
+    def describe(self) -> dict[str, str]:
+        """Return the settings as text with every secret masked, for logs and `--help` output."""
+        return {
+            "kafka": self.kafka,
+            "redis": redact_url(self.redis_url),
+            "snapshots": str(self.snapshots),
+            "kafka_options": json.dumps(redact_kafka_options(self.kafka_options)),
+            "home": str(self.home),
+        }
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.describe().items())
+        return f"{type(self).__name__}({fields})"
+
+    __str__ = __repr__
