@@ -8,9 +8,13 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
-import redis
+from redis import Redis
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
 # Ports of the embedded local stack (`streamvec dev up`); chosen high and unusual so that
 # a developer's own Kafka or Redis on the standard ports is never touched by accident.
@@ -93,6 +97,10 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Extra librdkafka options (SASL, SSL, ...): JSON object or k=v,k=v.",
     )
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="Port of the Prometheus /metrics endpoint of a long-running role (off if unset).",
+    )
     home: Path = Field(
         default_factory=default_home,
         description="Folder for local state: the dev stack's data, logs and jar cache.",
@@ -127,9 +135,16 @@ class Settings(BaseSettings):
         """Return a librdkafka config dict: bootstrap servers, pass-through options, `extra`."""
         return {"bootstrap.servers": self.kafka, **self.kafka_options, **extra}
 
-    def redis_client(self) -> redis.Redis:
+    def redis_client(self) -> Redis:
         """Open a Redis client for these settings (bytes in, bytes out)."""
-        return redis.Redis.from_url(self.redis_url, health_check_interval=30)
+        # Transient network errors are retried with backoff (a few seconds in all) before surfacing;
+        # every registry write is idempotent, so re-sending one whose reply was lost is safe.
+        return Redis.from_url(
+            self.redis_url,
+            health_check_interval=30,
+            retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), 5),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
 
     def describe(self) -> dict[str, str]:
         """Return the settings as text with every secret masked, for logs and `--help` output."""
@@ -139,6 +154,7 @@ class Settings(BaseSettings):
             "snapshots": str(self.snapshots),
             "kafka_options": json.dumps(redact_kafka_options(self.kafka_options)),
             "home": str(self.home),
+            "metrics_port": str(self.metrics_port),
         }
 
     def __repr__(self) -> str:

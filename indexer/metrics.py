@@ -1,0 +1,72 @@
+"""Prometheus metrics of the indexer role: `streamvec_indexer_*`, labelled by collection."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+NAMESPACE = "streamvec"
+SUBSYSTEM = "indexer"
+
+
+class IndexerMetrics:
+    """Every indexer metric, registered on one registry; label values fixed per collection."""
+
+    def __init__(self, registry: CollectorRegistry, collection: str) -> None:
+        def make(kind, name, doc, labels=(), **kw):
+            return kind(name, doc, ["collection", *labels], namespace=NAMESPACE,
+                        subsystem=SUBSYSTEM, registry=registry, **kw)
+
+        self.collection = collection
+        self.consumed_rows = make(Counter, "consumed_rows", "Rows decoded from Kafka.")
+        self.consumed_messages = make(Counter, "consumed_messages", "Kafka messages consumed.")
+        self.dlq_messages = make(Counter, "dlq_messages", "Messages sent to the dead-letter "
+                                 "topic, by reason.", ("reason",))
+        self.growing_rows = make(Gauge, "growing_rows", "Rows in growing segments.")
+        self.growing_bytes = make(Gauge, "growing_bytes", "Bytes held by growing segments "
+                                  "and builds in flight.")
+        self.seals = make(Counter, "seals", "Segments sealed, by policy.", ("reason",))
+        self.build_seconds = make(Histogram, "build_seconds", "FAISS build plus snapshot write.",
+                                  buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+        self.snapshot_bytes = make(Counter, "snapshot_bytes", "Bytes written to the snapshot store.")
+        self.registrations = make(Counter, "registrations", "Segment registrations, by outcome.",
+                                  ("status",))
+        self.checkpoint_lag = make(Gauge, "checkpoint_lag_messages", "Log end offset minus the "
+                                   "registry checkpoint, per partition.", ("partition",))
+        self.out_of_range = make(Gauge, "checkpoint_out_of_range", "1 when a partition's "
+                                 "checkpoint is no longer in the log (retention ran past it).",
+                                 ("partition",))
+        self.paused = make(Gauge, "paused", "1 while consumption is paused for back-pressure.")
+        self.last_seal = LastSealAge(collection)
+        registry.register(self.last_seal)
+
+    def labels(self, metric, *values: str):
+        """Return `metric` with the collection label (and any others) applied."""
+        return metric.labels(self.collection, *values)
+
+
+class LastSealAge:
+    """Scrape-time collector: seconds since each partition last sealed a segment."""
+
+    def __init__(self, collection: str) -> None:
+        self.collection = collection
+        self._last: dict[int, float] = {}
+
+    def mark(self, partition: int, when: float | None = None) -> None:
+        """Record a seal of `partition` now (or at `when`, a `time.time()` value)."""
+        self._last[partition] = time.time() if when is None else when
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """Yield the age gauge, computed at scrape time."""
+        family = GaugeMetricFamily(
+            f"{NAMESPACE}_{SUBSYSTEM}_last_seal_age_seconds",
+            "Seconds since the partition last sealed a segment.",
+            labels=["collection", "partition"],
+        )
+        now = time.time()
+        for partition, when in sorted(self._last.items()):
+            family.add_metric([self.collection, str(partition)], now - when)
+        yield family

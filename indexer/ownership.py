@@ -1,0 +1,97 @@
+"""Taking a partition over: claim the owner epoch, check retention, clean orphans, rebuild hides."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from indexer import snapshot
+from indexer.errors import IndexerError
+from indexer.idmap import IdMap
+from indexer.registry import Registry
+from indexer.segment import GrowingSegment, SealedRows
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointOutOfRange(IndexerError):
+    """A partition's checkpoint points below the log start: retention deleted unindexed records."""
+
+
+@dataclass(slots=True)
+class Pending:
+    """A sealed segment whose build and snapshot run in the background, awaiting registration."""
+
+    sealed: SealedRows
+    segment_id: str
+    reason: str
+    future: Future
+    nbytes: int
+
+
+@dataclass(slots=True)
+class PartitionState:
+    """What a worker holds for one partition it owns."""
+
+    partition: int
+    epoch: int
+    checkpoint: int
+    growing: GrowingSegment
+    first_append_at: float | None = None
+    inflight: deque[Pending] = field(default_factory=deque)
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of the growing segment plus sealed segments still building."""
+        return self.growing.nbytes + sum(p.nbytes for p in self.inflight)
+
+
+def take_over(
+    partition: int,
+    *,
+    registry: Registry,
+    idmap: IdMap,
+    root: Path,
+    collection: str,
+    generation: int,
+    dim: int,
+    low_watermark: int,
+    now: float,
+) -> PartitionState:
+    """Become the owner of `partition` and return the state to consume it from its checkpoint.
+
+    Raises CheckpointOutOfRange if the records from the checkpoint on are no longer in the log.
+    """
+    epoch = registry.claim(partition)
+    checkpoint = registry.checkpoint(partition)
+    if checkpoint < low_watermark:
+        raise CheckpointOutOfRange(
+            f"partition {partition}: checkpoint {checkpoint} is below the log start "
+            f"{low_watermark}; retention deleted records [{checkpoint}, {low_watermark}) before "
+            "they were indexed. Refusing to skip them silently: raise the topic's retention, "
+            "restore the records, or rebuild the collection deliberately."
+        )
+    removed = snapshot.remove_orphans(root, collection, generation, partition, checkpoint)
+    if removed:
+        log.info('partition="%s[%d]" removed %s unregistered segment folder(s)',
+                 collection, partition, removed)
+    load_hides(partition, registry=registry, idmap=idmap, root=root)
+    log.info('partition="%s[%d]" taken over epoch=%d offset="%d"',
+             collection, partition, epoch, checkpoint)
+    return PartitionState(partition, epoch, checkpoint,
+                          GrowingSegment(partition, checkpoint, dim, now))
+
+
+def load_hides(partition: int, *, registry: Registry, idmap: IdMap, root: Path) -> None:
+    """Rebuild the id map of `partition` from its registered segments, oldest first."""
+    idmap.drop_partition(partition)
+    for rec in registry.segments(partition=partition):
+        folder = root / rec.path
+        ids = np.load(folder / "ids.npy", allow_pickle=False)
+        deleted = np.load(folder / "deleted_ids.npy", allow_pickle=False)
+        idmap.load(rec.segment_id, ids, deleted, partition=partition)

@@ -1,0 +1,281 @@
+"""The Redis registry of segments: checkpoints, owner epochs, the registration script, rebuild."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import redis
+
+from indexer import snapshot, store
+from indexer.errors import RebuildError
+from ingest.names import CollectionName
+
+log = logging.getLogger(__name__)
+
+# KEYS: ckpt, segments, epoch, version. ARGV: segment id, partition, start, end, record JSON,
+# epoch, events channel, event JSON without its version (the script appends the new version).
+# Only KEYS are touched, and they share one hash tag, so this runs unchanged on a cluster.
+_REGISTER = """
+local ckpt = tonumber(redis.call('HGET', KEYS[1], ARGV[2]) or '0')
+local epoch = tonumber(redis.call('HGET', KEYS[3], ARGV[2]) or '0')
+local version = tonumber(redis.call('GET', KEYS[4]) or '0')
+local existing = redis.call('HGET', KEYS[2], ARGV[1])
+if existing then
+  local r = cjson.decode(existing)
+  local same = r.partition == tonumber(ARGV[2]) and r.start_offset == tonumber(ARGV[3])
+    and r.end_offset == tonumber(ARGV[4])
+  return {same and 'already' or 'conflict', ckpt, version, epoch}
+end
+if epoch ~= tonumber(ARGV[6]) then return {'fenced', ckpt, version, epoch} end
+if ckpt ~= tonumber(ARGV[3]) then return {'conflict', ckpt, version, epoch} end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[5])
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[4])
+version = redis.call('INCR', KEYS[4])
+redis.call('PUBLISH', ARGV[7], string.sub(ARGV[8], 1, -2) .. ',"version":' .. version .. '}')
+return {'ok', tonumber(ARGV[4]), version, epoch}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentRecord:
+    """What the registry knows of one registered segment; `path` is relative to the store root."""
+
+    segment_id: str
+    partition: int
+    start_offset: int
+    end_offset: int
+    rows: int
+    generation: int
+    path: str
+    factory: str
+    created_at: float
+
+    @classmethod
+    def from_manifest(cls, manifest: snapshot.SegmentManifest,
+                      path: Path | str | None = None) -> SegmentRecord:
+        """The record of a written segment; `path` defaults to its place under the store root."""
+        rel = Path(path) if path is not None else snapshot.segment_path(
+            Path(), manifest.collection, manifest.generation, manifest.partition,
+            manifest.segment_id)
+        return cls(manifest.segment_id, manifest.partition, manifest.start_offset,
+                   manifest.end_offset, manifest.rows, manifest.generation, rel.as_posix(),
+                   manifest.factory, manifest.created_at)
+
+    @classmethod
+    def from_json(cls, segment_id: str, text: str | bytes) -> SegmentRecord:
+        """Parse the JSON stored under `segment_id`, ignoring fields this version does not know."""
+        known = set(cls.__dataclass_fields__)
+        return cls(segment_id=segment_id, **{k: v for k, v in json.loads(text).items()
+                                             if k in known})
+
+    def to_json(self) -> str:
+        """The canonical JSON stored in the segments hash (the id is the hash field)."""
+        body = asdict(self)
+        del body["segment_id"]
+        return json.dumps(body, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterResult:
+    """The answer of `Registry.register`: 'ok', 'already', 'fenced' or 'conflict'."""
+
+    status: str
+    checkpoint: int
+    version: int
+    epoch: int
+
+    @property
+    def ok(self) -> bool:
+        """True when the segment is registered now, by this call or an earlier one."""
+        return self.status in ("ok", "already")
+
+
+class Registry:
+    """One collection's registry in Redis; every key is `sv:{name}:...` under one hash tag.
+
+    Create the client with a redis-py `Retry` (as `Settings.redis_client` does): re-sending a
+    registration whose reply was lost is safe, since a repeat answers `already`.
+    """
+
+    def __init__(self, client: redis.Redis, collection: str) -> None:
+        self.client = client
+        self.collection = CollectionName.parse(collection)
+        key = self.collection.key
+        self.ckpt_key, self.segments_key = key("ckpt"), key("segments")
+        self.epoch_key, self.version_key = key("epoch"), key("version")
+        self._script = client.register_script(_REGISTER)
+
+    @property
+    def events_channel(self) -> str:
+        """The pub/sub channel that announces every registration and rebuild."""
+        return self.collection.key("events")
+
+    def checkpoint(self, partition: int) -> int:
+        """The end offset of the registered coverage of `partition` (0 if none)."""
+        return int(self.client.hget(self.ckpt_key, str(partition)) or 0)
+
+    def checkpoints(self) -> dict[int, int]:
+        """Every partition's checkpoint."""
+        return {int(p): int(c) for p, c in self.client.hgetall(self.ckpt_key).items()}
+
+    def epoch(self, partition: int) -> int:
+        """The current owner epoch of `partition` (0 if never claimed)."""
+        return int(self.client.hget(self.epoch_key, str(partition)) or 0)
+
+    def claim(self, partition: int) -> int:
+        """Become the owner of `partition`: bump its epoch, fencing every earlier owner out."""
+        return int(self.client.hincrby(self.epoch_key, str(partition), 1))
+
+    def register(self, record: SegmentRecord, epoch: int) -> RegisterResult:
+        """Register a segment iff `epoch` owns its partition and it starts at the checkpoint."""
+        expected = snapshot.segment_id(record.partition, record.start_offset, record.end_offset)
+        if record.segment_id != expected:
+            raise ValueError(f"segment id {record.segment_id!r} should be {expected!r}")
+        event = _event("registered", record)
+        reply = self._script(
+            keys=[self.ckpt_key, self.segments_key, self.epoch_key, self.version_key],
+            args=[record.segment_id, record.partition, record.start_offset, record.end_offset,
+                  record.to_json(), epoch, self.events_channel, json.dumps(event)])
+        status = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+        result = RegisterResult(status, int(reply[1]), int(reply[2]), int(reply[3]))
+        if not result.ok:
+            log.warning('partition="%s[%d]" segment=%s not registered: %s (checkpoint=%d '
+                        "epoch=%d, ours %d)", self.collection, record.partition,
+                        record.segment_id, status, result.checkpoint, result.epoch, epoch)
+        return result
+
+    def segments(self, partition: int | None = None) -> list[SegmentRecord]:
+        """Registered segments, of one partition or all, by (partition, start_offset)."""
+        records = [SegmentRecord.from_json(k.decode(), v)
+                   for k, v in self.client.hgetall(self.segments_key).items()]
+        if partition is not None:
+            records = [r for r in records if r.partition == partition]
+        return sorted(records, key=lambda r: (r.partition, r.start_offset))
+
+    def version(self) -> int:
+        """The registry version, bumped by every registration and rebuild."""
+        return int(self.client.get(self.version_key) or 0)
+
+    def clear(self) -> int:
+        """Delete checkpoints, segments and version (not epochs, not the spec); return the count.
+
+        Epochs stay because resetting them would let a stale worker's old epoch match again.
+        """
+        return int(self.client.delete(self.ckpt_key, self.segments_key, self.version_key))
+
+    def replace_all(self, records: list[SegmentRecord], checkpoints: dict[int, int],
+                    expected_version: int) -> int:
+        """Swap in a whole registry atomically unless the version moved; return the new one."""
+        with self.client.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(self.version_key)
+                if int(pipe.get(self.version_key) or 0) != expected_version:
+                    raise redis.WatchError("version moved")
+                pipe.multi()
+                pipe.delete(self.ckpt_key, self.segments_key)
+                if checkpoints:
+                    pipe.hset(self.ckpt_key, mapping={str(p): c for p, c in checkpoints.items()})
+                if records:
+                    pipe.hset(self.segments_key,
+                              mapping={r.segment_id: r.to_json() for r in records})
+                version = expected_version + 1
+                pipe.set(self.version_key, version)
+                pipe.publish(self.events_channel,
+                             json.dumps({**_event("rebuilt", None), "version": version}))
+                pipe.execute()
+            except redis.WatchError:
+                raise RebuildError(f"the registry of {self.collection} changed during the "
+                                   "rebuild; stop its indexer workers and run it again") from None
+        return version
+
+
+def _event(kind: str, record: SegmentRecord | None) -> dict:
+    """An event for the events channel, without the version (added by whoever bumps it)."""
+    if record is None:
+        return {"type": kind, "segment_id": None, "partition": None, "start_offset": None,
+                "end_offset": None}
+    return {"type": kind, "segment_id": record.segment_id, "partition": record.partition,
+            "start_offset": record.start_offset, "end_offset": record.end_offset}
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionReport:
+    """What a rebuild found for one partition."""
+
+    partition: int
+    segments: int
+    rows: int
+    checkpoint: int
+
+
+@dataclass(frozen=True, slots=True)
+class RebuildReport:
+    """The registry a rebuild derived from the store, and what it left out or recovered."""
+
+    collection: str
+    generation: int
+    partitions: tuple[PartitionReport, ...]
+    records: tuple[SegmentRecord, ...]
+    ignored: tuple[str, ...]  # unregistered folders outside the chain (orphans)
+    recovered: tuple[str, ...]  # unmarked folders that a later registered segment proves
+    version: int | None = None  # the registry version written; None for a plan
+
+    @property
+    def checkpoints(self) -> dict[int, int]:
+        """Checkpoint per partition that has at least one segment."""
+        return {p.partition: p.checkpoint for p in self.partitions if p.segments}
+
+
+def plan_rebuild(root: Path | str, collection: str, generation: int = 0) -> RebuildReport:
+    """Derive a collection's registry from the snapshot store alone, writing nothing.
+
+    Marked folders chain per partition from offset 0. A hole between two is filled only by the
+    one chain of unmarked folders spanning it exactly (a crash between register and mark).
+    """
+    CollectionName.parse(collection)
+    by_partition: dict[int, list[Path]] = {}
+    for path in snapshot.list_segments(root, collection, generation):
+        by_partition.setdefault(snapshot.parse_segment_id(path.name)[0], []).append(path)
+    parts, records, ignored, recovered = [], [], [], []
+    for partition, paths in sorted(by_partition.items()):
+        chain = store.coverage_chain(partition, paths)
+        chain_ids = {p.name for p in chain}
+        ignored += [p.name for p in paths if p.name not in chain_ids]
+        recovered += [p.name for p in chain if not snapshot.is_registered(p)]
+        found = [_checked(path, collection, generation, chain_ids) for path in chain]
+        records += [SegmentRecord.from_manifest(m) for m in found]
+        parts.append(PartitionReport(partition, len(found), sum(m.rows for m in found),
+                                     found[-1].end_offset if found else 0))
+    return RebuildReport(collection, generation, tuple(parts), tuple(records), tuple(ignored),
+                         tuple(recovered))
+
+
+def rebuild(client: redis.Redis, root: Path | str, collection: str,
+            generation: int = 0) -> RebuildReport:
+    """Replace a collection's registry with the one derived from the snapshot store."""
+    registry = Registry(client, collection)
+    before = registry.version()
+    report = plan_rebuild(root, collection, generation)
+    version = registry.replace_all(list(report.records), report.checkpoints, before)
+    for seg_id in report.recovered:
+        snapshot.mark_registered(snapshot.segment_path(
+            root, collection, generation, snapshot.parse_segment_id(seg_id)[0], seg_id))
+    log.info("collection=%s registry rebuilt from %s: %d segments, version %d",
+             collection, root, len(report.records), version)
+    return replace(report, version=version)
+
+
+def _checked(path: Path, collection: str, generation: int,
+             chain_ids: set[str]) -> snapshot.SegmentManifest:
+    """Verify one chained folder completely and check it belongs where it lies."""
+    seg = snapshot.load_segment(path, verify=True)
+    m = seg.manifest
+    if (m.collection, m.generation) != (collection, generation):
+        raise RebuildError(f"segment {path} belongs to {m.collection} generation {m.generation}")
+    unknown = sorted(set(seg.hides) - chain_ids)
+    if unknown:
+        raise RebuildError(f"segment {path} hides rows of unregistered segments {unknown}")
+    return m

@@ -1,0 +1,117 @@
+"""`streamvec registry show|rebuild`: inspect a registry, or rebuild it from the snapshot store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict
+
+from redis.exceptions import RedisError
+
+from indexer.errors import IndexerError
+from indexer.registry import RebuildReport, Registry, plan_rebuild, rebuild
+from ingest.errors import IngestError
+from ingest.names import CollectionName
+from streamvec.errors import CommandError
+from streamvec.settings import Settings
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `registry` command group to the top-level parser."""
+    group = sub.add_parser("registry", help="show a collection's registry or rebuild it",
+                           description="The Redis registry: checkpoints and sealed segments.")
+    group.set_defaults(group_parser=group)
+    verbs = group.add_subparsers(title="verbs", metavar="VERB")
+
+    show = verbs.add_parser("show", help="print checkpoints and registered segments",
+                            description="Print each partition's checkpoint and owner epoch, "
+                                        "then every registered segment.")
+    show.add_argument("--collection", required=True, help="collection name")
+    show.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    show.set_defaults(handler=_show)
+
+    rebuild_p = verbs.add_parser(
+        "rebuild", help="rebuild the registry from the snapshot store",
+        description="Derive checkpoints and segments from the registered, checksum-verified "
+                    "segment folders of the snapshot store. Without --yes, only print the plan. "
+                    "Stop the collection's indexer workers first.")
+    rebuild_p.add_argument("--collection", required=True, help="collection name")
+    rebuild_p.add_argument("--generation", type=int, default=0, help="generation (default 0)")
+    rebuild_p.add_argument("--yes", action="store_true",
+                           help="replace the registry (otherwise a dry run)")
+    rebuild_p.set_defaults(handler=_rebuild)
+
+
+def _show(args: argparse.Namespace, settings: Settings) -> int:
+    name = _name(args.collection)
+    registry = Registry(settings.redis_client(), name)
+    ckpts, records, version = _call(settings, lambda: (
+        registry.checkpoints(), registry.segments(), registry.version()))
+    epochs = _call(settings, lambda: {p: registry.epoch(p) for p in ckpts})
+    if args.json:
+        print(json.dumps({"collection": name, "version": version,
+                          "checkpoints": {str(p): c for p, c in sorted(ckpts.items())},
+                          "epochs": {str(p): e for p, e in sorted(epochs.items())},
+                          "segments": [asdict(r) for r in records]}, indent=2))
+        return 0
+    print(f"collection {name}  registry version {version}")
+    if not ckpts:
+        print("no registered segments")
+        return 0
+    print(f"{'PARTITION':>9} {'CHECKPOINT':>12} {'EPOCH':>6} {'SEGMENTS':>8} {'ROWS':>10}")
+    for p, c in sorted(ckpts.items()):
+        mine = [r for r in records if r.partition == p]
+        print(f"{p:>9} {c:>12} {epochs[p]:>6} {len(mine):>8} {sum(r.rows for r in mine):>10}")
+    print(f"\n{'SEGMENT':<32} {'ROWS':>8} {'GEN':>4} {'FACTORY':<20} CREATED")
+    for r in records:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at))
+        print(f"{r.segment_id:<32} {r.rows:>8} {r.generation:>4} {r.factory:<20} {created}")
+    return 0
+
+
+def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
+    name = _name(args.collection)
+    root = settings.snapshots
+    if args.yes:
+        report = _call(settings, lambda: rebuild(settings.redis_client(), root, name,
+                                                 args.generation))
+    else:
+        report = _call(settings, lambda: plan_rebuild(root, name, args.generation))
+    _print_report(report)
+    if report.version is None:
+        print("dry run: nothing written; add --yes to replace the registry")
+    else:
+        print(f"registry of {name} rebuilt: version {report.version}")
+    return 0
+
+
+def _print_report(report: RebuildReport) -> None:
+    print(f"collection {report.collection} generation {report.generation}")
+    print(f"{'PARTITION':>9} {'SEGMENTS':>8} {'ROWS':>10} {'CHECKPOINT':>12}")
+    for p in report.partitions:
+        print(f"{p.partition:>9} {p.segments:>8} {p.rows:>10} {p.checkpoint:>12}")
+    if not report.partitions:
+        print("(no segment folders)")
+    for seg_id in report.recovered:
+        print(f"recovered {seg_id}: registered but unmarked (a later segment depends on it)")
+    for seg_id in report.ignored:
+        print(f"ignored {seg_id}: never registered")
+
+
+def _name(text: str) -> str:
+    try:
+        return str(CollectionName.parse(text))
+    except IngestError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _call(settings: Settings, fn):
+    """Run `fn`, turning expected failures into one-line command errors."""
+    try:
+        return fn()
+    except IndexerError as exc:
+        raise CommandError(str(exc)) from None
+    except RedisError as exc:
+        raise CommandError(f"Redis at {settings.describe()['redis']} failed: {exc} "
+                           "(is the stack up? try `streamvec dev up`)") from None

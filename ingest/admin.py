@@ -1,0 +1,165 @@
+"""Collection administration: create, list, describe and drop topics, specs and snapshots."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from ingest import catalog
+from ingest.errors import CollectionExists, IngestError
+from ingest.spec import CollectionSpec
+from streamvec.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Large messages let one Kafka record carry hundreds of high-dimensional rows; the broker
+# default (1 MB) would cap a 1024-d batch at about 250 rows.
+TOPIC_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionInfo:
+    """Offsets of one partition of a collection's topic."""
+
+    partition: int
+    low: int
+    high: int
+
+
+def create_collection(
+    settings: Settings,
+    spec: CollectionSpec,
+    *,
+    replication: int | None = None,
+    timeout: float = 30.0,
+) -> bool:
+    """Create a collection's topics and register its spec; return False if it already existed."""
+    _check_index_spec(spec)
+    client = settings.redis_client()
+    created = catalog.claim_spec(client, spec)
+    try:
+        _ensure_topics(settings, spec, replication=replication, timeout=timeout)
+    except Exception:
+        if created:
+            catalog.forget(client, spec.name)  # leave no half-created collection behind
+        raise
+    log.info("collection=%s %s", spec.name, "created" if created else "already exists")
+    return created
+
+
+def list_collections(settings: Settings) -> list[CollectionSpec]:
+    """Return the spec of every registered collection, sorted by name."""
+    client = settings.redis_client()
+    return [catalog.load_spec(client, name) for name in catalog.list_names(client)]
+
+
+def describe_collection(settings: Settings, name: str, timeout: float = 10.0) -> dict:
+    """Return a collection's spec, topics and per-partition offsets."""
+    spec = catalog.load_spec(settings.redis_client(), name)
+    return {
+        "spec": spec,
+        "topic": spec.collection.topic,
+        "dlq_topic": spec.collection.dlq_topic,
+        "partitions": partition_offsets(settings, spec.collection.topic, timeout=timeout),
+        "snapshots": str(settings.snapshots / spec.name),
+    }
+
+
+def partition_offsets(settings: Settings, topic: str, timeout: float = 10.0) -> list[PartitionInfo]:
+    """Return the low and high watermark of every partition of `topic`."""
+    from confluent_kafka import Consumer  # local: only describe needs a consumer
+
+    consumer = Consumer(settings.kafka_config(**{"group.id": "sv.admin", "enable.auto.commit": False}))
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return []
+        infos = []
+        for p in sorted(meta.partitions):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            infos.append(PartitionInfo(p, low, high))
+        return infos
+    finally:
+        consumer.close()
+
+
+def drop_collection(settings: Settings, name: str, timeout: float = 30.0) -> None:
+    """Delete a collection's topics, Redis keys and snapshot folder."""
+    spec = catalog.load_spec(settings.redis_client(), name)
+    admin = AdminClient(settings.kafka_config())
+    topics = [spec.collection.topic, spec.collection.dlq_topic]
+    for topic, future in admin.delete_topics(topics, operation_timeout=timeout).items():
+        try:
+            future.result(timeout)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise IngestError(f"could not delete topic {topic}: {exc.args[0].str()}") from None
+    catalog.forget(settings.redis_client(), name)
+    shutil.rmtree(settings.snapshots / spec.name, ignore_errors=True)
+    log.info("collection=%s dropped", name)
+
+
+def _ensure_topics(
+    settings: Settings, spec: CollectionSpec, *, replication: int | None, timeout: float
+) -> None:
+    admin = AdminClient(settings.kafka_config())
+    cluster = admin.list_topics(timeout=timeout)
+    factor = replication or min(3, len(cluster.brokers))
+    config = {"max.message.bytes": str(TOPIC_MAX_MESSAGE_BYTES)}
+    wanted = {spec.collection.topic: spec.partitions, spec.collection.dlq_topic: 1}
+    missing = []
+    for topic, partitions in wanted.items():
+        existing = cluster.topics.get(topic)
+        if existing is None or existing.error is not None:
+            missing.append(NewTopic(topic, partitions, factor, config=config))
+        elif len(existing.partitions) != partitions:
+            raise CollectionExists(
+                f"topic {topic} exists with {len(existing.partitions)} partitions, "
+                f"the spec of {spec.name!r} asks for {partitions}"
+            )
+    if not missing:
+        return
+    for topic, future in admin.create_topics(missing, operation_timeout=timeout).items():
+        try:
+            future.result(timeout)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise IngestError(f"could not create topic {topic}: {exc.args[0].str()}") from None
+    _wait_for_leaders(admin, [t.topic for t in missing], timeout)
+
+
+def _wait_for_leaders(admin: AdminClient, topics: list[str], timeout: float) -> None:
+    """Return once every partition of `topics` has a leader, so the first send succeeds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        meta = admin.list_topics(timeout=timeout).topics
+        leaderless = [
+            f"{t}[{p}]" for t in topics
+            for p, info in (meta[t].partitions.items() if t in meta else [(-1, None)])
+            if info is None or info.leader < 0 or info.error is not None
+        ]
+        if not leaderless:
+            return
+        if time.monotonic() >= deadline:
+            raise IngestError(f"partitions without a leader after {timeout:g}s: {leaderless[:5]}")
+        time.sleep(0.05)  # metadata propagation takes a few milliseconds on a healthy cluster
+
+
+def _check_index_spec(spec: CollectionSpec) -> None:
+    """Refuse an index string FAISS cannot build for this dim, before anything is created."""
+    if spec.index == "auto":
+        return
+    import faiss  # local: only admin paths with an explicit index string need FAISS
+
+    try:
+        faiss.index_factory(spec.dim, spec.index)
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "rejected"
+        raise IngestError(
+            f"index {spec.index!r} cannot be built for dim {spec.dim}: {reason}"
+        ) from None

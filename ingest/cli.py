@@ -1,0 +1,138 @@
+"""`streamvec collection create|list|describe|drop`: collection administration on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+
+from confluent_kafka import KafkaException
+from redis.exceptions import RedisError
+
+from ingest import admin
+from ingest.errors import IngestError
+from ingest.spec import METRICS, CollectionSpec, SpecError
+from streamvec.errors import CommandError
+from streamvec.settings import Settings
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `collection` command group to the top-level parser."""
+    group = sub.add_parser("collection", help="create, list, describe and drop collections",
+                           description="Manage collections: topics, dead-letter topics and specs.")
+    group.set_defaults(group_parser=group)
+    verbs = group.add_subparsers(title="verbs", metavar="VERB")
+
+    create = verbs.add_parser("create", help="create a collection (idempotent for an equal spec)",
+                              description="Create the topic, its dead-letter topic and the spec.")
+    create.add_argument("name", help="collection name, e.g. products or products@v4")
+    create.add_argument("--dim", type=int, required=True, help="vector dimension")
+    create.add_argument("--metric", choices=METRICS, default="l2", help="distance (default l2)")
+    create.add_argument("--partitions", type=int, default=4, help="topic partitions (default 4)")
+    create.add_argument("--index", default="auto",
+                        help="FAISS index_factory string, or auto (default)")
+    create.add_argument("--seal-rows", type=int, default=100_000,
+                        help="seal a growing segment at this many rows (default 100000)")
+    create.add_argument("--seal-seconds", type=float, default=60.0,
+                        help="seal a growing segment this old (default 60)")
+    create.add_argument("--seal-bytes", type=int, default=256 * 1024 * 1024,
+                        help="seal a growing segment this large in bytes (default 256 MiB)")
+    create.add_argument("--model-version", default="",
+                        help="embedding model version (implied by NAME@VERSION)")
+    create.add_argument("--replication", type=int, default=None,
+                        help="topic replication factor (default: min(3, brokers))")
+    create.set_defaults(handler=_create)
+
+    lister = verbs.add_parser("list", help="list collections", description="List collections.")
+    lister.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    lister.set_defaults(handler=_list)
+
+    describe = verbs.add_parser("describe", help="show a collection's spec and partitions",
+                                description="Show the spec, topics and per-partition offsets.")
+    describe.add_argument("name")
+    describe.add_argument("--json", action="store_true", help="print JSON")
+    describe.set_defaults(handler=_describe)
+
+    drop = verbs.add_parser("drop", help="delete a collection, its topics, keys and snapshots",
+                            description="Delete topics, registry keys and the snapshot folder.")
+    drop.add_argument("name")
+    drop.add_argument("--yes", action="store_true", help="confirm the deletion (required)")
+    drop.set_defaults(handler=_drop)
+
+
+def _create(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        spec = CollectionSpec(
+            name=args.name, dim=args.dim, metric=args.metric, partitions=args.partitions,
+            index=args.index, seal_rows=args.seal_rows, seal_seconds=args.seal_seconds,
+            seal_bytes=args.seal_bytes, model_version=args.model_version,
+        )
+    except (SpecError, IngestError) as exc:
+        raise CommandError(str(exc)) from None
+    created = _call(admin.create_collection, settings, spec, replication=args.replication)
+    state = "created" if created else "already exists with this spec"
+    print(f"collection {spec.name} {state}: topic {spec.collection.topic} "
+          f"({spec.partitions} partitions), dead letters {spec.collection.dlq_topic}")
+    return 0
+
+
+def _list(args: argparse.Namespace, settings: Settings) -> int:
+    specs = _call(admin.list_collections, settings)
+    if args.json:
+        print(json.dumps([asdict(s) for s in specs], indent=2))
+        return 0
+    if not specs:
+        print("no collections")
+        return 0
+    header = f"{'NAME':<32} {'DIM':>6} {'METRIC':<7} {'PARTS':>5} {'INDEX':<16} MODEL"
+    print(header)
+    for s in specs:
+        print(f"{s.name:<32} {s.dim:>6} {s.metric:<7} {s.partitions:>5} {s.index:<16} "
+              f"{s.model_version or '-'}")
+    return 0
+
+
+def _describe(args: argparse.Namespace, settings: Settings) -> int:
+    info = _call(admin.describe_collection, settings, args.name)
+    spec: CollectionSpec = info["spec"]
+    if args.json:
+        out = {**info, "spec": asdict(spec), "partitions": [asdict(p) for p in info["partitions"]]}
+        print(json.dumps(out, indent=2))
+        return 0
+    for field, value in asdict(spec).items():
+        print(f"{field:<14} {value}")
+    print(f"{'topic':<14} {info['topic']}")
+    print(f"{'dead letters':<14} {info['dlq_topic']}")
+    print(f"{'snapshots':<14} {info['snapshots']}")
+    print(f"{'PARTITION':>9} {'LOW':>12} {'HIGH':>12}")
+    for p in info["partitions"]:
+        print(f"{p.partition:>9} {p.low:>12} {p.high:>12}")
+    return 0
+
+
+def _drop(args: argparse.Namespace, settings: Settings) -> int:
+    if not args.yes:
+        raise CommandError(f"dropping {args.name} deletes its topics and snapshots; add --yes")
+    _call(admin.drop_collection, settings, args.name)
+    print(f"collection {args.name} dropped")
+    return 0
+
+
+def _call(fn, *args, **kwargs):
+    """Run an admin call, turning expected failures into one-line command errors."""
+    try:
+        return fn(*args, **kwargs)
+    except IngestError as exc:
+        raise CommandError(str(exc)) from None
+    except RedisError as exc:
+        raise CommandError(f"Redis at {_settings_hint(args)} failed: {exc}") from None
+    except KafkaException as exc:
+        raise CommandError(f"Kafka failed: {exc.args[0].str() if exc.args else exc}") from None
+
+
+def _settings_hint(args: tuple) -> str:
+    """Name the Redis a failing call used, with secrets masked, for the error message."""
+    for arg in args:
+        if isinstance(arg, Settings):
+            return arg.describe()["redis"] + " (is the stack up? try `streamvec dev up`)"
+    return "the configured URL"

@@ -1,0 +1,217 @@
+"""The producer SDK: upserts and deletes of one collection, partitioned by id, with delivered offsets."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from confluent_kafka import KafkaError, Message
+from confluent_kafka import Producer as KafkaProducer
+
+from ingest import catalog, record
+from ingest.errors import DeliveryError, RecordError
+from ingest.partition import partitions_for
+from ingest.spec import CollectionSpec
+from streamvec.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Kafka's own default record cap is 1 MB; staying just under it keeps messages acceptable
+# to a broker whose topic config was not raised, while still holding ~600 rows at 384-d.
+DEFAULT_MAX_MESSAGE_BYTES = 1_000_000 - 16 * 1024
+
+
+class Producer:
+    """Publish rows of one collection to its topic; `flush()` returns the offsets delivered.
+
+    Example::
+
+        with Producer("products") as p:
+            p.upsert(["a", "b"], vectors)
+            offsets = p.flush()   # {partition: last offset}, for a `session` query
+    """
+
+    def __init__(
+        self,
+        collection: str,
+        *,
+        settings: Settings | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        linger_ms: int = 5,
+        **overrides: Any,
+    ) -> None:
+        self.settings = settings or Settings(**overrides)
+        self.spec: CollectionSpec = catalog.load_spec(self.settings.redis_client(), collection)
+        self.topic = self.spec.collection.topic
+        self.max_message_bytes = max_message_bytes
+        self._lock = threading.Lock()
+        self._last: dict[int, int] = {}
+        self._errors: list[str] = []
+        request_bytes = max(max_message_bytes + 64 * 1024, 1_000_000)
+        #: The librdkafka config in use (public so benchmarks can build an identical raw client).
+        self.kafka_config = self.settings.kafka_config(
+            **{
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": linger_ms,
+                "message.max.bytes": request_bytes,
+                "batch.size": request_bytes,
+                "queue.buffering.max.kbytes": 1024 * 1024,
+            }
+        )
+        self._kafka = KafkaProducer(self.kafka_config)
+
+    def upsert(
+        self,
+        ids: Sequence[str] | np.ndarray,
+        vectors: np.ndarray | Sequence[Sequence[float]],
+        metadata: Sequence[dict | None] | None = None,
+        event_time_ms: int | np.ndarray | None = None,
+    ) -> int:
+        """Queue upserts of `ids` with `vectors` (n x dim); return the number of messages queued."""
+        vecs = np.asarray(vectors, dtype=np.float32)
+        if vecs.ndim != 2 or vecs.shape[1] != self.spec.dim:
+            raise RecordError(
+                "wrong_dim",
+                f"vectors have shape {vecs.shape}, collection {self.spec.name} expects (n, {self.spec.dim})",
+            )
+        n = len(ids)
+        if vecs.shape[0] != n or (metadata is not None and len(metadata) != n):
+            raise RecordError("bad_header", f"got {n} ids, {vecs.shape[0]} vectors and "
+                              f"{'no' if metadata is None else len(metadata)} metadata rows")
+        payloads = [
+            (p, rows[0], record.encode(
+                [ids[i] for i in rows] if not isinstance(ids, np.ndarray) else ids[rows],
+                vecs[rows],
+                metadata=None if metadata is None else [metadata[i] for i in rows],
+                model_version=self.spec.model_version,
+                event_time_ms=_pick(event_time_ms, rows),
+            ))
+            for p, rows in self._chunks(ids, metadata)
+        ]
+        return self._send(payloads, ids)
+
+    def delete(self, ids: Sequence[str] | np.ndarray, event_time_ms: int | None = None) -> int:
+        """Queue deletes of `ids`; return the number of messages queued."""
+        payloads = [
+            (p, rows[0], record.encode_deletes(
+                [ids[i] for i in rows] if not isinstance(ids, np.ndarray) else ids[rows],
+                dim=self.spec.dim,
+                model_version=self.spec.model_version,
+                event_time_ms=event_time_ms,
+            ))
+            for p, rows in self._chunks(ids, None)
+        ]
+        return self._send(payloads, ids)
+
+    def flush(self, timeout: float = 30.0) -> dict[int, int]:
+        """Wait for delivery; return {partition: last delivered offset} over this producer's life.
+
+        Raises DeliveryError if a message failed or is still undelivered at the deadline.
+        """
+        remaining = self._kafka.flush(timeout)
+        if remaining:
+            raise DeliveryError(
+                f"{remaining} message(s) to {self.topic} still undelivered after {timeout:g}s"
+            )
+        with self._lock:
+            errors, self._errors = self._errors, []
+            offsets = dict(sorted(self._last.items()))
+        if errors:
+            raise DeliveryError(
+                f"{len(errors)} message(s) to {self.topic} failed; first: {errors[0]}"
+            )
+        return offsets
+
+    def close(self, timeout: float = 30.0) -> dict[int, int]:
+        """Flush what is queued; the producer should not be used afterwards."""
+        return self.flush(timeout)
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._kafka.flush(5.0)  # best effort; the original exception wins
+
+    def _chunks(
+        self, ids: Sequence[str] | np.ndarray, metadata: Sequence[dict | None] | None
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield (partition, row indices) groups, in input order, each fitting one message."""
+        if len(ids) == 0:
+            raise RecordError("empty", "no ids given")
+        parts = partitions_for(ids, self.spec.partitions)
+        width = _id_width(ids)
+        row_bytes = record.row_nbytes(self.spec.dim, width)
+        extra = _metadata_sizes(metadata)
+        for p in np.unique(parts):
+            rows = np.flatnonzero(parts == p)  # stable: keeps each id's ops in call order
+            yield from ((int(p), chunk) for chunk in _split(rows, row_bytes, extra, self.max_message_bytes))
+
+    def _send(self, payloads: list[tuple[int, int, bytes]], ids: Sequence[str] | np.ndarray) -> int:
+        for partition, first_row, payload in payloads:
+            key = ids[first_row]
+            key = key.encode() if isinstance(key, str) else bytes(key)
+            while True:
+                try:
+                    self._kafka.produce(
+                        self.topic, payload, key=key, partition=partition, on_delivery=self._on_delivery
+                    )
+                    break
+                except BufferError:
+                    self._kafka.poll(0.05)  # local queue full: let deliveries drain, then retry
+            self._kafka.poll(0)
+        return len(payloads)
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        with self._lock:
+            if err is not None:
+                self._errors.append(f"partition {msg.partition()}: {err.str()}")
+                return
+            p = msg.partition()
+            self._last[p] = max(self._last.get(p, -1), msg.offset())
+
+
+def _id_width(ids: Sequence[str] | np.ndarray) -> int:
+    if isinstance(ids, np.ndarray) and ids.dtype.kind == "S":
+        return max(1, ids.dtype.itemsize)
+    return max(1, max(len(i.encode() if isinstance(i, str) else i) for i in ids))
+
+
+def _metadata_sizes(metadata: Sequence[dict | None] | None) -> np.ndarray | None:
+    if metadata is None:
+        return None
+    return np.array(
+        [0 if m is None else len(json.dumps(m, separators=(",", ":"))) + 4 for m in metadata],
+        dtype=np.int64,
+    )
+
+
+def _split(
+    rows: np.ndarray, row_bytes: int, extra: np.ndarray | None, limit: int
+) -> Iterator[np.ndarray]:
+    """Cut `rows` into runs whose encoded size stays under `limit` (always at least one row)."""
+    sizes = np.full(len(rows), row_bytes, dtype=np.int64)
+    if extra is not None:
+        sizes += extra[rows]
+    start = 0
+    budget = max(limit - 4096, row_bytes)  # header and metadata offsets
+    cumulative = np.cumsum(sizes)
+    while start < len(rows):
+        base = cumulative[start - 1] if start else 0
+        end = int(np.searchsorted(cumulative, base + budget, side="right"))
+        end = max(end, start + 1)
+        yield rows[start:end]
+        start = end
+
+
+def _pick(value: int | np.ndarray | None, rows: np.ndarray) -> int | np.ndarray | None:
+    if isinstance(value, np.ndarray):
+        return value[rows]
+    return value

@@ -1,0 +1,81 @@
+"""The collection spec: dimension, metric, partitions, index and seal policy, stored as JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+from ingest.errors import IngestError
+from ingest.names import CollectionName
+
+Metric = Literal["l2", "ip", "cosine"]
+METRICS: tuple[str, ...] = ("l2", "ip", "cosine")
+MAX_PARTITIONS = 1024
+MAX_DIM = 65536
+
+
+class SpecError(IngestError, ValueError):
+    """A collection spec with a field out of range."""
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionSpec:
+    """Everything a worker, searcher or producer must agree on about one collection."""
+
+    name: str
+    dim: int
+    metric: Metric = "l2"
+    partitions: int = 4
+    index: str = "auto"
+    seal_rows: int = 100_000
+    seal_seconds: float = 60.0
+    seal_bytes: int = 256 * 1024 * 1024
+    model_version: str = ""
+
+    def __post_init__(self) -> None:
+        parsed = CollectionName.parse(self.name)
+        _check(isinstance(self.dim, int) and 1 <= self.dim <= MAX_DIM, f"dim must be 1..{MAX_DIM}")
+        _check(self.metric in METRICS, f"metric must be one of {', '.join(METRICS)}")
+        _check(
+            isinstance(self.partitions, int) and 1 <= self.partitions <= MAX_PARTITIONS,
+            f"partitions must be 1..{MAX_PARTITIONS}",
+        )
+        _check(bool(self.index.strip()), "index must be 'auto' or a FAISS index_factory string")
+        _check(self.seal_rows >= 1, "seal_rows must be >= 1")
+        _check(self.seal_seconds > 0, "seal_seconds must be > 0")
+        _check(self.seal_bytes >= 1, "seal_bytes must be >= 1")
+        if parsed.version is not None and self.model_version not in ("", parsed.version):
+            raise SpecError(
+                f"model_version {self.model_version!r} contradicts the name {self.name!r}, "
+                f"whose version is {parsed.version!r}"
+            )
+        if parsed.version is not None and not self.model_version:
+            # A versioned name is its model version: `products@v4` carries model_version v4.
+            object.__setattr__(self, "model_version", parsed.version)
+
+    @property
+    def collection(self) -> CollectionName:
+        """The parsed collection name (topics, Redis keys)."""
+        return CollectionName.parse(self.name)
+
+    def to_json(self) -> str:
+        """Serialize to the canonical JSON stored in Redis."""
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> CollectionSpec:
+        """Parse a spec from JSON, ignoring fields this version does not know."""
+        try:
+            raw: dict[str, Any] = json.loads(text)
+        except (ValueError, TypeError) as exc:
+            raise SpecError(f"stored collection spec is not valid JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise SpecError("stored collection spec is not a JSON object")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise SpecError(message)

@@ -1,0 +1,150 @@
+"""The Kafka broker jars: fetched once with Maven into a cache, run on Java 17 or newer."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET  # noqa: S405 - parses our own pom.xml only
+from collections.abc import Callable
+from pathlib import Path
+
+from streamvec.errors import CommandError
+
+DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "local"
+POM = DEPLOY_DIR / "pom.xml"
+MIN_JAVA = 17
+_COMPLETE = ".complete"
+_DOWNLOADED = re.compile(r"^\[INFO\] Downloaded from ")
+
+
+def kafka_version(pom: Path = POM) -> str:
+    """Return the Kafka version pinned in deploy/local/pom.xml."""
+    if not pom.is_file():
+        raise CommandError(f"{pom} not found: `streamvec dev` runs from a source checkout")
+    root = ET.parse(pom).getroot()  # noqa: S314 - our own file, not untrusted input
+    found = root.find(
+        "{http://maven.apache.org/POM/4.0.0}properties/"
+        "{http://maven.apache.org/POM/4.0.0}kafka.version"
+    )
+    version = (found.text or "").strip() if found is not None else ""
+    if not version:
+        raise CommandError(f"{pom} has no <kafka.version> property")
+    return version
+
+
+def java_executable() -> str:
+    """Return the `java` to run, from JAVA_HOME or PATH, after checking it is Java 17 or newer."""
+    home = os.environ.get("JAVA_HOME")
+    java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
+    if not java or not Path(java).exists():
+        raise CommandError(
+            f"java not found: the local Kafka broker needs Java {MIN_JAVA} or newer "
+            "(Debian: apt-get install -y openjdk-17-jre-headless)"
+        )
+    proc = subprocess.run([java, "-version"], capture_output=True, text=True, check=False)  # noqa: S603
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', proc.stderr + proc.stdout)
+    if not match:
+        raise CommandError(f"cannot tell the version of {java}: {proc.stderr.strip()!r}")
+    major = int(match.group(1))
+    if major == 1:  # "1.8.0_392" is Java 8
+        major = int(match.group(2) or 0)
+    if major < MIN_JAVA:
+        raise CommandError(f"{java} is Java {major}; the Kafka broker needs Java {MIN_JAVA}+")
+    return java
+
+
+def jars_dir(cache_dir: Path) -> Path:
+    """Return the folder that holds (or will hold) the broker jars under `cache_dir`."""
+    return Path(cache_dir) / f"kafka-{kafka_version()}" / "libs"
+
+
+def _pom_stamp() -> str:
+    # The pom's content, not its mtime: a fresh clone must not refetch what the cache holds.
+    return f"{kafka_version()} {hashlib.sha256(POM.read_bytes()).hexdigest()}\n"
+
+
+def ensure_jars(cache_dir: Path, echo: Callable[[str], None] | None = None) -> Path:
+    """Return the broker jars folder under `cache_dir`, fetching the jars with Maven if needed."""
+    libs = jars_dir(cache_dir)
+    marker = libs.parent / _COMPLETE
+    if marker.is_file() and marker.read_text() == _pom_stamp():
+        return libs
+    java_executable()
+    mvn = shutil.which("mvn")
+    if not mvn:
+        raise CommandError(
+            "mvn not found: the Kafka broker jars are fetched with Maven "
+            "(Debian: apt-get install -y maven)"
+        )
+    libs.parent.mkdir(parents=True, exist_ok=True)
+    with open(libs.parent / ".lock", "w") as lock:
+        # Two test runs may start cold at once; the second waits and reuses the first's fetch.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (marker.is_file() and marker.read_text() == _pom_stamp()):
+            _fetch(mvn, libs, echo or (lambda _line: None))
+            marker.write_text(_pom_stamp())
+    return libs
+
+
+def _fetch(mvn: str, libs: Path, echo: Callable[[str], None]) -> None:
+    """Copy the runtime dependencies of the pom into `libs`, replacing it only on success."""
+    staging = libs.with_name(f"libs.tmp{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    fetch_log = libs.parent / "fetch.log"
+    argv = [
+        mvn,
+        "-B",
+        "-Dstyle.color=never",
+        "-f",
+        str(POM),
+        "dependency:copy-dependencies",
+        "-DincludeScope=runtime",
+        f"-DoutputDirectory={staging}",
+    ]
+    echo(f"fetching Kafka {kafka_version()} jars with Maven into {libs} (first run only)")
+    started = time.monotonic()
+    downloads = _run_counting(argv, fetch_log)
+    if downloads < 0:
+        tail = "\n".join(fetch_log.read_text(errors="replace").splitlines()[-25:])
+        shutil.rmtree(staging, ignore_errors=True)
+        raise CommandError(f"Maven could not fetch the Kafka jars (full log: {fetch_log}):\n{tail}")
+    shutil.rmtree(libs, ignore_errors=True)
+    os.replace(staging, libs)
+    jars = list(libs.glob("*.jar"))
+    size_mb = sum(j.stat().st_size for j in jars) / 1e6
+    echo(
+        f"fetched {len(jars)} jars ({size_mb:.0f} MB, {downloads} downloaded) "
+        f"in {time.monotonic() - started:.1f} s"
+    )
+
+
+def _run_counting(argv: list[str], log_file: Path) -> int:
+    """Run Maven with its output in `log_file`; return the files downloaded, or -1 on failure."""
+    from tqdm import tqdm
+
+    count = 0
+    with (
+        open(log_file, "w") as out,
+        tqdm(desc="maven", unit=" files", disable=None, file=sys.stderr, leave=False) as bar,
+    ):
+        proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.write(line)
+            if _DOWNLOADED.match(line):
+                count += 1
+                bar.update(1)
+        rc = proc.wait()
+    return count if rc == 0 else -1

@@ -1,0 +1,300 @@
+"""Segment folders: round trip, atomic publication, idempotent rewrites, corruption detection."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from unittest import mock
+
+import faiss
+import numpy as np
+import pytest
+
+from indexer import snapshot, store
+from indexer.errors import CorruptSegment, RebuildError
+from indexer.segment import SealedRows
+
+DIM = 8
+COLLECTION = "docs@v2"
+
+
+def make_sealed(partition: int = 1, start: int = 100, end: int = 120, rows: int = 12,
+                seed: int = 7) -> SealedRows:
+    """Seeded rows of one offset range: every third row has metadata, two ids were deleted."""
+    rng = np.random.default_rng(seed)
+    offsets = np.sort(rng.choice(np.arange(start, end), size=rows, replace=False)).astype(np.int64)
+    metadata = [json.dumps({"n": i, "tag": "é"}).encode() if i % 3 == 0 else b""
+                for i in range(rows)]
+    return SealedRows(
+        partition=partition, start_offset=start, end_offset=end,
+        ids=np.array([f"id-{start}-{i}".encode() for i in range(rows)]),
+        vectors=rng.standard_normal((rows, DIM)).astype(np.float32),
+        offsets=offsets, event_time_ms=offsets * 10 + 5, metadata=metadata,
+        deleted_ids=np.array([b"gone-1", b"gone-22"]))
+
+
+def flat_index(sealed: SealedRows) -> faiss.Index:
+    index = faiss.IndexFlatL2(DIM)
+    index.add(sealed.vectors)
+    return index
+
+
+def write(root: Path, sealed: SealedRows, hides: dict | None = None) -> snapshot.SegmentManifest:
+    return snapshot.write_segment(root, COLLECTION, 0, sealed, flat_index(sealed), "Flat", "l2",
+                                  hides or {})
+
+
+def sealed_id(sealed: SealedRows) -> str:
+    return snapshot.segment_id(sealed.partition, sealed.start_offset, sealed.end_offset)
+
+
+def folder(root: Path, sealed: SealedRows) -> Path:
+    return snapshot.segment_path(root, COLLECTION, 0, sealed.partition, sealed_id(sealed))
+
+
+def test_segment_id_is_canonical_and_parses_back() -> None:
+    assert snapshot.segment_id(3, 100, 200) == "p0003-000000000100-000000000200"
+    assert snapshot.parse_segment_id("p0003-000000000100-000000000200") == (3, 100, 200)
+    for bad in ("p03-000000000100-000000000200", "p0003-0000000000100-000000000200",
+                "p0003-000000000200-000000000100", ".tmp-p0003-000000000100-000000000200"):
+        with pytest.raises(ValueError, match="is not a segment id"):
+            snapshot.parse_segment_id(bad)
+    assert snapshot.segment_path("/r", "c", 2, 3, "x") == Path("/r/c/g0002/p0003/x")
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_round_trip(tmp_path: Path, mmap: bool) -> None:
+    sealed = make_sealed()
+    hides = {"p0001-000000000000-000000000050": [4, 2, 2], "p0001-000000000050-000000000100": []}
+    manifest = write(tmp_path, sealed, hides)
+    seg = snapshot.load_segment(folder(tmp_path, sealed), mmap=mmap)
+    assert seg.manifest == manifest and manifest.segment_id == sealed_id(sealed)
+    assert manifest.fingerprint == {"dim": DIM, "metric": "l2", "factory": "Flat", "rows": 12,
+                                    "start_offset": 100, "end_offset": 120}
+    assert set(manifest.files) == snapshot.FILES
+    assert isinstance(seg.vectors, np.memmap) is mmap
+    assert seg.ids.tolist() == sealed.ids.tolist()
+    assert seg.vectors.dtype == np.float32 and seg.vectors.tobytes() == sealed.vectors.tobytes()
+    assert seg.offsets.tolist() == sealed.offsets.tolist()
+    assert seg.event_time_ms.tolist() == sealed.event_time_ms.tolist()
+    assert seg.deleted_ids.tolist() == [b"gone-1", b"gone-22"]
+    assert {k: v.tolist() for k, v in seg.hides.items()} == {
+        "p0001-000000000000-000000000050": [2, 4], "p0001-000000000050-000000000100": []}
+    assert [seg.metadata(i) for i in range(4)] == [{"n": 0, "tag": "é"}, None, None,
+                                                   {"n": 3, "tag": "é"}]
+    with pytest.raises(IndexError):
+        seg.metadata(12)
+    queries = np.random.default_rng(1).standard_normal((5, DIM)).astype(np.float32)
+    want_d, want_i = flat_index(sealed).search(queries, 4)
+    got_d, got_i = seg.index.search(queries, 4)
+    assert np.array_equal(got_i, want_i) and np.array_equal(got_d, want_d)
+
+
+def test_segment_of_deletes_only(tmp_path: Path) -> None:
+    sealed = SealedRows(0, 5, 9, np.array([], dtype="S1"), np.zeros((0, DIM), np.float32),
+                        np.array([], np.int64), np.array([], np.int64), [], np.array([b"x"]))
+    manifest = write(tmp_path, sealed)
+    seg = snapshot.load_segment(folder(tmp_path, sealed))
+    assert (manifest.rows, seg.index.ntotal, seg.deleted_ids.tolist()) == (0, 0, [b"x"])
+    assert seg.vectors.shape == (0, DIM) and len(seg.meta_blob) == 0
+
+
+def test_rewrite_of_a_valid_segment_keeps_it(tmp_path: Path) -> None:
+    sealed = make_sealed()
+    first = write(tmp_path, sealed)
+    inode = (folder(tmp_path, sealed) / "vectors.npy").stat().st_ino
+    again = write(tmp_path, sealed)
+    assert again == first  # same created_at: the existing folder was kept, not rewritten
+    assert (folder(tmp_path, sealed) / "vectors.npy").stat().st_ino == inode
+    assert os.listdir(folder(tmp_path, sealed).parent) == [first.segment_id]
+
+
+def test_rewrite_replaces_a_corrupt_segment(tmp_path: Path) -> None:
+    sealed = make_sealed()
+    write(tmp_path, sealed)
+    path = folder(tmp_path, sealed)
+    (path / "offsets.npy").write_bytes(b"garbage")
+    write(tmp_path, sealed)
+    assert snapshot.verify(path).segment_id == path.name
+    assert os.listdir(path.parent) == [path.name]
+
+
+def test_a_writer_that_loses_the_race_returns_the_winner(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    sealed = make_sealed()
+    real = snapshot._write_files
+    winner: list[snapshot.SegmentManifest] = []
+
+    def write_then_lose(*args):
+        files = real(*args)
+        monkeypatch.setattr(snapshot, "_write_files", real)
+        winner.append(write(tmp_path, sealed))  # another owner publishes the same range now
+        return files
+
+    monkeypatch.setattr(snapshot, "_write_files", write_then_lose)
+    assert write(tmp_path, sealed) == winner[0]
+    assert os.listdir(folder(tmp_path, sealed).parent) == [winner[0].segment_id]
+
+
+def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sealed = make_sealed()
+    monkeypatch.setattr(faiss, "write_index", mock.Mock(side_effect=RuntimeError("disk full")))
+    with pytest.raises(RuntimeError, match="disk full"):
+        write(tmp_path, sealed)
+    assert os.listdir(folder(tmp_path, sealed).parent) == []
+
+
+def test_temp_folders_are_never_listed_and_are_swept(tmp_path: Path) -> None:
+    sealed, later = make_sealed(), make_sealed(start=120, end=140)
+    write(tmp_path, sealed)
+    write(tmp_path, later)
+    parent = folder(tmp_path, sealed).parent
+    crashed = store.temp_path(parent, "p0001-000000000140-000000000160")
+    crashed.mkdir()
+    (crashed / "vectors.npy").write_bytes(b"half")  # a writer died before the rename
+    assert snapshot.list_segments(tmp_path, COLLECTION) == [folder(tmp_path, sealed),
+                                                            folder(tmp_path, later)]
+    assert snapshot.list_segments(tmp_path, COLLECTION, generation=1) == []
+    assert snapshot.remove_orphans(tmp_path, COLLECTION, 0, 1, min_start=140) == [crashed]
+    assert sorted(os.listdir(parent)) == [sealed_id(sealed), sealed_id(later)]
+
+
+def test_remove_orphans_keeps_registered_and_earlier_folders(tmp_path: Path) -> None:
+    early, registered, orphan = (make_sealed(start=0, end=100), make_sealed(start=100, end=120),
+                                 make_sealed(start=120, end=140))
+    for sealed in (early, registered, orphan):
+        write(tmp_path, sealed)
+    marker = snapshot.mark_registered(folder(tmp_path, registered))
+    assert marker.name == sealed_id(registered) + ".registered"
+    assert snapshot.is_registered(folder(tmp_path, registered))
+    assert not snapshot.is_registered(folder(tmp_path, orphan))
+    assert snapshot.remove_orphans(tmp_path, COLLECTION, 0, 1, 100) == [folder(tmp_path, orphan)]
+    assert snapshot.list_segments(tmp_path, COLLECTION) == [folder(tmp_path, early),
+                                                            folder(tmp_path, registered)]
+    assert snapshot.remove_orphans(tmp_path, COLLECTION, 0, 7, 0) == []
+
+
+def test_write_rejects_inconsistent_input(tmp_path: Path) -> None:
+    sealed = make_sealed()
+    with pytest.raises(ValueError, match="hides may name only earlier segments of partition 1"):
+        write(tmp_path, sealed, {"p0001-000000000110-000000000130": [0]})
+    with pytest.raises(ValueError, match="hides may name only earlier"):
+        write(tmp_path, sealed, {"p0002-000000000000-000000000010": [0]})
+    short = faiss.IndexFlatL2(DIM)
+    short.add(sealed.vectors[:3])
+    with pytest.raises(ValueError, match="index has 3 rows of dim 8, rows are 12 of dim 8"):
+        snapshot.write_segment(tmp_path, COLLECTION, 0, sealed, short, "Flat", "l2", {})
+    with pytest.raises(ValueError, match="metric must be one of"):
+        snapshot.write_segment(tmp_path, COLLECTION, 0, sealed, flat_index(sealed), "Flat",
+                               "hamming", {})
+    assert snapshot.list_segments(tmp_path, COLLECTION) == []
+
+
+ALL_FILES = sorted(snapshot.FILES | {snapshot.MANIFEST})
+
+
+def corrupted(tmp_path: Path) -> Path:
+    """A fresh valid segment folder, about to be damaged."""
+    write(tmp_path, make_sealed())
+    return folder(tmp_path, make_sealed())
+
+
+def expect_corrupt(path: Path, name: str) -> CorruptSegment:
+    with pytest.raises(CorruptSegment) as info:
+        snapshot.verify(path)
+    assert info.value.file == name
+    assert f"{path} is corrupt: {name}: " in str(info.value)
+    return info.value
+
+
+@pytest.mark.parametrize("name", ALL_FILES)
+def test_flipped_byte_is_detected(tmp_path: Path, name: str) -> None:
+    path = corrupted(tmp_path)
+    data = bytearray((path / name).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (path / name).write_bytes(bytes(data))
+    expect_corrupt(path, name)
+
+
+@pytest.mark.parametrize("name", ALL_FILES)
+def test_truncated_file_is_detected(tmp_path: Path, name: str) -> None:
+    path = corrupted(tmp_path)
+    data = (path / name).read_bytes()
+    (path / name).write_bytes(data[:-1])
+    error = expect_corrupt(path, name)
+    if name != snapshot.MANIFEST:  # a cut manifest is not JSON any more
+        assert error.reason == f"{len(data) - 1} bytes, the manifest says {len(data)}"
+
+
+@pytest.mark.parametrize("name", ALL_FILES)
+def test_missing_file_is_detected(tmp_path: Path, name: str) -> None:
+    path = corrupted(tmp_path)
+    (path / name).unlink()
+    assert expect_corrupt(path, name).reason == "missing"
+
+
+def edit_manifest(path: Path, edit, reseal: bool) -> None:
+    body = json.loads((path / snapshot.MANIFEST).read_bytes())
+    edit(body)
+    if reseal:  # a forger who also recomputes the manifest checksum
+        del body["checksum"]
+        body["checksum"] = snapshot._digest(body)
+    (path / snapshot.MANIFEST).write_text(json.dumps(body))
+
+
+def test_edited_fingerprint_is_detected(tmp_path: Path) -> None:
+    path = corrupted(tmp_path)
+    edit_manifest(path, lambda b: b["fingerprint"].update(dim=16), reseal=False)
+    assert expect_corrupt(path, snapshot.MANIFEST).reason == (
+        "checksum does not match the manifest's fields")
+    edit_manifest(path, lambda b: b["fingerprint"].update(dim=16), reseal=True)
+    assert "contradicts the manifest" in expect_corrupt(path, snapshot.MANIFEST).reason
+
+
+def test_fingerprint_is_checked_against_the_arrays(tmp_path: Path) -> None:
+    path = corrupted(tmp_path)
+    edit_manifest(path, lambda b: (b.update(dim=16), b["fingerprint"].update(dim=16)), True)
+    assert "does not match the fingerprint" in expect_corrupt(path, "vectors.npy").reason
+    path = corrupted(tmp_path / "again")
+    edit_manifest(path, lambda b: (b.update(rows=11), b["fingerprint"].update(rows=11)), True)
+    expect_corrupt(path, "vectors.npy")
+
+
+def test_load_without_verify_skips_checksums_but_not_the_fingerprint(tmp_path: Path) -> None:
+    path = corrupted(tmp_path)
+    data = bytearray((path / "vectors.npy").read_bytes())
+    data[-1] ^= 0x01
+    (path / "vectors.npy").write_bytes(bytes(data))
+    assert snapshot.load_segment(path, verify=False).manifest.rows == 12
+    expect_corrupt(path, "vectors.npy")
+
+
+def chain_folders(tmp_path: Path, spans: list[tuple[int, int, bool]]) -> list[Path]:
+    paths = []
+    for start, end, marked in spans:
+        path = tmp_path / snapshot.segment_id(0, start, end)
+        path.mkdir()
+        if marked:
+            snapshot.mark_registered(path)
+        paths.append(path)
+    return paths
+
+
+def test_coverage_chain_prefers_registered_and_bridges_unmarked_holes(tmp_path: Path) -> None:
+    a, orphan, b, c, tail = chain_folders(
+        tmp_path, [(0, 10, True), (10, 30, False), (10, 20, False), (20, 30, True),
+                   (30, 40, False)])
+    assert store.coverage_chain(0, [a, orphan, b, c, tail]) == [a, b, c]
+    assert store.coverage_chain(0, [a, b, tail]) == [a]  # nothing proves b was registered
+
+
+def test_coverage_chain_reports_gaps_and_ambiguity(tmp_path: Path) -> None:
+    a, b, c, d = chain_folders(tmp_path, [(0, 10, True), (20, 30, True), (10, 15, False),
+                                          (10, 20, False)])
+    with pytest.raises(RebuildError, match=r"partition 0: gap in the registered segments: "
+                                           r"offsets \[10, 20\) are covered by no segment"):
+        store.coverage_chain(0, [a, b, c])
+    (e,) = chain_folders(tmp_path, [(15, 20, False)])
+    with pytest.raises(RebuildError, match=r"\[10, 20\) are covered by more than one set"):
+        store.coverage_chain(0, [a, b, c, d, e])

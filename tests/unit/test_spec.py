@@ -1,0 +1,44 @@
+"""Collection spec validation and its JSON form."""
+
+from __future__ import annotations
+
+import pytest
+
+from ingest.spec import CollectionSpec, SpecError
+
+
+def test_json_round_trip_and_unknown_fields_ignored():
+    spec = CollectionSpec("products@v4", dim=384, metric="cosine", partitions=8, index="HNSW32")
+    assert spec.model_version == "v4"
+    assert CollectionSpec.from_json(spec.to_json()) == spec
+    assert CollectionSpec.from_json(spec.to_json()[:-1] + ',"future":1}') == spec
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"dim": 0}, "dim must be 1..65536"),
+        ({"dim": 65537}, "dim must be 1..65536"),
+        ({"dim": 4, "metric": "hamming"}, "metric must be one of l2, ip, cosine"),
+        ({"dim": 4, "partitions": 0}, "partitions must be 1..1024"),
+        ({"dim": 4, "seal_rows": 0}, "seal_rows must be >= 1"),
+        ({"dim": 4, "seal_seconds": 0}, "seal_seconds must be > 0"),
+        ({"dim": 4, "index": " "}, "index must be 'auto'"),
+    ],
+)
+def test_out_of_range_fields_are_refused(kwargs, message):
+    with pytest.raises(SpecError, match=message):
+        CollectionSpec("c", **kwargs)
+
+
+def test_model_version_must_agree_with_the_name():
+    with pytest.raises(SpecError, match="contradicts the name 'c@v1'"):
+        CollectionSpec("c@v1", dim=4, model_version="v2")
+    assert CollectionSpec("c", dim=4, model_version="m7").model_version == "m7"
+
+
+def test_corrupt_stored_spec_is_a_clear_error():
+    with pytest.raises(SpecError, match="not valid JSON"):
+        CollectionSpec.from_json(b"{nope")
+    with pytest.raises(SpecError, match="not a JSON object"):
+        CollectionSpec.from_json(b"[1]")
