@@ -75,6 +75,12 @@ class Worker:
         if self._fatal is not None:
             raise self._fatal
 
+    def _fail(self, exc: BaseException) -> None:
+        """Record a fatal error; the first one wins, later ones are consequences."""
+        if self._fatal is None:
+            log.error("stopping: %s", exc)
+            self._fatal = exc
+
     def step(self) -> None:
         """One turn of the loop: consume a batch, seal what is due, register finished builds."""
         for msg in self.consumer.consume(num_messages=1000, timeout=0.1):
@@ -92,11 +98,11 @@ class Worker:
         if err is not None:
             if err.code() in _OUT_OF_RANGE:
                 self.metrics.labels(self.metrics.out_of_range, str(msg.partition())).set(1)
-                self._fatal = CheckpointOutOfRange(
+                self._fail(CheckpointOutOfRange(
                     f"partition {msg.partition()}: the next offset to index is no longer in "
-                    f"the log ({err.str()}); refusing to skip records silently")
+                    f"the log ({err.str()}); refusing to skip records silently"))
             elif err.fatal():
-                self._fatal = RuntimeError(f"fatal Kafka error: {err.str()}")
+                self._fail(RuntimeError(f"fatal Kafka error: {err.str()}"))
             elif err.code() != KafkaError._PARTITION_EOF:
                 log.warning("kafka error: %s", err.str())
             return
@@ -165,7 +171,7 @@ class Worker:
         try:
             manifest = pending.future.result(timeout)
         except Exception as exc:  # a failed build is not a bad record: stop, lose nothing
-            self._fatal = exc
+            self._fail(exc)
             return False
         self.dlq.confirm()
         path = snapshot.segment_path(self.settings.snapshots, self.spec.name, self.generation,
@@ -219,7 +225,7 @@ class Worker:
                 self.parts[tp.partition] = self._take(tp.partition, now)
                 tp.offset = self.parts[tp.partition].checkpoint
         except Exception as exc:
-            self._fatal = exc
+            self._fail(exc)
         consumer.assign(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -261,7 +267,7 @@ class Worker:
             try:
                 self._register_finished(block=True, timeout=120)
             except Exception as exc:  # keep closing; report the first problem
-                self._fatal = self._fatal or exc
+                self._fail(exc)
         self._builder.shutdown(wait=True, cancel_futures=True)
         try:
             self.consumer.close()

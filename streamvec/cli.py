@@ -18,6 +18,8 @@ from streamvec.settings import Settings
 COMMAND_MODULES = (
     "streamvec.devstack.cli",
     "ingest.cli",
+    "indexer.cli",
+    "indexer.registry_cli",
     "streamvec.demo",
 )
 

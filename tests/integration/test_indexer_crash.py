@@ -77,14 +77,18 @@ def test_rebalance_with_a_third_worker_joining_and_leaving(settings, collection,
         for round_no in range(ROUNDS):
             workload.send_round(producer, ROWS_PER_ROUND, id_space=60_000)
             producer.flush()
+            before = registry_version(settings, name)
+            wait_until(lambda b=before: registry_version(settings, name) > b, timeout=120,
+                       what=f"a registration after round {round_no}")
             if round_no == 2:
                 third = spawn_worker(settings, name, tmp_path, tag="third")
+                wait_until(lambda: "taken over" in third.log.read_text(), timeout=60,
+                           what="the third worker to own a partition")
             if round_no == 6:
                 assert third.terminate() == 0, third.log.read_text()[-3000:]
     wait_fully_indexed(settings, name, collection.collection.topic, timeout=240)
     for w in workers:
         assert w.terminate() == 0, w.log.read_text()[-3000:]
-    assert "taken over" in third.log.read_text(), "the third worker never owned a partition"
     assert_state_matches(settings, name, workload)
 
 
