@@ -23,6 +23,9 @@ from streamvec.settings import Settings
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_HELD_BYTES = 1024 * 1024 * 1024
+# A message holds hundreds of rows (~1 MB); the default 1 MB per partition per fetch would
+# turn every message into its own round trip.
+CONSUMER_FETCH = {"max.partition.fetch.bytes": 16 * 2**20, "fetch.max.bytes": 64 * 2**20}
 # Offset-out-of-range surfaces as one of these when `auto.offset.reset` is `error`.
 _OUT_OF_RANGE = {KafkaError.OFFSET_OUT_OF_RANGE, KafkaError._AUTO_OFFSET_RESET}
 
@@ -49,6 +52,7 @@ class Worker:
             "enable.auto.commit": False,
             "auto.offset.reset": "error",  # never skip silently: see CheckpointOutOfRange
             "max.poll.interval.ms": 600_000,
+            **CONSUMER_FETCH,
         }))
         self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sv-build")
         self._running = False
