@@ -139,6 +139,9 @@ def _index(settings: Settings, spec: CollectionSpec, tmp: Path) -> tuple[float, 
             raise RuntimeError(f"worker exited early:\n{log.read_text()[-2000:]}")
         time.sleep(0.02)  # sampling interval of the RSS and progress probe
     elapsed = time.perf_counter() - started
+    cpu = watcher.cpu_times()
+    print(f"#   {spec.index}: worker wall {elapsed:.2f}s, cpu user {cpu.user:.2f}s "
+          f"system {cpu.system:.2f}s (process total, start-up included)")
     proc.send_signal(signal.SIGTERM)
     proc.wait(60)
     return elapsed, peak

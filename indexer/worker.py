@@ -124,8 +124,13 @@ class Worker:
         else:
             state.growing.append(batch, msg.offset())
             self.metrics.labels(self.metrics.consumed_rows).inc(len(batch))
+        now = time.monotonic()
         if state.first_append_at is None:
-            state.first_append_at = time.monotonic()
+            state.first_append_at = now
+        # Size policies are checked per message so segments respect their bounds exactly.
+        due = seal.select({state.partition: self._stats(state, now)}, self.policies)
+        if due:
+            self._seal(state.partition, due[state.partition], now)
 
     def _stats(self, state: PartitionState, now: float) -> seal.SegmentStats:
         g = state.growing

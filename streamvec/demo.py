@@ -1,13 +1,18 @@
-"""`streamvec demo`: publish real sentence embeddings to a collection on the local stack."""
+"""`streamvec demo`: publish real sentence embeddings, index them, show the segments sealing."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import threading
 import time
 
 import numpy as np
+from prometheus_client import CollectorRegistry
 from tqdm import tqdm
+
+from indexer.registry import Registry
+from indexer.worker import Worker
 
 from ingest import admin
 from ingest.partition import partitions_for
@@ -33,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--rows", type=int, default=3000, help="sentences to publish (default 3000)")
     demo.add_argument("--partitions", type=int, default=4, help="partitions (default 4)")
     demo.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
+    demo.add_argument("--seal-rows", type=int, default=400,
+                      help="rows per sealed segment, small so sealing shows (default 400)")
     demo.set_defaults(handler=run)
 
 
@@ -41,7 +48,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     texts = corpus.sentences(args.rows, seed=args.seed)
     vectors, source = _embed(texts)
     spec = CollectionSpec(args.collection, dim=vectors.shape[1], metric="cosine",
-                          partitions=args.partitions)
+                          partitions=args.partitions, seal_rows=args.seal_rows, seal_seconds=2.0)
     try:
         created = admin.create_collection(settings, spec)
     except Exception as exc:
@@ -60,6 +67,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         offsets = producer.flush()
     elapsed = time.perf_counter() - started
     _print_summary(settings, spec, ids, offsets, elapsed)
+    _index(settings, spec)
     return 0
 
 
@@ -81,3 +89,31 @@ def _print_summary(settings: Settings, spec: CollectionSpec, ids: list[str],
         last = offsets.get(info.partition, "-")
         print(f"{info.partition:>9} {rows_per_partition[info.partition]:>10} {last:>12} "
               f"{info.high:>8}")
+
+
+def _index(settings: Settings, spec: CollectionSpec) -> None:
+    """Run an indexer worker until every published row is in a registered segment."""
+    ends = {p.partition: p.high for p in admin.partition_offsets(settings, spec.collection.topic)}
+    registry = Registry(settings.redis_client(), spec.name)
+    worker = Worker(settings, spec.name, metrics_registry=CollectorRegistry())
+    thread = threading.Thread(target=worker.run, name="demo-indexer", daemon=True)
+    thread.start()
+    total = sum(ends.values())
+    deadline = time.monotonic() + 300
+    with tqdm(total=total, desc="indexing", unit="msg") as bar:
+        while (done := sum(min(registry.checkpoint(p), e) for p, e in ends.items())) < total:
+            bar.update(done - bar.n)
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise CommandError("the demo indexer stopped before it caught up; see the log")
+            time.sleep(0.1)  # progress refresh
+        bar.update(done - bar.n)
+    worker.stop()
+    thread.join(60)
+    segments = registry.segments()
+    print(f"{len(segments)} segments registered; the latest per partition:")
+    print(f"{'SEGMENT':<32} {'ROWS':>6} {'INDEX':<8} {'OFFSETS':>16}")
+    for partition in sorted(ends):
+        mine = [s for s in segments if s.partition == partition]
+        for rec in mine[-2:]:
+            print(f"{rec.segment_id:<32} {rec.rows:>6} {rec.factory:<8} "
+                  f"{rec.start_offset:>7}..{rec.end_offset:<7}")

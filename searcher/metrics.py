@@ -1,0 +1,43 @@
+"""Prometheus metrics of the searcher role: `streamvec_searcher_*`, labelled by collection."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+NAMESPACE = "streamvec"
+SUBSYSTEM = "searcher"
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+class SearcherMetrics:
+    """Every searcher metric on one registry; call `labels(metric, ...)` to get a child."""
+
+    def __init__(self, registry: CollectorRegistry, collection: str) -> None:
+        def make(kind, name, doc, labels=(), **kw):
+            return kind(name, doc, ["collection", *labels], namespace=NAMESPACE,
+                        subsystem=SUBSYSTEM, registry=registry, **kw)
+
+        self.collection = collection
+        self.queries = make(Counter, "queries", "Query requests answered (errors included).")
+        self.errors = make(Counter, "errors", "Error replies, by code.", ("code",))
+        self.queue_wait = make(Histogram, "queue_wait_seconds", "From the client's send to the "
+                               "searcher reading the request.", buckets=LATENCY_BUCKETS)
+        self.search_seconds = make(Histogram, "search_seconds", "Executing one batch over "
+                                   "segments and the tail.", buckets=LATENCY_BUCKETS)
+        self.total_seconds = make(Histogram, "total_seconds", "From the client's send to the "
+                                  "reply being written.", buckets=LATENCY_BUCKETS)
+        self.batch_size = make(Histogram, "batch_size", "Requests executed together.",
+                               buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self.consistency_wait = make(Histogram, "consistency_wait_seconds", "Time a request "
+                                     "waited for its consistency level.", ("level",),
+                                     buckets=LATENCY_BUCKETS)
+        self.loaded_segments = make(Gauge, "loaded_segments", "Sealed segments being served.")
+        self.loaded_rows = make(Gauge, "loaded_rows", "Rows in the served sealed segments.")
+        self.tail_rows = make(Gauge, "tail_rows", "Rows in the live tail.")
+        self.refused_segments = make(Counter, "refused_segments", "Segments refused at load "
+                                     "(checksum or format).")
+        self.swaps = make(Counter, "swaps", "Segment-set changes applied.")
+
+    def labels(self, metric, *values: str):
+        """Return `metric` with the collection label (and any others) applied."""
+        return metric.labels(self.collection, *values)
