@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "ingest.cli",
     "indexer.cli",
     "indexer.registry_cli",
+    "searcher.cli",
     "streamvec.demo",
 )
 

@@ -1,0 +1,168 @@
+"""One batch of query requests over the served sources: validation, fan-out, answers."""
+
+# Requests without a filter share one query matrix, so each source is searched once per batch
+# with the batch's largest k; each filtered request is searched on its own, since over-fetching
+# depends on how rare its matches are. Runs under the engine's lock; does no I/O itself.
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from searcher import search
+from searcher.query import MAX_K, Filter, QueryAnswer, QueryError, QueryRequest
+from searcher.search import Source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Searchable:
+    """A source plus what turns its rows into an answer: ids and metadata."""
+
+    source: Source
+    id_of: Callable[[int], str]
+    metadata_of: Callable[[int], dict | None]
+
+
+def validate(request: QueryRequest, dim: int) -> np.ndarray | QueryError:
+    """The request's query vectors as float32 (n, dim), or the error it must get."""
+    try:
+        with np.errstate(over="ignore"):  # a float64 beyond float32 becomes Inf: not_finite
+            vectors = np.asarray(request.vectors, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        return QueryError("malformed", f"query vectors are not numbers: {exc}")
+    if vectors.ndim == 1:
+        vectors = vectors[None, :]
+    if vectors.ndim != 2 or vectors.shape[1] != dim:
+        return QueryError("wrong_dim", f"query vectors have shape {vectors.shape}, "
+                                       f"the collection's dim is {dim}")
+    if vectors.shape[0] == 0:
+        return QueryError("malformed", "a request needs at least one query vector")
+    if not np.isfinite(vectors).all():
+        row = int(np.argmax(~np.isfinite(vectors).all(axis=1)))
+        return QueryError("not_finite", f"query vector {row} holds NaN or Inf")
+    k = request.k
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= MAX_K:
+        return QueryError("bad_k", f"k is {k!r}, it must be an integer in 1..{MAX_K}")
+    return vectors
+
+
+def execute(requests: Sequence[QueryRequest], queries: Sequence[np.ndarray | QueryError],
+            sources: Sequence[Searchable], metric: str,
+            offsets: dict[int, int]) -> list[QueryAnswer | QueryError]:
+    """Answer every valid request; a request that fails gets its error, the others still run."""
+    answers: list[QueryAnswer | QueryError | None] = list(
+        q if isinstance(q, QueryError) else None for q in queries)
+    plain = [i for i, q in enumerate(queries)
+             if not isinstance(q, QueryError) and not _filtered(requests[i])]
+    if plain:
+        _answer_plain(requests, queries, plain, sources, metric, offsets, answers)
+    for i, q in enumerate(queries):
+        if answers[i] is None:
+            try:
+                scores, keys = fan_out(sources, q, requests[i].k, metric, requests[i].filter)
+                answers[i] = _answer(requests[i], scores, keys, sources, offsets)
+            except Exception as exc:  # one request's failure must not fail the batch
+                log.exception("request %s failed", requests[i].request_id)
+                answers[i] = QueryError("internal", f"{type(exc).__name__}: {exc}")
+    return answers  # type: ignore[return-value]  # every slot is filled by now
+
+
+def fan_out(sources: Sequence[Searchable], queries: np.ndarray, k: int, metric: str,
+            flt: Filter | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Search every source and merge: (scores, keys), keys = source base + row, -1 = none."""
+    ends = np.cumsum([s.source.rows for s in sources], dtype=np.int64)
+    bases = (ends - [s.source.rows for s in sources]).tolist()
+    small = [i for i, s in enumerate(sources) if 0 < s.source.visible <= search.SCAN_MAX_VISIBLE]
+    large = [i for i, s in enumerate(sources) if s.source.visible > search.SCAN_MAX_VISIBLE]
+    parts = []
+    for i in large:
+        accept = _accept(lambda rows, i=i: (np.full(len(rows), i), rows), sources, flt)
+        scores, rows = _search(sources[i].source, queries, k, metric, accept)
+        parts.append((scores, np.where(rows >= 0, rows + bases[i], -1)))
+    if small:
+        block, keys = search.gather([sources[i].source for i in small], [bases[i] for i in small])
+        accept = _accept(lambda rows: _locate(keys[rows], ends), sources, flt)
+        scores, rows = _search(block, queries, k, metric, accept)
+        parts.append((scores, np.where(rows >= 0, keys[np.maximum(rows, 0)], -1)))
+    return search.merge(parts, len(queries), k, metric)
+
+
+def _search(src: Source, queries: np.ndarray, k: int, metric: str,
+            accept: Callable[[np.ndarray], np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+    if accept is None:
+        return search.search(src, queries, k, metric)
+    return search.search_filtered(src, queries, k, metric, accept)
+
+
+def _locate(keys: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Global keys as (source index, row in that source)."""
+    which = np.searchsorted(ends, keys, side="right")
+    return which, keys - np.concatenate([[0], ends])[which]
+
+
+def _answer_plain(requests: Sequence[QueryRequest], queries: Sequence, plain: list[int],
+                  sources: Sequence[Searchable], metric: str, offsets: dict[int, int],
+                  answers: list) -> None:
+    """Search every unfiltered request with one query matrix and split the result."""
+    try:
+        matrix = np.vstack([queries[i] for i in plain])
+        scores, keys = fan_out(sources, matrix, max(requests[i].k for i in plain), metric)
+    except Exception as exc:
+        log.exception("batch of %d requests failed", len(plain))
+        for i in plain:
+            answers[i] = QueryError("internal", f"{type(exc).__name__}: {exc}")
+        return
+    start = 0
+    for i in plain:
+        n, k = len(queries[i]), requests[i].k
+        answers[i] = _answer(requests[i], scores[start:start + n, :k], keys[start:start + n, :k],
+                             sources, offsets)
+        start += n
+
+
+def _answer(request: QueryRequest, scores: np.ndarray, keys: np.ndarray,
+            sources: Sequence[Searchable], offsets: dict[int, int]) -> QueryAnswer:
+    """Turn merged keys into ids (and metadata), dropping empty slots."""
+    ends = np.cumsum([s.source.rows for s in sources], dtype=np.int64)
+    ids, out_scores, metadata = [], [], []
+    for row_scores, row_keys in zip(scores, keys, strict=True):
+        present = row_keys >= 0
+        which, local = _locate(row_keys[present], ends)
+        pairs = list(zip(which.tolist(), local.tolist(), strict=True))
+        ids.append([sources[s].id_of(r) for s, r in pairs])
+        out_scores.append(row_scores[present].tolist())
+        if request.with_metadata:
+            metadata.append([_metadata(sources[s], r) for s, r in pairs])
+    return QueryAnswer(ids, out_scores, metadata if request.with_metadata else None,
+                       dict(offsets))
+
+
+def _filtered(request: QueryRequest) -> bool:
+    return request.filter is not None and bool(request.filter.allowed)
+
+
+def _accept(locate: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+            sources: Sequence[Searchable], flt: Filter | None):
+    """The filter as a predicate over a searched source's rows (None without a filter)."""
+    if flt is None or not flt.allowed:
+        return None
+
+    def accept(rows: np.ndarray) -> np.ndarray:
+        """True for each row whose metadata passes the filter; unreadable metadata fails."""
+        which, local = locate(rows)
+        return np.fromiter((flt.matches(_metadata(sources[s], r))
+                            for s, r in zip(which.tolist(), local.tolist(), strict=True)),
+                           dtype=bool, count=len(rows))
+    return accept
+
+
+def _metadata(item: Searchable, row: int) -> dict | None:
+    try:
+        return item.metadata_of(row)
+    except ValueError:  # invalid JSON (json.JSONDecodeError is a ValueError)
+        return None

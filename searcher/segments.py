@@ -1,0 +1,205 @@
+"""The served segment set: loading with checksum refusal, hides, hidden-row masks, the id map."""
+
+# A sealed row is hidden when a later segment of its partition lists it in its hides, or writes
+# its id again (latest write wins by offset), or when the live tail holds a newer op on its id.
+# The id map points every id of a partition at its one visible sealed row, so a tail op finds
+# the row it hides in O(1). Nothing here locks: the engine calls it under its own lock.
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from indexer.errors import CorruptSegment
+from indexer.registry import SegmentRecord
+from indexer.snapshot import LoadedSegment, load_segment
+from searcher.search import Source
+
+log = logging.getLogger(__name__)
+
+# A location is one int, segment number << 32 | row: one object per id instead of three.
+_ROW_BITS = 32
+_ROW_MASK = (1 << _ROW_BITS) - 1
+
+
+def load(root: Path, record: SegmentRecord) -> LoadedSegment | None:
+    """Open a registered segment with every checksum verified; None (logged) if it is refused."""
+    try:
+        segment = load_segment(Path(root) / record.path, verify=True)
+    except CorruptSegment as exc:
+        log.error('partition="%d" segment=%s refused: %s', record.partition,
+                  record.segment_id, exc)
+        return None
+    manifest = segment.manifest
+    if (manifest.segment_id, manifest.partition, manifest.start_offset, manifest.end_offset) != (
+            record.segment_id, record.partition, record.start_offset, record.end_offset):
+        log.error('partition="%d" segment=%s refused: its manifest describes %s',
+                  record.partition, record.segment_id, manifest.segment_id)
+        return None
+    return segment
+
+
+@dataclass(slots=True)
+class Entry:
+    """One served segment and which of its rows are hidden, by sealed writes and by the tail."""
+
+    segment: LoadedSegment
+    number: int
+    sealed_hidden: np.ndarray
+    tail_hidden: np.ndarray
+    _source: Source | None = field(default=None, repr=False)
+
+    @property
+    def segment_id(self) -> str:
+        """The segment's id (partition and offset range)."""
+        return self.segment.manifest.segment_id
+
+    @property
+    def rows(self) -> int:
+        """Rows in the segment, hidden ones included."""
+        return self.segment.manifest.rows
+
+    def source(self) -> Source:
+        """The segment as a search source; the mask is rebuilt only after a change."""
+        if self._source is None:
+            self._source = Source(self.segment.vectors, self.sealed_hidden | self.tail_hidden,
+                                  self.segment.index)
+        return self._source
+
+    def changed(self) -> None:
+        """Forget the cached mask after sealed_hidden or tail_hidden changed."""
+        self._source = None
+
+
+@dataclass(slots=True)
+class _Partition:
+    """A partition's served segments (by start offset), id map and coverage."""
+
+    entries: list[Entry] = field(default_factory=list)
+    ids: dict[bytes, int] = field(default_factory=dict)
+    refused: dict[str, int] = field(default_factory=dict)  # segment id -> end offset
+    tail_marked: set[int] = field(default_factory=set)  # entry numbers with tail-hidden rows
+    covered: int = 0  # end offset of the served and refused segments
+
+
+class SegmentSet:
+    """Every served segment of a collection, grouped by partition."""
+
+    def __init__(self) -> None:
+        self._parts: dict[int, _Partition] = {}
+        self._by_number: dict[int, Entry] = {}
+        self._numbers = 0
+
+    def entries(self) -> list[Entry]:
+        """Every served segment, by (partition, start offset)."""
+        return [e for p in sorted(self._parts) for e in self._parts[p].entries]
+
+    def known(self) -> set[str]:
+        """Ids of the segments served or refused."""
+        return {e.segment_id for p in self._parts.values() for e in p.entries} | {
+            sid for p in self._parts.values() for sid in p.refused}
+
+    def coverage(self, partition: int) -> int:
+        """The end of the offsets the served (or refused) segments of `partition` cover."""
+        part = self._parts.get(partition)
+        return 0 if part is None else part.covered
+
+    def rows(self) -> int:
+        """Rows in the served segments, hidden ones included."""
+        return sum(e.rows for e in self._by_number.values())
+
+    def install(self, segment: LoadedSegment) -> None:
+        """Serve a segment: it hides what it overwrites and joins the id map."""
+        part = self._parts.setdefault(segment.manifest.partition, _Partition())
+        if segment.manifest.start_offset < self.coverage(segment.manifest.partition):
+            # Out of order (a rebuilt registry): redo the partition in offset order.
+            others = [e.segment for e in part.entries]
+            self._rebuild(segment.manifest.partition, [*others, segment])
+            return
+        self._apply(part, segment)
+
+    def refuse(self, record: SegmentRecord) -> None:
+        """Remember a refused segment: its offsets count as covered, its rows are not served."""
+        part = self._parts.setdefault(record.partition, _Partition())
+        part.refused[record.segment_id] = record.end_offset
+        part.covered = max(part.covered, record.end_offset)
+
+    def release(self, segment_ids: set[str]) -> set[int]:
+        """Stop serving these segments; return the partitions that were rebuilt."""
+        touched: set[int] = set()
+        for partition, part in self._parts.items():
+            if any(sid in segment_ids for sid in part.refused):
+                part.refused = {s: e for s, e in part.refused.items() if s not in segment_ids}
+                touched.add(partition)
+            if any(e.segment_id in segment_ids for e in part.entries):
+                touched.add(partition)
+        for partition in touched:
+            part = self._parts[partition]
+            keep = [e.segment for e in part.entries if e.segment_id not in segment_ids]
+            self._rebuild(partition, keep)
+        return touched
+
+    def hide_ids(self, partition: int, ids: list[bytes]) -> None:
+        """The tail holds a newer op on each of `ids`: hide their sealed rows."""
+        part = self._parts.get(partition)
+        if part is None or not part.ids:
+            return
+        for key in ids:
+            packed = part.ids.get(key)
+            if packed is None:
+                continue
+            entry = self._by_number[packed >> _ROW_BITS]
+            entry.tail_hidden[packed & _ROW_MASK] = True
+            entry.changed()
+            part.tail_marked.add(entry.number)
+
+    def reset_tail_hides(self, partition: int, ids: list[bytes]) -> None:
+        """Recompute the tail's hides of `partition` from the ids the tail now holds."""
+        part = self._parts.get(partition)
+        if part is None:
+            return
+        for number in part.tail_marked:
+            entry = self._by_number.get(number)
+            if entry is not None:
+                entry.tail_hidden[:] = False
+                entry.changed()
+        part.tail_marked.clear()
+        self.hide_ids(partition, ids)
+
+    def _apply(self, part: _Partition, segment: LoadedSegment) -> None:
+        """Add a segment that is newer than every served one of its partition."""
+        self._numbers += 1
+        rows = segment.manifest.rows
+        entry = Entry(segment, self._numbers, np.zeros(rows, bool), np.zeros(rows, bool))
+        by_id = {e.segment_id: e for e in part.entries}
+        for target, hidden in segment.hides.items():
+            if (old := by_id.get(target)) is not None:
+                old.sealed_hidden[hidden[(hidden >= 0) & (hidden < old.rows)]] = True
+                old.changed()
+        ids = segment.ids.tolist()
+        for key in ids + segment.deleted_ids.tolist():
+            packed = part.ids.pop(key, None)
+            if packed is None:
+                continue
+            # Latest write wins even where the hides do not say so (hides of a refused segment).
+            old = self._by_number[packed >> _ROW_BITS]
+            old.sealed_hidden[packed & _ROW_MASK] = True
+            old.changed()
+        base = entry.number << _ROW_BITS
+        part.ids.update(zip(ids, range(base, base + rows), strict=True))
+        part.entries.append(entry)
+        part.covered = max(part.covered, segment.manifest.end_offset)
+        self._by_number[entry.number] = entry
+
+    def _rebuild(self, partition: int, segments: list[LoadedSegment]) -> None:
+        """Serve exactly `segments` for `partition`, replayed in offset order."""
+        old = self._parts.get(partition, _Partition())
+        for entry in old.entries:
+            del self._by_number[entry.number]
+        part = _Partition(refused=old.refused, covered=max(old.refused.values(), default=0))
+        self._parts[partition] = part
+        for segment in sorted(segments, key=lambda s: s.manifest.start_offset):
+            self._apply(part, segment)

@@ -1,0 +1,92 @@
+"""Keeps the served segment set equal to the registry: pub/sub events plus a periodic reconcile."""
+
+# Events make a new segment appear quickly; the reconcile every `reconcile_s` is what makes the
+# set correct, since a pub/sub message missed during a reconnect is never sent again.
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Protocol
+
+from indexer.registry import Registry, SegmentRecord
+from indexer.snapshot import LoadedSegment
+from searcher import segments
+
+log = logging.getLogger(__name__)
+
+EVENT_WAIT_S = 0.2
+
+
+class WatcherSink(Protocol):
+    """What the watcher changes: the engine's serving state."""
+
+    def known(self) -> set[str]:
+        """Segment ids served or refused."""
+
+    def install(self, record: SegmentRecord, segment: LoadedSegment | None) -> None:
+        """Serve a segment; None when it was refused."""
+
+    def release(self, segment_ids: set[str]) -> None:
+        """Stop serving segments."""
+
+
+class SegmentWatcher:
+    """Loads newly registered segments and releases unregistered ones, on its own thread."""
+
+    def __init__(self, registry: Registry, root: Path, sink: WatcherSink,
+                 reconcile_s: float) -> None:
+        self.registry = registry
+        self.root = Path(root)
+        self.sink = sink
+        self.reconcile_s = reconcile_s
+        self._pubsub = registry.client.pubsub(ignore_subscribe_messages=True)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"sv-segments-{registry.collection}")
+
+    def subscribe(self) -> None:
+        """Listen for registry events; call before the first reconcile so none slips between."""
+        self._pubsub.subscribe(self.registry.events_channel)
+
+    def start(self) -> None:
+        """Start the watcher thread."""
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the thread and unsubscribe."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self._pubsub.close()
+
+    def reconcile(self) -> None:
+        """Make the served set equal to the registry's: release, then load in offset order."""
+        records = self.registry.segments()
+        known = self.sink.known()
+        gone = known - {r.segment_id for r in records}
+        if gone:
+            self.sink.release(gone)
+        for record in records:  # by (partition, start offset): each one extends its partition
+            if record.segment_id not in known:
+                self.sink.install(record, segments.load(self.root, record))
+
+    def _run(self) -> None:
+        due = time.monotonic() + self.reconcile_s
+        while not self._stop.is_set():
+            try:
+                event = self._pubsub.get_message(timeout=EVENT_WAIT_S)
+                if event is not None or time.monotonic() >= due:
+                    self._drain()
+                    self.reconcile()
+                    due = time.monotonic() + self.reconcile_s
+            except Exception:  # Redis away: keep serving what is loaded, try again later
+                log.exception("collection=%s segment reconcile failed", self.registry.collection)
+                self._stop.wait(min(self.reconcile_s, 1.0))
+
+    def _drain(self) -> None:
+        """Swallow queued events: one reconcile answers all of them."""
+        while self._pubsub.get_message(timeout=0) is not None:
+            pass

@@ -1,0 +1,239 @@
+"""Segments plus tail under one lock: hides, swaps without gaps or doubles, release, refusal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from indexer import snapshot
+from indexer.build import build_index
+from indexer.idmap import IdMap
+from indexer.registry import SegmentRecord
+from indexer.segment import GrowingSegment
+from ingest import record
+from searcher import segments
+from searcher.metrics import SearcherMetrics
+from searcher.state import ServingState
+from searcher.tail_reader import TailMessage
+
+DIM = 4
+COLLECTION = "unit"
+
+
+class Chain:
+    """One partition's log and the indexer's view of it: messages, seals, hides."""
+
+    def __init__(self, root: Path, partition: int, rng: np.random.Generator) -> None:
+        self.root, self.partition, self.rng = root, partition, rng
+        self.growing = GrowingSegment(partition, 0, DIM, 0.0)
+        self.idmap = IdMap()
+        self.log: list[TailMessage] = []
+        self.expected: dict[str, np.ndarray | None] = {}
+        self.written_at: dict[str, int] = {}
+
+    def send(self, ids: list[str], delete: bool = False) -> TailMessage:
+        vectors = self.rng.standard_normal((len(ids), DIM)).astype(np.float32)
+        payload = (record.encode_deletes(ids, dim=DIM) if delete
+                   else record.encode(ids, vectors))
+        batch = record.decode(payload)
+        msg = TailMessage(self.partition, len(self.log), batch)
+        self.log.append(msg)
+        self.growing.append(batch, msg.offset)
+        for i, key in enumerate(ids):
+            self.expected[key] = None if delete else vectors[i]
+            self.written_at[key] = msg.offset
+        return msg
+
+    def seal(self) -> tuple[SegmentRecord, snapshot.LoadedSegment]:
+        sealed = self.growing.seal()
+        sid = snapshot.segment_id(self.partition, sealed.start_offset, sealed.end_offset)
+        hides = self.idmap.hides_for(sealed)
+        self.idmap.apply(sid, sealed)
+        index, factory = build_index(sealed.vectors, metric="l2", index="Flat")
+        manifest = snapshot.write_segment(self.root, COLLECTION, 0, sealed, index, factory, "l2",
+                                          hides)
+        path = snapshot.segment_path(self.root, COLLECTION, 0, self.partition, sid)
+        rec = SegmentRecord.from_manifest(manifest, path.relative_to(self.root))
+        self.growing = GrowingSegment(self.partition, sealed.end_offset, DIM, 0.0)
+        return rec, segments.load(self.root, rec)
+
+    def live(self, since: int = 0) -> dict[str, np.ndarray]:
+        return {k: v for k, v in self.expected.items()
+                if v is not None and self.written_at[k] >= since}
+
+
+def visible(state: ServingState) -> dict[str, np.ndarray]:
+    """Every row a search can return, by id; fails if an id is visible twice."""
+    out: dict[str, np.ndarray] = {}
+    with state.lock:
+        for item in state.searchables():
+            hidden = item.source.hidden
+            for row in range(item.source.rows):
+                if hidden is None or not hidden[row]:
+                    key = item.id_of(row)
+                    assert key not in out, f"{key} visible twice"
+                    out[key] = np.asarray(item.source.vectors[row])
+    return out
+
+
+def assert_serves(state: ServingState, *chains: Chain) -> None:
+    assert_state(state, {k: v for c in chains for k, v in c.live().items()})
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def metrics(registry: CollectorRegistry) -> SearcherMetrics:
+    return SearcherMetrics(registry, COLLECTION)
+
+
+def sample(registry: CollectorRegistry, name: str) -> float | None:
+    return registry.get_sample_value(f"streamvec_searcher_{name}", {"collection": COLLECTION})
+
+
+@pytest.fixture
+def state(metrics: SearcherMetrics) -> ServingState:
+    st = ServingState(DIM, [0, 1], metrics)
+    st.reassigned(st.start_offsets()[1])
+    return st
+
+
+def rounds(chain: Chain, n: int, id_space: int = 40) -> list[TailMessage]:
+    """Messages of upserts over a small id space, with deletes and re-upserts mixed in."""
+    out = []
+    for i in range(n):
+        ids = sorted({f"p{chain.partition}-{j}" for j in chain.rng.integers(0, id_space, 5)})
+        out.append(chain.send(ids, delete=i % 4 == 3))
+    return out
+
+
+def state_after(chain: Chain, upto: int) -> dict[str, np.ndarray]:
+    """The latest state implied by the first `upto` messages of a chain."""
+    latest: dict[str, np.ndarray | None] = {}
+    for msg in chain.log[:upto]:
+        deleted = (msg.batch.ops == record.OP_DELETE).tolist()
+        for i, key in enumerate(msg.batch.id_list()):
+            latest[key] = None if deleted[i] else np.array(msg.batch.vectors[i])
+    return {k: v for k, v in latest.items() if v is not None}
+
+
+def assert_state(state: ServingState, expected: dict[str, np.ndarray]) -> None:
+    got = visible(state)
+    assert sorted(got) == sorted(expected)
+    for key, vector in expected.items():
+        assert np.array_equal(got[key], vector), key
+
+
+def test_tail_ops_hide_sealed_rows_and_every_swap_keeps_the_state(tmp_path, state) -> None:
+    chain = Chain(tmp_path, 0, np.random.default_rng(1))
+    other = Chain(tmp_path, 1, np.random.default_rng(2))
+    state.apply(rounds(other, 5))
+    others = state_after(other, 5)
+    applied = covered = 0
+    for step in range(6):
+        rounds(chain, 6)
+        rec, seg = chain.seal()
+        rounds(chain, 6)
+        # The tail is ahead of the new segment on odd steps, behind it on even ones.
+        target = rec.end_offset + (3 if step % 2 else -2)
+        state.apply(chain.log[applied:target])
+        applied = target
+        assert_state(state, {**others, **state_after(chain, max(applied, covered))})
+        state.install(rec, seg)
+        covered = rec.end_offset
+        assert_state(state, {**others, **state_after(chain, max(applied, covered))})
+        state.apply(chain.log[applied:])
+        applied = len(chain.log)
+        assert_state(state, {**others, **state_after(chain, applied)})
+        assert state.positions() == {0: applied, 1: 5}
+    state.install(*chain.seal())
+    assert_state(state, {**others, **state_after(chain, applied)})
+    assert state.tail.row_count() == sum(len(m.batch) for m in other.log)
+
+
+def test_a_lagging_tail_skips_what_segments_already_cover(tmp_path, state, registry) -> None:
+    chain = Chain(tmp_path, 0, np.random.default_rng(3))
+    msgs = rounds(chain, 10)
+    rec, seg = chain.seal()
+    later = rounds(chain, 3)
+    state.install(rec, seg)
+    assert state.positions()[0] == 10
+    state.apply(msgs + later)  # the reader started below the checkpoint
+    assert_serves(state, chain)
+    assert state.tail.row_count() == sum(len(m.batch) for m in later)
+    assert sample(registry, "loaded_segments") == 1
+    assert sample(registry, "loaded_rows") == seg.manifest.rows
+    assert sample(registry, "tail_rows") == state.tail.row_count()
+    assert sample(registry, "swaps_total") == 1
+
+
+def test_released_segment_rewinds_the_tail_to_the_new_coverage(tmp_path, state) -> None:
+    chain = Chain(tmp_path, 0, np.random.default_rng(4))
+    rewinds = []
+    state.on_rewind = lambda: rewinds.append(True)
+    first = rounds(chain, 8)
+    rec1, seg1 = chain.seal()
+    second = rounds(chain, 8)
+    rec2, seg2 = chain.seal()
+    state.install(rec1, seg1)
+    state.install(rec2, seg2)
+    state.release({rec2.segment_id})
+    assert rewinds == [True] and state.positions()[0] == 8
+    state.apply(second)  # fetched before the re-assignment: discarded
+    assert state.tail.row_count() == 0
+    offsets, generation = state.start_offsets()
+    assert offsets == {0: 8, 1: 0}
+    state.reassigned(generation)
+    state.apply(first + second)
+    assert_serves(state, chain)
+    assert state.positions()[0] == 16
+
+
+def test_segments_registered_again_out_of_order_are_replayed_in_offset_order(tmp_path,
+                                                                           state) -> None:
+    chain = Chain(tmp_path, 0, np.random.default_rng(5))
+    installed = []
+    for _ in range(3):
+        rounds(chain, 6)
+        installed.append(chain.seal())
+    for rec, seg in installed:
+        state.install(rec, seg)
+    assert_serves(state, chain)
+    state.release({installed[0][0].segment_id, installed[1][0].segment_id})
+    only_last = state_after(chain, 18)
+    only_last = {k: v for k, v in only_last.items() if chain.written_at[k] >= 12}
+    assert_state(state, only_last)
+    assert state.positions()[0] == 18  # the last segment still covers up to its end
+    for rec, seg in installed[:2]:  # older than what is served: the partition is replayed
+        state.install(rec, seg)
+    assert_serves(state, chain)
+
+
+def test_corrupt_segment_is_refused_counted_and_its_range_still_covered(tmp_path, state,
+                                                                        registry) -> None:
+    chain = Chain(tmp_path, 0, np.random.default_rng(6))
+    rounds(chain, 5)
+    rec, _ = chain.seal()
+    vectors = tmp_path / rec.path / "vectors.npy"
+    vectors.write_bytes(vectors.read_bytes()[:-4] + b"\x00\x00\x80\x7f")
+    assert segments.load(tmp_path, rec) is None
+    state.install(rec, None)
+    assert sample(registry, "refused_segments_total") == 1
+    assert state.positions()[0] == 5 and visible(state) == {}
+    assert rec.segment_id in state.known()
+    later = rounds(chain, 3)
+    rec2, seg2 = chain.seal()
+    state.apply(later)
+    state.install(rec2, seg2)
+    assert sorted(visible(state)) == sorted(chain.live(since=5))
+
+
+def test_observe_records_when_each_partition_was_at_the_log_end(state) -> None:
+    state.observe({0: 0, 1: 5}, now=10.0)
+    assert state.caught_up_at() == {0: 10.0}
