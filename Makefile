@@ -18,7 +18,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 BENCHES := $(filter-out bench/common.py,$(sort $(wildcard bench/*.py)))
 PYTEST_ARGS ?=
 
-.PHONY: help venv deps java redis-server jars test unit integration demo bench up down status \
+.PHONY: help venv deps java redis-server jars test lint unit integration demo bench up down status \
 	clean distclean
 
 help: ## list the targets
@@ -56,8 +56,11 @@ redis-server:
 jars: $(VENV_STAMP)
 	@$(BIN)/streamvec dev fetch >/dev/null
 
-test: venv deps ## run every test: unit, then integration against a real Kafka and Redis
+test: venv deps lint ## lint, then every test: unit and integration against real Kafka and Redis
 	$(BIN)/pytest -q tests $(PYTEST_ARGS)
+
+lint: venv ## ruff over the whole tree
+	$(BIN)/ruff check --quiet .
 
 unit: venv ## run the unit tests only (no servers)
 	$(BIN)/pytest -q -m 'not integration' tests/unit $(PYTEST_ARGS)

@@ -1,4 +1,4 @@
-"""Indexer rows/s from Kafka to registered segments, beside raw consume+decode and raw FAISS build."""
+"""Indexer rows/s, Kafka to registered segments, beside raw consume+decode and raw FAISS build."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Producer SDK rows/s against the real broker, beside raw confluent-kafka sending the same bytes."""
+"""Producer SDK rows/s on the real broker, beside raw confluent-kafka sending the same bytes."""
 
 from __future__ import annotations
 

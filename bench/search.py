@@ -1,4 +1,4 @@
-"""Search through the Redis protocol beside raw in-process FAISS; recall, freshness, ingest impact."""
+"""Search via the Redis protocol beside raw in-process FAISS; recall, freshness, ingest impact."""
 
 from __future__ import annotations
 

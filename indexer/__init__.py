@@ -1,1 +1,1 @@
-"""Indexer role: consumer workers, growing and sealed segments, FAISS builds, snapshots, registry writes."""
+"""Indexer role: consumer workers, segments, FAISS builds, snapshots and registry writes."""

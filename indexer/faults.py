@@ -1,4 +1,4 @@
-"""Crash points for fault-injection tests: `STREAMVEC_CRASH_AT=point[:n]` kills the process there."""
+"""Crash points for fault-injection tests: `STREAMVEC_CRASH_AT=point[:n]` kills the process."""
 
 from __future__ import annotations
 

@@ -31,7 +31,8 @@ class IndexerMetrics:
         self.seals = make(Counter, "seals", "Segments sealed, by policy.", ("reason",))
         self.build_seconds = make(Histogram, "build_seconds", "FAISS build plus snapshot write.",
                                   buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
-        self.snapshot_bytes = make(Counter, "snapshot_bytes", "Bytes written to the snapshot store.")
+        self.snapshot_bytes = make(Counter, "snapshot_bytes",
+                                   "Bytes written to the snapshot store.")
         self.registrations = make(Counter, "registrations", "Segment registrations, by outcome.",
                                   ("status",))
         self.checkpoint_lag = make(Gauge, "checkpoint_lag_messages", "Log end offset minus the "

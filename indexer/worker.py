@@ -170,7 +170,8 @@ class Worker:
     def _register_finished(self, *, block: bool, timeout: float | None = None) -> None:
         for partition in list(self.parts):
             state = self.parts.get(partition)
-            while state is not None and state.inflight and (block or state.inflight[0].future.done()):
+            while state is not None and state.inflight and (
+                    block or state.inflight[0].future.done()):
                 if not self._register_head(state, timeout):
                     break
 

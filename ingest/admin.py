@@ -74,7 +74,8 @@ def partition_offsets(settings: Settings, topic: str, timeout: float = 10.0) -> 
     """Return the low and high watermark of every partition of `topic`."""
     from confluent_kafka import Consumer  # local: only describe needs a consumer
 
-    consumer = Consumer(settings.kafka_config(**{"group.id": "sv.admin", "enable.auto.commit": False}))
+    consumer = Consumer(
+        settings.kafka_config(**{"group.id": "sv.admin", "enable.auto.commit": False}))
     try:
         meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
         if meta is None or meta.error is not None:

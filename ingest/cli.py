@@ -1,4 +1,4 @@
-"""`streamvec collection create|list|describe|drop`: collection administration on the command line."""
+"""`streamvec collection create|list|describe|drop`: collection administration."""
 
 from __future__ import annotations
 

@@ -57,7 +57,7 @@ class CollectionName:
 
     @property
     def key_prefix(self) -> str:
-        """Prefix of every Redis key of this collection, hash-tagged so a cluster keeps them together."""
+        """Prefix of this collection's Redis keys, hash-tagged so a cluster keeps them together."""
         return f"sv:{{{self}}}:"
 
     def key(self, suffix: str) -> str:

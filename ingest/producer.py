@@ -1,4 +1,4 @@
-"""The producer SDK: upserts and deletes of one collection, partitioned by id, with delivered offsets."""
+"""The producer SDK: upserts and deletes of one collection, partitioned by id, offsets back."""
 
 from __future__ import annotations
 
@@ -77,7 +77,8 @@ class Producer:
         if vecs.ndim != 2 or vecs.shape[1] != self.spec.dim:
             raise RecordError(
                 "wrong_dim",
-                f"vectors have shape {vecs.shape}, collection {self.spec.name} expects (n, {self.spec.dim})",
+                f"vectors have shape {vecs.shape}, collection {self.spec.name} "
+                f"expects (n, {self.spec.dim})",
             )
         n = len(ids)
         if vecs.shape[0] != n or (metadata is not None and len(metadata) != n):
@@ -152,7 +153,8 @@ class Producer:
         extra = _metadata_sizes(metadata)
         for p in np.unique(parts):
             rows = np.flatnonzero(parts == p)  # stable: keeps each id's ops in call order
-            yield from ((int(p), chunk) for chunk in _split(rows, row_bytes, extra, self.max_message_bytes))
+            for chunk in _split(rows, row_bytes, extra, self.max_message_bytes):
+                yield int(p), chunk
 
     def _send(self, payloads: list[tuple[int, int, bytes]], ids: Sequence[str] | np.ndarray) -> int:
         for partition, first_row, payload in payloads:
@@ -161,7 +163,8 @@ class Producer:
             while True:
                 try:
                     self._kafka.produce(
-                        self.topic, payload, key=key, partition=partition, on_delivery=self._on_delivery
+                        self.topic, payload, key=key, partition=partition,
+                        on_delivery=self._on_delivery,
                     )
                     break
                 except BufferError:

@@ -13,7 +13,13 @@ import numpy as np
 from ingest.names import CollectionName
 from ingest.spec import MAX_DIM, MAX_PARTITIONS
 from searcher.query import (
-    ERROR_CODES, MAX_K, Consistency, Filter, QueryAnswer, QueryError, QueryRequest,
+    ERROR_CODES,
+    MAX_K,
+    Consistency,
+    Filter,
+    QueryAnswer,
+    QueryError,
+    QueryRequest,
 )
 
 VERSION = "1"

@@ -13,7 +13,6 @@ from tqdm import tqdm
 
 from indexer.registry import Registry
 from indexer.worker import Worker
-
 from ingest import admin
 from ingest.partition import partitions_for
 from ingest.producer import Producer

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from redis import Redis
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from redis import Redis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     )
     metrics_port: int | None = Field(
         default=None, ge=0, le=65535,
-        description="Port of the Prometheus /metrics endpoint of a long-running role (off if unset).",
+        description="Port of the /metrics endpoint of a long-running role (off if unset)",
     )
     home: Path = Field(
         default_factory=default_home,
@@ -123,7 +123,8 @@ class Settings(BaseSettings):
     def _check_redis(cls, value: SecretStr) -> SecretStr:
         scheme = urlsplit(value.get_secret_value()).scheme
         if scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"redis URL must start with redis://, rediss:// or unix://, not {scheme!r}")
+            raise ValueError(
+                f"redis URL must start with redis://, rediss:// or unix://, not {scheme!r}")
         return value
 
     @property

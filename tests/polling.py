@@ -15,7 +15,8 @@ def wait_until(check: Callable[[], T], *, timeout: float, what: str, interval: f
     last: T = check()
     while not last:
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
-        time.sleep(interval)  # noqa: the poll interval of a deadline-bound wait, not a sync sleep
+            raise AssertionError(
+                f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
+        time.sleep(interval)  # the poll interval of a deadline-bound wait
         last = check()
     return last

@@ -44,6 +44,10 @@ class IndexerThread(Running):
         self.worker = Worker(settings, name, metrics_registry=self.metrics)
         super().__init__(self.worker.run, self.worker.stop, f"indexer-{name}")
 
+    def sample(self, name: str, **labels: str) -> float | None:
+        """Read one sample of the worker's metrics."""
+        return self.metrics.get_sample_value(name, labels)
+
 
 class SearcherThread(Running):
     """A searcher (engine + Redis server loop) of a collection on a thread."""

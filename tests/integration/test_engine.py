@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from polling import wait_until
 from prometheus_client import CollectorRegistry
+from stack import IndexerThread
 from workers import Workload, log_ends, wait_fully_indexed
 
 from indexer.registry import Registry
-from indexer.worker import Worker
 from ingest import admin
 from ingest.producer import Producer
 from ingest.spec import CollectionSpec
@@ -27,29 +26,6 @@ pytestmark = pytest.mark.integration
 DIM = 8
 SYNC_TIMEOUT_S = 30.0
 FAST_POLL_S = 0.002
-
-
-class IndexerThread:
-    """The real indexer worker on a thread; `stop()` joins it and re-raises its error."""
-
-    def __init__(self, settings, name: str) -> None:
-        self.worker = Worker(settings, name, metrics_registry=CollectorRegistry())
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.worker.run()
-        except BaseException as exc:  # handed to the test thread
-            self.error = exc
-
-    def stop(self) -> None:
-        self.worker.stop()
-        self.thread.join(60)
-        assert not self.thread.is_alive(), "indexer did not stop within 60 s"
-        if self.error is not None:
-            raise self.error
 
 
 class Served:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka import Producer as KafkaProducer
 from confluent_kafka.admin import AdminClient
+from polling import wait_until
 from prometheus_client import CollectorRegistry
+from stack import IndexerThread
 from workers import Workload, assert_state_matches, log_ends, wait_fully_indexed
 
 from indexer.ownership import CheckpointOutOfRange
@@ -18,38 +18,10 @@ from indexer.worker import Worker
 from ingest import admin, record
 from ingest.producer import Producer
 from ingest.spec import CollectionSpec
-from polling import wait_until
 
 pytestmark = pytest.mark.integration
 
 DIM = 8
-
-
-class Running:
-    """A Worker on a thread; `stop()` joins it and re-raises what it raised."""
-
-    def __init__(self, settings, name: str) -> None:
-        self.metrics = CollectorRegistry()
-        self.worker = Worker(settings, name, metrics_registry=self.metrics)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.worker.run()
-        except BaseException as exc:  # handed to the test thread
-            self.error = exc
-
-    def stop(self) -> None:
-        self.worker.stop()
-        self.thread.join(60)
-        assert not self.thread.is_alive(), "worker did not stop within 60 s"
-        if self.error is not None:
-            raise self.error
-
-    def sample(self, name: str, **labels: str) -> float | None:
-        return self.metrics.get_sample_value(name, labels)
 
 
 @pytest.fixture
@@ -87,7 +59,7 @@ def test_poison_goes_to_the_dlq_with_its_reason_and_good_rows_all_land(settings,
         return lambda err, msg: sent_bad.__setitem__((msg.partition(), msg.offset()), reason)
 
     workload = Workload(DIM, rng)
-    running = Running(settings, spec.name)
+    running = IndexerThread(settings, spec.name)
     bad = bad_payloads(rng)
     with Producer(spec.name, settings=settings) as producer:
         for chunk in range(10):
@@ -142,7 +114,7 @@ def read_dlq(settings, topic: str, expect: int) -> dict[tuple[int, int], str]:
 
 def test_deletes_and_upserts_hide_older_rows_across_segments(settings, spec):
     workload = Workload(DIM, np.random.default_rng(2))
-    running = Running(settings, spec.name)
+    running = IndexerThread(settings, spec.name)
     with Producer(spec.name, settings=settings) as producer:
         for _ in range(4):
             workload.send_round(producer, 3000, id_space=2000)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from polling import wait_until
 from workers import (
     Workload,
     assert_state_matches,
@@ -16,7 +17,6 @@ from indexer.registry import Registry, rebuild
 from ingest import admin
 from ingest.producer import Producer
 from ingest.spec import CollectionSpec
-from polling import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -49,8 +49,9 @@ def test_kill_9_at_every_step_loses_nothing_and_duplicates_nothing(settings, col
             workload.send_round(producer, ROWS_PER_ROUND, id_space=60_000)
             producer.flush()
             before = registry_version(settings, name)
-            wait_until(lambda b=before: fleet.restart_dead() or registry_version(settings, name) > b,
-                       timeout=120, what=f"a registration after round {round_no}")
+            wait_until(lambda b=before: fleet.restart_dead()
+                       or registry_version(settings, name) > b, timeout=120,
+                       what=f"a registration after round {round_no}")
             if round_no % 3 == 1:  # plus plain SIGKILLs at whatever moment this is
                 fleet.workers[round_no % 2].kill()
     ends = log_ends(settings, collection.collection.topic)
@@ -82,7 +83,7 @@ def test_rebalance_with_a_third_worker_joining_and_leaving(settings, collection,
                        what=f"a registration after round {round_no}")
             if round_no == 2:
                 third = spawn_worker(settings, name, tmp_path, tag="third")
-                wait_until(lambda: "taken over" in third.log.read_text(), timeout=60,
+                wait_until(lambda w=third: "taken over" in w.log.read_text(), timeout=60,
                            what="the third worker to own a partition")
             if round_no == 6:
                 assert third.terminate() == 0, third.log.read_text()[-3000:]

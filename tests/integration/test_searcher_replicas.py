@@ -10,12 +10,12 @@ import threading
 
 import numpy as np
 import pytest
+from polling import wait_until
 from stack import IndexerThread
 
 from ingest import admin
 from ingest.producer import Producer
 from ingest.spec import CollectionSpec
-from polling import wait_until
 from searcher.client import Client
 
 pytestmark = pytest.mark.integration

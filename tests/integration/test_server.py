@@ -10,13 +10,19 @@ import numpy as np
 import pytest
 from polling import wait_until
 from standin import (  # the fixtures among these are used by name
-    DEADLINE_S, DIM, HITS, add_all, assert_answer, client, drained, engine, raw_request,
-    redis_settings, replies, serving,
+    DEADLINE_S,
+    DIM,
+    HITS,
+    add_all,
+    assert_answer,
+    drained,
+    raw_request,
+    replies,
+    serving,
 )
 
-from searcher import SearchError, SearchTimeout
+from searcher import SearchError, SearchTimeout, protocol
 from searcher import client as client_module
-from searcher import protocol
 from searcher.query import Consistency, QueryError
 from searcher.server import GROUP
 

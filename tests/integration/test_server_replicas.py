@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 from polling import wait_until
 from standin import (  # the fixtures among these are used by name
-    DEADLINE_S, DIM, StandIn, add_all, assert_answer, drained, engine, raw_request,
-    redis_settings, replies, serving,
+    DEADLINE_S,
+    DIM,
+    StandIn,
+    add_all,
+    assert_answer,
+    drained,
+    raw_request,
+    replies,
+    serving,
 )
 
 from searcher import protocol

@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from polling import wait_until
 
 from indexer.registry import Registry
 from indexer.view import live_rows, load_registered
 from ingest import admin
 from ingest.producer import Producer
-from polling import wait_until
 from streamvec.settings import Settings
 
 # Short group timeouts so a killed worker's partitions move on in seconds, not 45 s.

@@ -24,7 +24,8 @@ def dataset(rows, dim, *, seed=1338, clusters=0):
 
 def recall(found, truth):
     """Mean fraction of each query's true neighbours that were found."""
-    return np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found.tolist(), truth.tolist())])
+    return np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found.tolist(), truth.tolist(),
+                                                                  strict=True)])
 
 
 def test_auto_is_flat_below_the_threshold_then_hnsw():

@@ -11,7 +11,12 @@ import pytest
 from searcher import protocol
 from searcher.protocol import decode_reply, decode_request, encode_reply, encode_request
 from searcher.query import (
-    ERROR_CODES, Consistency, Filter, QueryAnswer, QueryError, QueryRequest,
+    ERROR_CODES,
+    Consistency,
+    Filter,
+    QueryAnswer,
+    QueryError,
+    QueryRequest,
 )
 
 NAME = "products@v4"
