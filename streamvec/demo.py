@@ -1,4 +1,4 @@
-"""`streamvec demo`: publish real sentence embeddings, index them, show the segments sealing."""
+"""`streamvec demo`: publish sentence embeddings, index them, then answer text queries."""
 
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ from ingest import admin
 from ingest.partition import partitions_for
 from ingest.producer import Producer
 from ingest.spec import CollectionSpec
+from searcher.client import Client
+from searcher.engine import Engine
+from searcher.metrics import SearcherMetrics
+from searcher.server import Server
 from streamvec import corpus, embed
 from streamvec.errors import CommandError
 from streamvec.settings import Settings
@@ -67,6 +71,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     elapsed = time.perf_counter() - started
     _print_summary(settings, spec, ids, offsets, elapsed)
     _index(settings, spec)
+    _search(settings, spec)
     return 0
 
 
@@ -116,3 +121,40 @@ def _index(settings: Settings, spec: CollectionSpec) -> None:
         for rec in mine[-2:]:
             print(f"{rec.segment_id:<32} {rec.rows:>6} {rec.factory:<8} "
                   f"{rec.start_offset:>7}..{rec.end_offset:<7}")
+
+
+DEMO_QUERIES = (
+    "how long should bread dough rise before baking",
+    "which planets can you see without a telescope",
+    "saving money for retirement with index funds",
+    "the striker scored a late goal in the final",
+)
+
+
+def _search(settings: Settings, spec: CollectionSpec) -> None:
+    """Serve the collection in-process and answer a few text queries through Redis."""
+    encoder = embed.load_encoder_or_none()
+    if encoder is None:
+        print("no sentence model: skipping the text queries")
+        return
+    metrics = SearcherMetrics(CollectorRegistry(), spec.name)
+    engine = Engine(settings, spec.name, metrics=metrics)
+    engine.start()
+    server = Server(settings, spec.name, engine, consumer="demo", metrics=metrics)
+    thread = threading.Thread(target=server.run, name="demo-searcher", daemon=True)
+    thread.start()
+    try:
+        client = Client(settings=settings)
+        vectors = encoder.encode(list(DEMO_QUERIES))
+        result = client.search(spec.name, vectors, k=3, with_metadata=True, timeout=30)
+        for q, text in enumerate(DEMO_QUERIES):
+            print(f"\nquery: {text}")
+            for id_, score, meta in result.rows(q):
+                print(f"  {score:6.3f}  {id_}  {(meta or {}).get('text', '')}")
+        took = result.timings_ms.get("total")
+        print(f"\n{len(DEMO_QUERIES)} queries answered in one request"
+              + (f" ({took:.1f} ms in the searcher)" if took is not None else ""))
+    finally:
+        server.stop()
+        thread.join(30)
+        engine.stop()
