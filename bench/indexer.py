@@ -2,35 +2,33 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: the repo root must win over bench/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
-from pathlib import Path
 
-# This script is named like the `indexer` package: hide its folder while the package loads.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+import faiss
+import numpy as np
+import psutil
+from confluent_kafka import Consumer, TopicPartition
 
-import faiss  # noqa: E402
-import numpy as np  # noqa: E402
-import psutil  # noqa: E402
-from confluent_kafka import Consumer, TopicPartition  # noqa: E402
-
-from indexer import build  # noqa: E402
-from indexer.registry import Registry  # noqa: E402
-from indexer.worker import CONSUMER_FETCH  # noqa: E402
-from ingest import admin, record  # noqa: E402
-from ingest.producer import Producer  # noqa: E402
-from ingest.spec import CollectionSpec  # noqa: E402
-from streamvec.settings import Settings  # noqa: E402
-
-sys.path.append(str(_HERE))
-from common import machine_info  # noqa: E402
+from bench.common import machine_info
+from indexer import build
+from indexer.registry import Registry
+from indexer.worker import CONSUMER_FETCH
+from ingest import admin, record
+from ingest.producer import Producer
+from ingest.spec import CollectionSpec
+from streamvec.settings import Settings
 
 
 def main() -> None:

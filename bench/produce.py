@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: the repo root must win over bench/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import statistics
 import time
 import uuid
 
 import numpy as np
-from common import machine_info
 from confluent_kafka import Producer as KafkaProducer
 
+from bench.common import machine_info
 from ingest import admin, record
 from ingest.producer import Producer
 from ingest.spec import CollectionSpec

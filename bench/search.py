@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: the repo root must win over bench/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import os
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import faiss
 import numpy as np
-from common import machine_info
 from prometheus_client import CollectorRegistry
 
+from bench.common import machine_info
 from indexer.registry import Registry
 from indexer.view import load_registered
 from indexer.worker import Worker

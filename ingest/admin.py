@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from ingest import catalog
+from ingest import audit, catalog
 from ingest.errors import CollectionExists, IngestError
 from ingest.spec import CollectionSpec
 from streamvec.settings import Settings
@@ -48,6 +48,8 @@ def create_collection(
         if created:
             catalog.forget(client, spec.name)  # leave no half-created collection behind
         raise
+    if created:
+        audit.record(client, "collection.create", spec.name, asdict(spec), settings.actor)
     log.info("collection=%s %s", spec.name, "created" if created else "already exists")
     return created
 
@@ -100,8 +102,10 @@ def drop_collection(settings: Settings, name: str, timeout: float = 30.0) -> Non
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
                 raise IngestError(f"could not delete topic {topic}: {exc.args[0].str()}") from None
-    catalog.forget(settings.redis_client(), name)
+    client = settings.redis_client()
+    catalog.forget(client, name)
     shutil.rmtree(settings.snapshots / spec.name, ignore_errors=True)
+    audit.record(client, "collection.drop", spec.name, {"topics": topics}, settings.actor)
     log.info("collection=%s dropped", name)
 
 

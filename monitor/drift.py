@@ -1,37 +1,32 @@
 """Embedding drift statistics: compare a reference window of vectors with a current one (no I/O).
 
-Statistics, each a function of two (rows, dim) windows `ref` and `cur`:
+- `mean_cosine_distance`: 1 - cosine of the two windows' mean embeddings.
+- `mmd`: unbiased squared MMD, RBF kernel with the median-heuristic bandwidth, on a seeded
+  Gaussian random projection, with a permutation-test p-value.
+- `drifted_share`: share of dimensions whose marginal changed (two-sample Kolmogorov-Smirnov
+  per dimension, Benjamini-Hochberg correction).
+- `norm_shift`: KS distance between the windows' distributions of L2 norms.
 
-- `mean_cosine_distance`: 1 - cosine of the two mean embeddings (the centroid turned).
-- `mmd`: unbiased squared maximum mean discrepancy, RBF kernel with the median-heuristic
-  bandwidth, on a seeded Gaussian random projection, with a permutation-test p-value.
-- `drifted_share`: share of dimensions whose marginal changed, by a two-sample
-  Kolmogorov-Smirnov test per dimension with a Benjamini-Hochberg correction.
-- `norm_shift`: KS distance between the two windows' distributions of L2 norms.
+`assess` runs them all. State rule: "drift" when the MMD p-value is below `mmd_alpha` or at
+least two of the other three tests fire; "warning" when exactly one of them fires; else "ok".
+One of those fires when its statistic exceeds its threshold in `DriftThresholds`.
 
-`assess` runs them all. State rule: "drift" when the MMD p-value is below `mmd_alpha`, or when
-at least two of the other three tests fire; "warning" when exactly one of them fires; else
-"ok". One of those tests fires when its statistic exceeds its threshold in `DriftThresholds`.
+Defaults, from seeded measurements. "Cone" windows: 300 unit-norm rows, d = 64, from an
+8-cluster Gaussian mixture whose clusters share a common direction. "Sentences":
+all-MiniLM-L6-v2 embeddings of the packaged ten-topic corpus.
+- `mmd_alpha` 0.01: 1,000 same-distribution cone pairs gave p < 0.01 in 0.9% of them.
+- `mean_cosine_distance` 0.1: with no drift its 99th percentile was 0.004 for cone pairs,
+  0.054 (300 rows) and 0.097 (150 rows) for a mixed ten-topic sentence stream, and 0.055 for
+  75-row halves of one topic; a change of topic gave 0.6 or more. Smaller windows of a mixed
+  stream need a higher threshold.
+- `drifted_share` 0.05 at `ks_alpha` 0.01: with no drift any dimension was flagged in 0.7% of
+  1,000 cone pairs, never more than 3 of 64; a change of topic flagged 40% or more.
+- `norm_shift` 0.2: unit vectors always give 0; unnormalised cone pairs with no drift gave at
+  most 0.15 (99.9th percentile, 300 rows; 99th at 150 rows: 0.19); norms scaled by 5%: 0.36.
 
-How the defaults were chosen (seeded measurements; "cone" windows are unit-norm rows of an
-8-cluster Gaussian mixture in d = 64 whose clusters share a common direction, 300 rows each;
-"sentences" are all-MiniLM-L6-v2 embeddings of the packaged ten-topic corpus):
-
-- `mmd_alpha` 0.01: a permutation test is exact, and 1,000 cone pairs from one distribution
-  gave p < 0.01 in 1.1% of them.
-- `mean_cosine_distance` 0.1: with no drift its 99th percentile was 0.004 for cone windows,
-  0.054 (300 rows) and 0.097 (150 rows) for a ten-topic sentence stream, and 0.055 for two
-  75-row halves of one topic; a change of topic gave 0.64 or more. Windows smaller than
-  150 rows of a mixed stream need a higher threshold.
-- `drifted_share` 0.05 at `ks_alpha` 0.01: with no drift, Benjamini-Hochberg flagged any
-  dimension in 1% of 1,000 cone pairs and never 5% of them; a change of topic flags 40% or more.
-- `norm_shift` 0.2: unit vectors always give 0; for unnormalised cone rows with no drift the
-  99.9th percentile was 0.15 at 300 rows (99th: 0.19 at 150 rows), while scaling every norm
-  by 5% gives 0.36.
-
-A current window holding 10% of a cluster that sits among the reference clusters (a new topic
-in a mixed sentence stream) moves every statistic by little more than its noise at these
-sizes: measured power was 10-40%. A cluster away from the reference data is caught.
+Limit: 10% of a new cluster that sits among the reference clusters (a new topic in a mixed
+sentence stream) moves every statistic little more than its noise at these sizes (measured
+power 10-40%); a new cluster away from the reference data is caught (99% of 1,000 cone pairs).
 """
 
 from __future__ import annotations
@@ -144,7 +139,7 @@ def mmd(
     permutations: int = DEFAULT_PERMUTATIONS,
     seed: int = 0,
 ) -> tuple[float, float]:
-    """Return (unbiased squared MMD, permutation p-value); windows over 500 rows are sampled."""
+    """Return (unbiased squared MMD, permutation p-value); windows over MAX_MMD_ROWS are sampled."""
     if projection_dim < 1 or permutations < 1:
         raise ValueError(
             f"projection_dim and permutations must be >= 1, got {projection_dim}, {permutations}"
@@ -163,8 +158,7 @@ def _mmd(
     cur = _subsample(cur, MAX_MMD_ROWS, sample_rng)
     n_r = ref.shape[0]
     kernel = _rbf_kernel(_project(np.concatenate([ref, cur]), projection_dim, project_rng))
-    # Column 0 is the observed split; the others relabel the pooled rows at random, and one
-    # matrix product evaluates them all.
+    # Column 0 is the observed split, the rest random relabellings: one matmul scores them all.
     labels = np.zeros((kernel.shape[0], permutations + 1))
     labels[:n_r] = 1.0
     labels[:, 1:] = perm_rng.permuted(labels[:, 1:], axis=0)
@@ -214,9 +208,7 @@ def _benjamini_hochberg(pvalues: np.ndarray, alpha: float) -> np.ndarray:
     return rejected
 
 
-def drifted_share(
-    ref: np.ndarray, cur: np.ndarray, *, alpha: float = 0.01, seed: int = 0
-) -> float:
+def drifted_share(ref: np.ndarray, cur: np.ndarray, *, alpha: float = 0.01, seed: int = 0) -> float:
     """Return the share of dimensions whose marginal changed (KS, Benjamini-Hochberg at alpha)."""
     if not 0.0 < alpha <= 1.0:
         raise ValueError(f"alpha must be in (0, 1], got {alpha}")
@@ -302,5 +294,5 @@ def assess(
         state = "drift"
     else:
         state = "warning" if fired else "ok"
-    reasons = ("mmd",) * mmd_fired + tuple(fired)
+    reasons = (("mmd",) if mmd_fired else ()) + tuple(fired)
     return DriftReport(mmd=mmd2, mmd_pvalue=pvalue, state=state, reasons=reasons, **others)

@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus /metrics on this port [env STREAMVEC_METRICS_PORT]")
     p.add_argument("--batch-max", type=int, default=64, help="requests per batch (default 64)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="FAISS/OpenMP threads per search call (default 1: batches are small, "
+                   "and spinning threads cost more than they give on a shared machine)")
     p.add_argument("--max-seconds", type=float, default=None,
                    help="exit after this many seconds (default: run until stopped)")
     p.set_defaults(handler=_serve)
@@ -57,6 +60,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from searcher.metrics import SearcherMetrics
     from searcher.server import Server
 
+    import faiss
+
+    faiss.omp_set_num_threads(max(1, args.threads))
     port = args.metrics_port or settings.metrics_port
     if port:
         start_http_server(port, addr="0.0.0.0")  # noqa: S104 - scraped from other hosts

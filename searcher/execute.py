@@ -18,6 +18,14 @@ from searcher.search import Source
 
 log = logging.getLogger(__name__)
 
+# Rows of the monitor's freshness canary (docs/protocol.md 7.7): ids with this prefix never
+# reach an answer unless the request's filter names the metadata field CANARY_FIELD.
+CANARY_PREFIX = "__sv_canary__"
+CANARY_FIELD = "__sv_canary__"
+# Extra rows fetched so that dropping canary rows still leaves k: one live canary row per
+# running monitor at most, so this covers that many monitors near one query.
+CANARY_SLACK = 8
+
 
 @dataclass(frozen=True, slots=True)
 class Searchable:
@@ -64,7 +72,8 @@ def execute(requests: Sequence[QueryRequest], queries: Sequence[np.ndarray | Que
     for i, q in enumerate(queries):
         if answers[i] is None:
             try:
-                scores, keys = fan_out(sources, q, requests[i].k, metric, requests[i].filter)
+                scores, keys = fan_out(sources, q, _fetch_k(requests[i]), metric,
+                                       requests[i].filter)
                 answers[i] = _answer(requests[i], scores, keys, sources, offsets)
             except Exception as exc:  # one request's failure must not fail the batch
                 log.exception("request %s failed", requests[i].request_id)
@@ -111,7 +120,7 @@ def _answer_plain(requests: Sequence[QueryRequest], queries: Sequence, plain: li
     """Search every unfiltered request with one query matrix and split the result."""
     try:
         matrix = np.vstack([queries[i] for i in plain])
-        scores, keys = fan_out(sources, matrix, max(requests[i].k for i in plain), metric)
+        scores, keys = fan_out(sources, matrix, max(_fetch_k(requests[i]) for i in plain), metric)
     except Exception as exc:
         log.exception("batch of %d requests failed", len(plain))
         for i in plain:
@@ -119,7 +128,7 @@ def _answer_plain(requests: Sequence[QueryRequest], queries: Sequence, plain: li
         return
     start = 0
     for i in plain:
-        n, k = len(queries[i]), requests[i].k
+        n, k = len(queries[i]), _fetch_k(requests[i])
         answers[i] = _answer(requests[i], scores[start:start + n, :k], keys[start:start + n, :k],
                              sources, offsets)
         start += n
@@ -127,19 +136,33 @@ def _answer_plain(requests: Sequence[QueryRequest], queries: Sequence, plain: li
 
 def _answer(request: QueryRequest, scores: np.ndarray, keys: np.ndarray,
             sources: Sequence[Searchable], offsets: dict[int, int]) -> QueryAnswer:
-    """Turn merged keys into ids (and metadata), dropping empty slots."""
+    """Turn merged keys into the request's k ids (and metadata), dropping empty slots."""
     ends = np.cumsum([s.source.rows for s in sources], dtype=np.int64)
+    canary = wants_canary(request)
     ids, out_scores, metadata = [], [], []
     for row_scores, row_keys in zip(scores, keys, strict=True):
-        present = row_keys >= 0
+        present = np.flatnonzero(row_keys >= 0)
         which, local = _locate(row_keys[present], ends)
-        pairs = list(zip(which.tolist(), local.tolist(), strict=True))
-        ids.append([sources[s].id_of(r) for s, r in pairs])
-        out_scores.append(row_scores[present].tolist())
+        found = [(sources[s].id_of(r), s, r, j) for s, r, j in
+                 zip(which.tolist(), local.tolist(), present.tolist(), strict=True)]
+        kept = [f for f in found if canary or not f[0].startswith(CANARY_PREFIX)][:request.k]
+        pairs = [(s, r) for _, s, r, _ in kept]
+        ids.append([f[0] for f in kept])
+        out_scores.append(row_scores[[f[3] for f in kept]].tolist())
         if request.with_metadata:
             metadata.append([_metadata(sources[s], r) for s, r in pairs])
     return QueryAnswer(ids, out_scores, metadata if request.with_metadata else None,
                        dict(offsets))
+
+
+def wants_canary(request: QueryRequest) -> bool:
+    """True when the request may see canary rows: its filter has a CANARY_FIELD clause."""
+    return request.filter is not None and CANARY_FIELD in request.filter.allowed
+
+
+def _fetch_k(request: QueryRequest) -> int:
+    """Rows to fetch for a request: its k, plus room for the canary rows dropped later."""
+    return request.k if wants_canary(request) else request.k + CANARY_SLACK
 
 
 def _filtered(request: QueryRequest) -> bool:

@@ -26,6 +26,7 @@ import faiss
 import numpy as np
 
 from indexer.build import prepare
+from searcher import scan
 
 # FAISS ranks in float32; rows whose float32 and exact order differ sit next to each other,
 # so fetching this many rows beyond what is needed keeps the exact top-k among candidates.
@@ -159,10 +160,9 @@ def merge(parts: Sequence[tuple[np.ndarray, np.ndarray]], nq: int, k: int,
 def search(src: Source, queries: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
     """The k best visible rows of `src` per query: (exact scores, rows), -1 padded."""
     if src.index is None:
-        scores = exact_scores(src.vectors, queries, metric)
-        rows = np.broadcast_to(np.arange(src.rows, dtype=np.int64), scores.shape)
-        return top_k(scores, _hide(rows, src.hidden), k, metric)
-    rows, _ = fetch(src, prepare(queries, metric), k + MARGIN)
+        rows = scan.candidates(src.vectors, src.hidden, queries, metric, k + MARGIN)
+    else:
+        rows, _ = fetch(src, prepare(queries, metric), k + MARGIN)
     return top_k(rescore(src.vectors, rows, queries, metric), rows, k, metric)
 
 

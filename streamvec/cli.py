@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra librdkafka option, repeatable [env STREAMVEC_KAFKA_OPTIONS]",
     )
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING... [env STREAMVEC_LOG_LEVEL]")
+    parser.add_argument("--actor", help="who acts, for the audit trail "
+                        "[env STREAMVEC_ACTOR; default: the OS user]")
     sub = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -52,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Build Settings from the global flags, falling back to env vars and defaults."""
     overrides: dict[str, object] = {}
-    for field in ("kafka", "redis", "snapshots"):
+    for field in ("kafka", "redis", "snapshots", "actor"):
         value = getattr(args, field, None)
         if value:
             overrides[field] = value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 from pathlib import Path
@@ -30,6 +31,14 @@ def default_home() -> Path:
     """Return the folder for local state: the dev stack, caches and default snapshots."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "streamvec"
+
+
+def default_actor() -> str:
+    """Return the OS user name, the actor audit entries name when none is configured."""
+    try:
+        return getpass.getuser() or "unknown"
+    except (KeyError, OSError):  # no login name in the env and no passwd entry (containers)
+        return "unknown"
 
 
 def parse_kafka_options(value: Any) -> dict[str, str]:
@@ -105,6 +114,10 @@ class Settings(BaseSettings):
         default_factory=default_home,
         description="Folder for local state: the dev stack's data, logs and jar cache.",
     )
+    actor: str = Field(
+        default_factory=default_actor, min_length=1, max_length=256,
+        description="Who is acting, as the audit trail records it (default: the OS user).",
+    )
 
     @field_validator("kafka_options", mode="before")
     @classmethod
@@ -156,6 +169,7 @@ class Settings(BaseSettings):
             "kafka_options": json.dumps(redact_kafka_options(self.kafka_options)),
             "home": str(self.home),
             "metrics_port": str(self.metrics_port),
+            "actor": self.actor,
         }
 
     def __repr__(self) -> str:

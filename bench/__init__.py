@@ -1,0 +1,1 @@
+"""Reproducible benchmarks; each prints its raw baseline, the ratio and the machine."""

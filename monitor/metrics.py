@@ -1,0 +1,62 @@
+"""Prometheus metrics of the monitor role: `streamvec_monitor_*`, labelled by collection."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+NAMESPACE = "streamvec"
+SUBSYSTEM = "monitor"
+# Produce -> visible spans the searcher's tail poll (tens of ms) up to a stalled pipeline.
+FRESHNESS_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+DRIFT_STATES = {"ok": 0, "warning": 1, "drift": 2}
+CANARY_FAILURE_REASONS = ("produce", "search", "timeout", "delete")
+
+
+class MonitorMetrics:
+    """Every monitor metric on one registry; call `labels(metric, ...)` to get a child."""
+
+    def __init__(self, registry: CollectorRegistry, collection: str) -> None:
+        def make(kind, name, doc, labels=(), **kw):
+            return kind(name, doc, ["collection", *labels], namespace=NAMESPACE,
+                        subsystem=SUBSYSTEM, registry=registry, **kw)
+
+        self.collection = collection
+        self.drift_mean_cosine_distance = make(
+            Gauge, "drift_mean_cosine_distance", "1 - cosine of the reference and current "
+            "windows' mean embeddings.")
+        self.drift_mmd = make(Gauge, "drift_mmd", "Unbiased squared MMD between the reference "
+                              "and current windows (RBF kernel).")
+        self.drift_mmd_p_value = make(Gauge, "drift_mmd_p_value", "Permutation-test p-value "
+                                      "of the MMD.")
+        self.drift_drifted_share = make(Gauge, "drift_drifted_share", "Share of dimensions "
+                                        "whose marginal changed (KS, Benjamini-Hochberg).")
+        self.drift_norm_shift = make(Gauge, "drift_norm_shift", "KS distance between the "
+                                     "windows' L2-norm distributions.")
+        self.drift_state = make(Gauge, "drift_state", "Drift verdict: 0 ok, 1 warning, 2 drift.")
+        self.window_rows = make(Gauge, "window_rows", "Rows held by a drift window "
+                                "(reference or current).", ("window",))
+        self.skipped_records = make(Counter, "skipped_records", "Kafka messages the drift "
+                                    "window reader could not decode or validate, skipped.")
+        self.freshness_seconds = make(Histogram, "freshness_seconds", "Canary upsert sent to "
+                                      "visible in an eventual query.", buckets=FRESHNESS_BUCKETS)
+        self.canary_failures = make(Counter, "canary_failures", "Canary cycles that failed, "
+                                    "by step.", ("reason",))
+        self.recall = make(Gauge, "recall", "Recall@k of the searchers against exact search "
+                           "over the registered segments.", ("k",))
+        self.probe_queries = make(Counter, "probe_queries", "Query vectors the recall probe "
+                                  "sent.")
+        for reason in CANARY_FAILURE_REASONS:
+            self.labels(self.canary_failures, reason)  # exported at 0 before the first failure
+
+    def labels(self, metric, *values: str):
+        """Return `metric` with the collection label (and any others) applied."""
+        return metric.labels(self.collection, *values)
+
+    def observe_drift(self, report) -> None:
+        """Set every drift gauge from a `monitor.drift.DriftReport`."""
+        self.labels(self.drift_mean_cosine_distance).set(report.mean_cosine_distance)
+        self.labels(self.drift_mmd).set(report.mmd)
+        self.labels(self.drift_mmd_p_value).set(report.mmd_pvalue)
+        self.labels(self.drift_drifted_share).set(report.drifted_share)
+        self.labels(self.drift_norm_shift).set(report.norm_shift)
+        self.labels(self.drift_state).set(DRIFT_STATES[report.state])

@@ -1,0 +1,129 @@
+"""The registered segments' visible rows, as the recall probe and pinning read them."""
+
+# A row is visible when no later segment hides it (indexer/view.py) and it is not a canary
+# row, which searchers never return. Segments are immutable, so each is loaded (and its
+# checksums verified) once and kept memory-mapped; the visible-row lists are recomputed only
+# when the registry version moves.
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from indexer.build import search_exact
+from indexer.registry import Registry
+from indexer.snapshot import LoadedSegment, load_segment
+from indexer.view import hidden_rows
+from searcher import search
+from searcher.execute import CANARY_PREFIX
+
+
+@dataclass(frozen=True, slots=True)
+class SealedPart:
+    """One registered segment and the indices of its visible rows."""
+
+    segment: LoadedSegment
+    rows: np.ndarray  # int64, ascending
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Visible ids, UTF-8 bytes (S)."""
+        return np.asarray(self.segment.ids[self.rows])
+
+    def vectors(self) -> np.ndarray:
+        """Visible vectors, a float32 copy."""
+        return np.ascontiguousarray(self.segment.vectors[self.rows], dtype=np.float32)
+
+
+class SealedView:
+    """The visible rows of a collection's registered segments, reloaded on registry changes."""
+
+    def __init__(self, registry: Registry, root: Path | str) -> None:
+        self.registry = registry
+        self.root = Path(root)
+        self._lock = threading.Lock()
+        self._loaded: dict[str, LoadedSegment] = {}
+        self._version: int | None = None
+        self._parts: list[SealedPart] = []
+
+    def parts(self) -> list[SealedPart]:
+        """Every registered segment with its visible rows, oldest first per partition."""
+        with self._lock:
+            version = self.registry.version()  # read first: a later move forces a reload
+            if version != self._version:
+                self._parts = self._load(self.registry.segments())
+                self._version = version
+            return list(self._parts)
+
+    def _load(self, records) -> list[SealedPart]:
+        current = {r.segment_id for r in records}
+        self._loaded = {sid: seg for sid, seg in self._loaded.items() if sid in current}
+        segments = []
+        for rec in records:
+            if rec.segment_id not in self._loaded:
+                self._loaded[rec.segment_id] = load_segment(self.root / rec.path, verify=True)
+            segments.append(self._loaded[rec.segment_id])
+        hidden = hidden_rows(segments)
+        parts = []
+        for seg in segments:
+            visible = np.ones(seg.manifest.rows, dtype=bool)
+            visible[list(hidden.get(seg.manifest.segment_id, ()))] = False
+            visible &= ~np.char.startswith(np.asarray(seg.ids), CANARY_PREFIX.encode())
+            parts.append(SealedPart(seg, np.flatnonzero(visible).astype(np.int64)))
+        return parts
+
+
+def visible_ids(parts: list[SealedPart]) -> np.ndarray:
+    """Every visible id, sorted, for membership tests with `np.searchsorted`."""
+    if not parts:
+        return np.zeros(0, dtype="S1")
+    return np.sort(np.concatenate([p.ids for p in parts]))
+
+
+def contains(sorted_ids: np.ndarray, wanted: list[str]) -> np.ndarray:
+    """Which of `wanted` are in `sorted_ids` (from `visible_ids`)."""
+    if not len(sorted_ids) or not wanted:
+        return np.zeros(len(wanted), dtype=bool)
+    probe = np.array([w.encode() for w in wanted], dtype=bytes)
+    at = np.minimum(np.searchsorted(sorted_ids, probe), len(sorted_ids) - 1)
+    return sorted_ids[at] == probe
+
+
+def exact_top_k(parts: list[SealedPart], queries: np.ndarray, k: int,
+                metric: str) -> list[list[str]]:
+    """Exact k nearest visible rows per query, ids best first (fewer when rows are fewer)."""
+    pieces, names = [], []
+    base = 0
+    for part in parts:
+        if not len(part.rows):
+            continue
+        scores, local = search_exact(part.vectors(), queries, min(k, len(part.rows)), metric)
+        pieces.append((scores.astype(np.float64), np.where(local >= 0, local + base, -1)))
+        names.append(part.ids)
+        base += len(part.rows)
+    if not pieces:
+        return [[] for _ in range(len(queries))]
+    _, keys = search.merge(pieces, len(queries), k, metric)
+    ids = np.concatenate(names)
+    return [[ids[key].decode() for key in row if key >= 0] for row in keys.tolist()]
+
+
+def latest_rows(parts: list[SealedPart], n: int) -> np.ndarray:
+    """The `n` visible rows with the latest event times (float32), newest segments first."""
+    chosen: list[tuple[np.ndarray, np.ndarray]] = []
+    held = 0
+    for part in sorted(parts, key=lambda p: p.segment.manifest.created_at, reverse=True):
+        if held >= n:
+            break
+        if len(part.rows):
+            chosen.append((np.asarray(part.segment.event_time_ms[part.rows]), part.vectors()))
+            held += len(part.rows)
+    if not chosen:
+        return np.zeros((0, 0), dtype=np.float32)
+    times = np.concatenate([t for t, _ in chosen])
+    vectors = np.concatenate([v for _, v in chosen])
+    newest = np.argsort(-times, kind="stable")[:n]
+    return vectors[np.sort(newest)]
