@@ -38,7 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=384)
-    parser.add_argument("--index", default="HNSW32")
+    parser.add_argument("--index", default="Flat", help="segment index (default Flat)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent client threads")
     parser.add_argument("--queries", type=int, default=4000, help="requests per QPS run")
     parser.add_argument("--ingest-rate", type=int, default=5000, help="rows/s while ingesting")

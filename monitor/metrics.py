@@ -17,6 +17,7 @@ class MonitorMetrics:
 
     def __init__(self, registry: CollectorRegistry, collection: str) -> None:
         def make(kind, name, doc, labels=(), **kw):
+            """One metric of this role, labelled by collection first."""
             return kind(name, doc, ["collection", *labels], namespace=NAMESPACE,
                         subsystem=SUBSYSTEM, registry=registry, **kw)
 

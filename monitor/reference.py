@@ -23,7 +23,7 @@ from ingest.names import CollectionName
 from ingest.spec import CollectionSpec
 from monitor import drift
 from monitor.sealed import SealedView, latest_rows
-from monitor.windows import window_rows
+from monitor.windows import window_mask
 from streamvec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,8 @@ READ_TIMEOUT_S = 30.0
 _DTYPE = np.dtype("<f4")
 
 
-class ReferenceError(ValueError):
-    """A reference that cannot be pinned or read back."""
+class PinError(ValueError):
+    """A reference that cannot be pinned, or a stored one that cannot be read back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +58,7 @@ def store(client: redis.Redis, collection: str, vectors: np.ndarray, source: str
     """Replace the pinned reference of `collection` with `vectors` (rows, dim)."""
     arr = np.ascontiguousarray(vectors, dtype=_DTYPE)
     if arr.ndim != 2 or not arr.size or not np.isfinite(arr).all():
-        raise ReferenceError(f"a reference needs finite (rows, dim) vectors, got {arr.shape}")
+        raise PinError(f"a reference needs finite (rows, dim) vectors, got {arr.shape}")
     ref = Reference(arr, round(time.time(), 3), source)
     with client.pipeline(transaction=True) as pipe:
         pipe.delete(ref_key(collection))
@@ -76,7 +76,7 @@ def pinned_at(client: redis.Redis, collection: str) -> float | None:
 
 
 def load(client: redis.Redis, collection: str) -> Reference | None:
-    """The pinned reference, or None; ReferenceError if the stored hash is inconsistent."""
+    """The pinned reference, or None; PinError if the stored hash is inconsistent."""
     fields = client.hgetall(ref_key(collection))
     if not fields:
         return None
@@ -89,7 +89,7 @@ def load(client: redis.Redis, collection: str) -> Reference | None:
         return Reference(vectors, float(fields[b"pinned_at"]),
                          fields.get(b"source", b"").decode())
     except (KeyError, ValueError) as exc:
-        raise ReferenceError(f"{ref_key(collection)} is damaged: {exc}") from None
+        raise PinError(f"{ref_key(collection)} is damaged: {exc}") from None
 
 
 def pin_latest(settings: Settings, collection: str, rows: int = DEFAULT_ROWS,
@@ -100,9 +100,9 @@ def pin_latest(settings: Settings, collection: str, rows: int = DEFAULT_ROWS,
     segments when they hold enough rows, else whichever of the two yields more.
     """
     if source not in SOURCES:
-        raise ReferenceError(f"source must be one of {SOURCES}, got {source!r}")
+        raise PinError(f"source must be one of {SOURCES}, got {source!r}")
     if rows < drift.MIN_ROWS:
-        raise ReferenceError(f"a reference needs at least {drift.MIN_ROWS} rows, got {rows}")
+        raise PinError(f"a reference needs at least {drift.MIN_ROWS} rows, got {rows}")
     client = settings.redis_client()
     spec = catalog.load_spec(client, collection)
     picked, used = np.zeros((0, spec.dim), dtype=np.float32), source
@@ -114,8 +114,8 @@ def pin_latest(settings: Settings, collection: str, rows: int = DEFAULT_ROWS,
         if len(from_topic) > len(picked):
             picked, used = from_topic, "topic"
     if len(picked) < drift.MIN_ROWS:
-        raise ReferenceError(f"collection {spec.name} has {len(picked)} rows to pin from "
-                             f"({used}); a reference needs at least {drift.MIN_ROWS}")
+        raise PinError(f"collection {spec.name} has {len(picked)} rows to pin from "
+                       f"({used}); a reference needs at least {drift.MIN_ROWS}")
     ref = store(client, spec.name, picked, used)
     audit.record(client, "drift.pin_reference", spec.name,
                  {"rows": int(len(picked)), "dim": int(picked.shape[1]), "source": used,
@@ -135,9 +135,10 @@ def latest_from_topic(settings: Settings, spec: CollectionSpec, rows: int,
         meta = consumer.list_topics(spec.collection.topic, timeout=timeout)
         topic = meta.topics.get(spec.collection.topic)
         if topic is None or topic.error is not None:
-            raise ReferenceError(f"topic {spec.collection.topic} cannot be read: "
-                                 f"{None if topic is None else topic.error}")
-        found = [_partition_tail(consumer, spec, p, rows, timeout) for p in sorted(topic.partitions)]
+            raise PinError(f"topic {spec.collection.topic} cannot be read: "
+                           f"{None if topic is None else topic.error}")
+        found = [_partition_tail(consumer, spec, p, rows, timeout)
+                 for p in sorted(topic.partitions)]
     finally:
         consumer.close()
     times = np.concatenate([t for t, _ in found]) if found else np.zeros(0, np.int64)
@@ -164,11 +165,10 @@ def _partition_tail(consumer: Consumer, spec: CollectionSpec, partition: int, ro
                                             model_version=spec.model_version)
             except RecordError:
                 continue  # the indexer dead-letters these; a reference only needs good rows
-            keep = window_rows(batch)
-            upserts = batch.upserts_mask
-            times.append(np.asarray(batch.event_time_ms[upserts])[:len(keep)])
-            vectors.append(keep)
-            held += len(keep)
+            keep = window_mask(batch)
+            times.append(np.asarray(batch.event_time_ms[keep]))
+            vectors.append(np.array(batch.vectors[keep], dtype=np.float32))
+            held += int(np.count_nonzero(keep))
         end, span = start, span * 4
     if not times:
         return np.zeros(0, np.int64), np.zeros((0, spec.dim), np.float32)
@@ -183,12 +183,17 @@ def _read_range(consumer: Consumer, tp: TopicPartition, start: int, end: int,
     out: list[Message] = []
     while time.monotonic() < deadline:
         for msg in consumer.consume(num_messages=500, timeout=0.5):
-            err = msg.error()
-            if err is not None and err.code() == KafkaError._PARTITION_EOF:
-                return out
-            if err is None and msg.offset() < end:
+            # Messages fetched before the re-assignment can still arrive: keep to the range.
+            if msg.partition() != tp.partition:
+                continue
+            err, offset = msg.error(), msg.offset()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF and offset >= end:
+                    return out
+                continue
+            if start <= offset < end:
                 out.append(msg)
-            if err is None and msg.offset() >= end - 1:
+            if offset == end - 1:
                 return out
-    raise ReferenceError(f"reading {tp.topic}[{tp.partition}] offsets [{start}, {end}) took "
-                         f"longer than {timeout:g}s")
+    raise PinError(f"reading {tp.topic}[{tp.partition}] offsets [{start}, {end}) took "
+                   f"longer than {timeout:g}s")

@@ -112,18 +112,16 @@ def exact_top_k(parts: list[SealedPart], queries: np.ndarray, k: int,
 
 
 def latest_rows(parts: list[SealedPart], n: int) -> np.ndarray:
-    """The `n` visible rows with the latest event times (float32), newest segments first."""
-    chosen: list[tuple[np.ndarray, np.ndarray]] = []
-    held = 0
-    for part in sorted(parts, key=lambda p: p.segment.manifest.created_at, reverse=True):
-        if held >= n:
-            break
-        if len(part.rows):
-            chosen.append((np.asarray(part.segment.event_time_ms[part.rows]), part.vectors()))
-            held += len(part.rows)
-    if not chosen:
+    """The `n` visible rows with the latest event times (float32), in segment order."""
+    parts = [p for p in parts if len(p.rows)]
+    if not parts:
         return np.zeros((0, 0), dtype=np.float32)
-    times = np.concatenate([t for t, _ in chosen])
-    vectors = np.concatenate([v for _, v in chosen])
-    newest = np.argsort(-times, kind="stable")[:n]
-    return vectors[np.sort(newest)]
+    times = np.concatenate([np.asarray(p.segment.event_time_ms[p.rows]) for p in parts])
+    owner = np.concatenate([np.full(len(p.rows), i) for i, p in enumerate(parts)])
+    local = np.concatenate([p.rows for p in parts])
+    picked = np.sort(np.argsort(-times, kind="stable")[:n])
+    out = np.empty((len(picked), parts[0].segment.vectors.shape[1]), dtype=np.float32)
+    for i in np.unique(owner[picked]).tolist():
+        mine = owner[picked] == i
+        out[mine] = parts[i].segment.vectors[local[picked[mine]]]
+    return out

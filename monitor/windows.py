@@ -113,10 +113,14 @@ class FirstRows:
             return np.concatenate(self._parts)
 
 
+def window_mask(batch: Batch) -> np.ndarray:
+    """Which rows of a batch a window takes: upserts that are not canary rows."""
+    return batch.upserts_mask & ~np.char.startswith(batch.ids, _CANARY_BYTES)
+
+
 def window_rows(batch: Batch) -> np.ndarray:
-    """The vectors of a batch's upserts, canary rows left out, as a float32 copy."""
-    keep = batch.upserts_mask & ~np.char.startswith(batch.ids, _CANARY_BYTES)
-    return np.array(batch.vectors[keep], dtype=np.float32)
+    """The vectors of the rows a window takes, as a float32 copy."""
+    return np.array(batch.vectors[window_mask(batch)], dtype=np.float32)
 
 
 def start_offset(low: int, high: int, committed: int, span: int) -> int:
@@ -152,12 +156,20 @@ class WindowReader:
 
     def run(self) -> None:
         """Consume until `stop()`, then leave the group."""
-        self._consumer.subscribe([self.topic], on_assign=self._on_assign)
+        self.subscribe()
         try:
             while not self._stop.is_set():
                 self.poll_once()
         finally:
-            self._consumer.close()
+            self.close()
+
+    def subscribe(self) -> None:
+        """Join the group; partitions arrive (and get their start) during `poll_once`."""
+        self._consumer.subscribe([self.topic], on_assign=self._on_assign)
+
+    def close(self) -> None:
+        """Leave the group and close the consumer."""
+        self._consumer.close()
 
     def poll_once(self, timeout: float = POLL_TIMEOUT_S) -> int:
         """Read one batch of messages into the windows; return the rows taken."""

@@ -56,11 +56,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import faiss
+
     from searcher.engine import Engine
     from searcher.metrics import SearcherMetrics
     from searcher.server import Server
-
-    import faiss
 
     faiss.omp_set_num_threads(max(1, args.threads))
     port = args.metrics_port or settings.metrics_port

@@ -21,6 +21,8 @@ COMMAND_MODULES = (
     "indexer.cli",
     "indexer.registry_cli",
     "searcher.cli",
+    "monitor.cli",
+    "monitor.status",
     "streamvec.demo",
 )
 

@@ -9,14 +9,17 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from polling import wait_until
-from standin import (  # the fixtures among these are used by name
+from standin import (  # noqa: F401  (fixtures, used by name)
     DEADLINE_S,
     DIM,
     HITS,
     add_all,
     assert_answer,
+    client,
     drained,
+    engine,
     raw_request,
+    redis_settings,
     replies,
     serving,
 )

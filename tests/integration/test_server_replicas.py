@@ -7,14 +7,16 @@ import threading
 import numpy as np
 import pytest
 from polling import wait_until
-from standin import (  # the fixtures among these are used by name
+from standin import (  # noqa: F401  (fixtures, used by name)
     DEADLINE_S,
     DIM,
     StandIn,
     add_all,
     assert_answer,
     drained,
+    engine,
     raw_request,
+    redis_settings,
     replies,
     serving,
 )

@@ -1,0 +1,147 @@
+"""`streamvec status`: one terminal table over every collection, optionally refreshed.
+
+Rows, segments and lag come from the registry and Kafka at the moment of printing; drift,
+recall, freshness, query rate and probe latency come from the summary a running monitor keeps
+in `sv:{NAME}:monitor` (monitor/summary.py). Whatever is unknown prints as `-`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaException
+from redis.exceptions import RedisError
+
+from indexer.registry import Registry
+from ingest import catalog
+from ingest.errors import IngestError
+from monitor import summary
+from monitor.collectors import KafkaWatermarks
+from streamvec.errors import CommandError
+from streamvec.settings import Settings
+
+WATERMARK_TIMEOUT_S = 3.0
+DEFAULT_WATCH_S = 2.0
+_CLEAR = "\x1b[H\x1b[2J"
+COLUMNS = (("COLLECTION", "<", 24), ("ROWS", ">", 10), ("SEGS", ">", 5), ("LAG", ">", 8),
+           ("QPS", ">", 8), ("P99 MS", ">", 8), ("DRIFT", "<", 8), ("RECALL", "<", 10),
+           ("FRESH P99", ">", 9))
+LEGEND = ("ROWS: rows in registered segments; LAG: messages past the checkpoints; QPS: query "
+          "requests per second;\nP99 MS: latency of the monitor's own queries; RECALL: "
+          "recall@k; FRESH P99: canary write to visible, seconds. '-': unknown.")
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRow:
+    """What the table shows for one collection; None where it is unknown."""
+
+    name: str
+    rows: int | None
+    segments: int | None
+    lag: int | None
+    qps: float | None
+    p99_ms: float | None
+    drift: str | None
+    recall: float | None
+    recall_k: int | None
+    freshness_p99_s: float | None
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `status` command to the top-level parser."""
+    p = sub.add_parser("status", help="a table of every collection's health",
+                       description="Rows, segments, lag, query rate, drift, recall and freshness "
+                       "of every collection (live figures need `streamvec monitor` running).")
+    p.add_argument("--collection", action="append",
+                   help="show only this collection (repeatable)")
+    p.add_argument("--watch", nargs="?", type=float, const=DEFAULT_WATCH_S, default=None,
+                   metavar="SECONDS", help=f"refresh every SECONDS (default {DEFAULT_WATCH_S:g})"
+                   " until Ctrl-C")
+    p.set_defaults(handler=_status)
+
+
+def collect(settings: Settings, names: list[str] | None = None) -> list[StatusRow]:
+    """One StatusRow per collection (every registered one unless `names` are given)."""
+    client = settings.redis_client()
+    wanted = names or catalog.list_names(client)
+    return [_row(settings, client, name) for name in wanted]
+
+
+def render(rows: list[StatusRow]) -> str:
+    """The table as text, header first, legend last."""
+    lines = [" ".join(_cell(title, align, width) for title, align, width in COLUMNS)]
+    for r in rows:
+        recall = None if r.recall is None else f"{r.recall:.3f}@{r.recall_k}"
+        values = (r.name, r.rows, r.segments, r.lag, _num(r.qps, 1), _num(r.p99_ms, 1),
+                  r.drift, recall, _num(r.freshness_p99_s, 3))
+        lines.append(" ".join(_cell(v, align, width)
+                              for v, (_, align, width) in zip(values, COLUMNS, strict=True)))
+    if not rows:
+        lines.append("no collections")
+    lines.append(LEGEND)
+    return "\n".join(lines)
+
+
+def _row(settings: Settings, client, name: str) -> StatusRow:
+    registry = Registry(client, name)
+    segments = registry.segments()
+    live = summary.read(client, name)
+    return StatusRow(name, sum(s.rows for s in segments), len(segments),
+                     _lag(settings, client, name, registry), _float(live, "qps"),
+                     _float(live, "probe_p99_ms"), live.get("drift_state"),
+                     _float(live, "recall"), _int(live, "recall_k"),
+                     _float(live, "freshness_p99_s"))
+
+
+def _lag(settings: Settings, client, name: str, registry: Registry) -> int | None:
+    """Messages past the checkpoints over all partitions, or None if Kafka cannot say."""
+    try:
+        topic = catalog.load_spec(client, name).collection.topic
+        marks = KafkaWatermarks(settings, topic, timeout=WATERMARK_TIMEOUT_S)()
+    except (KafkaException, TimeoutError):
+        return None
+    checkpoints = registry.checkpoints()
+    return sum(high - checkpoints.get(p, 0) for p, (_, high) in marks.items())
+
+
+def _float(fields: dict[str, str], key: str) -> float | None:
+    try:
+        return float(fields[key])
+    except (KeyError, ValueError):
+        return None
+
+
+def _int(fields: dict[str, str], key: str) -> int | None:
+    value = _float(fields, key)
+    return None if value is None else int(value)
+
+
+def _num(value: float | None, digits: int) -> str | None:
+    return None if value is None else f"{value:.{digits}f}"
+
+
+def _cell(value: object, align: str, width: int) -> str:
+    text = "-" if value is None else str(value)
+    return f"{text:{align}{width}}"
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        while True:
+            table = render(collect(settings, args.collection))
+            if args.watch is None:
+                print(table)
+                return 0
+            sys.stdout.write(_CLEAR + time.strftime("%H:%M:%S ") + "streamvec status\n"
+                             + table + "\n")
+            sys.stdout.flush()
+            time.sleep(max(args.watch, 0.1))  # the refresh period the user asked for
+    except IngestError as exc:
+        raise CommandError(str(exc)) from None
+    except RedisError as exc:
+        raise CommandError(f"Redis failed: {exc}") from None
+    except KeyboardInterrupt:
+        return 0
