@@ -96,12 +96,8 @@ def drop_collection(settings: Settings, name: str, timeout: float = 30.0) -> Non
     spec = catalog.load_spec(settings.redis_client(), name)
     admin = AdminClient(settings.kafka_config())
     topics = [spec.collection.topic, spec.collection.dlq_topic]
-    for topic, future in admin.delete_topics(topics, operation_timeout=timeout).items():
-        try:
-            future.result(timeout)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
-                raise IngestError(f"could not delete topic {topic}: {exc.args[0].str()}") from None
+    _settle(admin.delete_topics(topics, operation_timeout=timeout), timeout,
+            KafkaError.UNKNOWN_TOPIC_OR_PART, "delete")
     client = settings.redis_client()
     catalog.forget(client, name)
     shutil.rmtree(settings.snapshots / spec.name, ignore_errors=True)
@@ -129,13 +125,19 @@ def _ensure_topics(
             )
     if not missing:
         return
-    for topic, future in admin.create_topics(missing, operation_timeout=timeout).items():
+    _settle(admin.create_topics(missing, operation_timeout=timeout), timeout,
+            KafkaError.TOPIC_ALREADY_EXISTS, "create")
+    _wait_for_leaders(admin, [t.topic for t in missing], timeout)
+
+
+def _settle(futures: dict, timeout: float, harmless: int, verb: str) -> None:
+    """Wait for topic operations; an error with the `harmless` code means already done."""
+    for topic, future in futures.items():
         try:
             future.result(timeout)
         except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise IngestError(f"could not create topic {topic}: {exc.args[0].str()}") from None
-    _wait_for_leaders(admin, [t.topic for t in missing], timeout)
+            if exc.args[0].code() != harmless:
+                raise IngestError(f"could not {verb} topic {topic}: {exc.args[0].str()}") from None
 
 
 def _wait_for_leaders(admin: AdminClient, topics: list[str], timeout: float) -> None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from prometheus_client import CollectorRegistry
 
 from indexer.worker import Worker
+from ingest import admin
+from ingest.spec import CollectionSpec
 from searcher.engine import Engine
 from searcher.metrics import SearcherMetrics
 from searcher.server import Server
@@ -73,3 +77,17 @@ def exact_top_k(live: dict[str, np.ndarray], queries: np.ndarray, k: int
     d2 = ((queries[:, None, :] - matrix[None, :, :]) ** 2).sum(axis=2)
     order = np.argsort(d2, axis=1, kind="stable")[:, :k]
     return [[ids[j] for j in row] for row in order], np.take_along_axis(d2, order, axis=1)
+
+
+@contextmanager
+def serving(settings, name: str, **spec: object) -> Iterator[CollectionSpec]:
+    """Create a Flat collection and run its indexer and searcher for the block's duration."""
+    created = CollectionSpec(name, **{"index": "Flat", **spec})
+    admin.create_collection(settings, created)
+    indexer = IndexerThread(settings, created.name)
+    searcher = SearcherThread(settings, created.name)
+    try:
+        yield created
+    finally:
+        searcher.stop()
+        indexer.stop()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from polling import wait_until
 from prometheus_client import CollectorRegistry
-from stack import IndexerThread, SearcherThread
+from stack import IndexerThread, SearcherThread, serving
 from workers import wait_fully_indexed
 
 from indexer.registry import Registry
@@ -40,14 +40,9 @@ NOW = 1_800_000_000.0
 
 @pytest.fixture
 def flat(settings, collection_name):
-    spec = CollectionSpec(collection_name, dim=DIM, partitions=2, index="Flat", seal_rows=400,
-                          seal_seconds=0.5)
-    admin.create_collection(settings, spec)
-    indexer = IndexerThread(settings, spec.name)
-    searcher = SearcherThread(settings, spec.name)
-    yield spec
-    searcher.stop()
-    indexer.stop()
+    with serving(settings, collection_name, dim=DIM, partitions=2, seal_rows=400,
+                 seal_seconds=0.5) as spec:
+        yield spec
 
 
 def test_canary_reports_freshness_while_ingest_runs(settings, flat):

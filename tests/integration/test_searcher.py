@@ -6,12 +6,10 @@ import threading
 
 import numpy as np
 import pytest
-from stack import IndexerThread, SearcherThread, exact_top_k
+from stack import exact_top_k, serving
 from workers import Workload
 
-from ingest import admin
 from ingest.producer import Producer
-from ingest.spec import CollectionSpec
 from searcher.client import Client
 
 pytestmark = pytest.mark.integration
@@ -21,14 +19,9 @@ DIM = 8
 
 @pytest.fixture
 def running(settings, collection_name):
-    spec = CollectionSpec(collection_name, dim=DIM, partitions=3, index="Flat", seal_rows=400,
-                          seal_seconds=0.3)
-    admin.create_collection(settings, spec)
-    indexer = IndexerThread(settings, spec.name)
-    searcher = SearcherThread(settings, spec.name)
-    yield spec
-    searcher.stop()
-    indexer.stop()
+    with serving(settings, collection_name, dim=DIM, partitions=3, seal_rows=400,
+                 seal_seconds=0.3) as spec:
+        yield spec
 
 
 def test_read_your_writes_1000_trials(settings, running):
