@@ -131,6 +131,7 @@ class Worker:
         due = seal.select({state.partition: self._stats(state, now)}, self.policies)
         if due:
             self._seal(state.partition, due[state.partition], now)
+        self._seal_for_memory(now)
 
     def _stats(self, state: PartitionState, now: float) -> seal.SegmentStats:
         g = state.growing
@@ -253,18 +254,21 @@ class Worker:
                 self.idmap.drop_partition(tp.partition)
         self._paused = False
 
-    def _apply_backpressure(self, now: float) -> None:
-        """Seal early when growing rows crowd memory; pause consuming while builds lag behind."""
+    def _seal_for_memory(self, now: float) -> None:
+        """Seal the biggest growing segment while growing rows take over half the cap."""
         growing = sum(st.growing.nbytes for st in self.parts.values())
-        held = sum(st.held_bytes for st in self.parts.values())
-        self.metrics.labels(self.metrics.growing_bytes).set(held)
-        self.metrics.labels(self.metrics.growing_rows).set(
-            sum(st.growing.rows for st in self.parts.values()))
         biggest = max(self.parts.values(), key=lambda st: st.growing.nbytes, default=None)
         if growing > self.max_held_bytes // 2 and biggest is not None and biggest.growing.messages:
             self._seal(biggest.partition,
                        f"memory: {growing} >= {self.max_held_bytes // 2} growing bytes", now)
-            held = sum(st.held_bytes for st in self.parts.values())
+
+    def _apply_backpressure(self, now: float) -> None:
+        """Pause consuming while sealed segments still building hold more than the cap."""
+        self._seal_for_memory(now)
+        held = sum(st.held_bytes for st in self.parts.values())
+        self.metrics.labels(self.metrics.growing_bytes).set(held)
+        self.metrics.labels(self.metrics.growing_rows).set(
+            sum(st.growing.rows for st in self.parts.values()))
         want_pause = held > self.max_held_bytes
         if want_pause != self._paused:
             assignment = self.consumer.assignment()

@@ -9,7 +9,7 @@ from confluent_kafka import Producer as KafkaProducer
 from confluent_kafka.admin import AdminClient
 from polling import wait_until
 from prometheus_client import CollectorRegistry
-from stack import IndexerThread
+from stack import IndexerThread, Running
 from workers import Workload, assert_state_matches, log_ends, wait_fully_indexed
 
 from indexer.ownership import CheckpointOutOfRange
@@ -139,3 +139,22 @@ def test_checkpoint_behind_the_log_start_stops_the_worker(settings, spec):
     worker = Worker(settings, spec.name, metrics_registry=CollectorRegistry())
     with pytest.raises(CheckpointOutOfRange, match=r"checkpoint 0 is below the log start"):
         worker.run(max_seconds=30)
+
+
+def test_memory_cap_seals_early_and_loses_nothing(settings, collection_name):
+    spec = CollectionSpec(collection_name, dim=64, partitions=2, seal_rows=1_000_000,
+                          seal_seconds=1.0)
+    admin.create_collection(settings, spec)
+    metrics = CollectorRegistry()
+    worker = Worker(settings, spec.name, metrics_registry=metrics, max_held_bytes=1_000_000)
+    running = Running(worker.run, worker.stop, "capped-indexer")
+    workload = Workload(64, np.random.default_rng(4))
+    with Producer(spec.name, settings=settings) as producer:
+        for _ in range(5):
+            workload.send_round(producer, 4000, id_space=10_000)
+    wait_fully_indexed(settings, spec.name, spec.collection.topic, timeout=120)
+    running.stop()
+    memory_seals = metrics.get_sample_value("streamvec_indexer_seals_total",
+                                            {"collection": spec.name, "reason": "memory"})
+    assert memory_seals and memory_seals >= 5, memory_seals
+    assert_state_matches(settings, spec.name, workload)
