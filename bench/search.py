@@ -181,7 +181,7 @@ class Ingest:
 
     def __init__(self, settings, spec, rate: int, rng) -> None:
         self.settings, self.spec, self.rate = settings, spec, rate
-        self.vectors = rng.standard_normal((rate * 60, spec.dim)).astype(np.float32) * 5
+        self.vectors = rng.standard_normal((rate * 10, spec.dim)).astype(np.float32) * 5
         self.sent: list[tuple[int, float]] = []  # (row number, time it was flushed)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -194,13 +194,18 @@ class Ingest:
         self._stop.set()
         self._thread.join(30)
 
+    def vector(self, row: int) -> np.ndarray:
+        """The vector sent as row `row` (the buffer is reused cyclically, ids stay unique)."""
+        return self.vectors[row % len(self.vectors)]
+
     def _run(self) -> None:
         step, row = max(1, self.rate // 100), 0
         with Producer(self.spec.name, settings=self.settings) as producer:
-            while not self._stop.is_set() and row + step < len(self.vectors):
+            while not self._stop.is_set():
                 tick = time.perf_counter()
-                producer.upsert([f"fresh-{i}" for i in range(row, row + step)],
-                                self.vectors[row:row + step])
+                rows = range(row, row + step)
+                producer.upsert([f"fresh-{i}" for i in rows],
+                                np.stack([self.vector(i) for i in rows]))
                 producer.flush()
                 self.sent.append((row, time.perf_counter()))
                 row += step
@@ -210,14 +215,16 @@ class Ingest:
 def _freshness(client: Client, spec: CollectionSpec, ingest: Ingest, seconds: float) -> list:
     """Produce -> visible: poll an eventual query for freshly sent rows until they show."""
     samples = []
+    last = -1
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
-        if not ingest.sent:
-            time.sleep(0.01)  # wait for the first batch
+        if not ingest.sent or ingest.sent[-1][0] <= last:
+            time.sleep(0.002)  # wait for a batch not measured yet
             continue
         row, sent_at = ingest.sent[-1]
+        last = row
         while True:
-            got = client.search(spec.name, ingest.vectors[row], k=1, timeout=10)
+            got = client.search(spec.name, ingest.vector(row), k=1, timeout=10)
             if got.ids[0][0] == f"fresh-{row}":
                 samples.append(time.perf_counter() - sent_at)
                 break
