@@ -6,7 +6,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from indexer import build, faults, seal, snapshot
@@ -197,10 +197,18 @@ class Worker:
         faults.crash_point("after_register")
         state.inflight.popleft()
         state.checkpoint = manifest.end_offset
-        self.consumer.commit(offsets=[TopicPartition(self.topic, state.partition,
-                                                     manifest.end_offset)], asynchronous=False)
+        self._commit_hint(state.partition, manifest.end_offset)
         faults.crash_point("after_commit")
         return True
+
+    def _commit_hint(self, partition: int, offset: int) -> None:
+        """Commit the Kafka offset; only a hint (the registry checkpoint is the truth)."""
+        try:
+            self.consumer.commit(offsets=[TopicPartition(self.topic, partition, offset)],
+                                 asynchronous=False)
+        except KafkaException as exc:  # e.g. coordinator loading, or a rebalance under way
+            log.warning('partition="%s[%d]" offset commit failed (harmless): %s',
+                        self.topic, partition, exc)
 
     def _reset_partition(self, state: PartitionState, result) -> None:
         """After a fenced or conflicting registration: drop our view of the partition."""
