@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
+# Never set: waiting on it is a pause that no other thread can cut short by accident.
+_PAUSE = threading.Event()
 
 
 def wait_until(check: Callable[[], T], *, timeout: float, what: str, interval: float = 0.05) -> T:
@@ -17,6 +20,6 @@ def wait_until(check: Callable[[], T], *, timeout: float, what: str, interval: f
         if time.monotonic() >= deadline:
             raise AssertionError(
                 f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
-        time.sleep(interval)  # the poll interval of a deadline-bound wait
+        _PAUSE.wait(interval)  # the pause between two checks, bounded by the deadline
         last = check()
     return last

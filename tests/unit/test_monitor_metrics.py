@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from confluent_kafka import KafkaException
 from prometheus_client import CollectorRegistry
 
 from indexer.registry import SegmentRecord
-from monitor import drift, reference
+from monitor import drift
 from monitor.collectors import CollectionCollector
 from monitor.metrics import MonitorMetrics
 from monitor.recall import recall_at_k
 from monitor.status import StatusRow, render
-from monitor.summary import QueryRate, Samples
-from monitor.tracker import DriftTracker
-from monitor.windows import FirstRows, SlidingWindow
+from monitor.summary import Samples
 
 NOW = 1_700_000_100.0
 
@@ -147,60 +144,7 @@ def test_status_table_prints_dashes_for_what_is_unknown() -> None:
     assert lines[2].split() == ["films", "0", "0", "-", "-", "-", "-", "-", "-"]
 
 
-class FakeRedis:
-    """The hash and stream reads the drift tracker and the rate sampler make."""
-
-    def __init__(self) -> None:
-        self.hashes: dict[str, dict[bytes, bytes]] = {}
-        self.added = 0
-
-    def hget(self, key: str, field: str) -> bytes | None:
-        return self.hashes.get(key, {}).get(field.encode())
-
-    def hgetall(self, key: str) -> dict[bytes, bytes]:
-        return dict(self.hashes.get(key, {}))
-
-    def xinfo_stream(self, key: str) -> dict[str, int]:
-        return {"entries-added": self.added}
-
-
-def test_drift_tracker_uses_first_rows_until_a_reference_is_pinned() -> None:
-    client, registry = FakeRedis(), CollectorRegistry()
-    rng = np.random.default_rng(3)
-    current, first = SlidingWindow(200), FirstRows(200)
-    tracker = DriftTracker(client, "books", current, first, MonitorMetrics(registry, "books"))
-    first.extend(rng.standard_normal((19, 4)))
-    current.extend(rng.standard_normal((200, 4)))
-    assert tracker.run_once() is None  # 19 reference rows: below drift.MIN_ROWS
-    first.extend(rng.standard_normal((181, 4)))
-    report = tracker.run_once()
-    assert tracker.reference()[1] == "first-seen"
-    labels = {"collection": "books"}
-    assert registry.get_sample_value("streamvec_monitor_drift_mmd", labels) == report.mmd
-    assert registry.get_sample_value("streamvec_monitor_window_rows",
-                                     {**labels, "window": "reference"}) == 200
-
-    far = (rng.standard_normal((100, 4)) + 5.0).astype(np.float32)
-    client.hashes[reference.ref_key("books")] = {
-        b"vectors": far.astype("<f4").tobytes(), b"dim": b"4", b"rows": b"100",
-        b"pinned_at": b"1700000000.5", b"source": b"topic"}
-    vectors, origin = tracker.reference()
-    assert origin == "pinned" and np.array_equal(vectors, far)
-    assert tracker.run_once().state == "drift"
-    assert registry.get_sample_value("streamvec_monitor_drift_state", labels) == 2
-    client.hashes[reference.ref_key("books")][b"rows"] = b"99"
-    client.hashes[reference.ref_key("books")][b"pinned_at"] = b"1700000001.5"
-    with pytest.raises(reference.PinError, match="damaged"):
-        tracker.reference()
-
-
-def test_query_rate_and_samples() -> None:
-    client = FakeRedis()
-    rate = QueryRate(client, "books")
-    assert rate.sample(now=10.0) is None
-    client.added = 50
-    assert rate.sample(now=12.0) == 25.0
-    assert rate.sample(now=12.0) is None  # no time passed
+def test_samples_percentiles() -> None:
     samples = Samples(size=4)
     assert samples.percentile(99) is None
     for value in (9.0, 1.0, 2.0, 3.0, 4.0):
