@@ -9,7 +9,6 @@ if __package__ in (None, ""):  # run as a file: the repo root must win over benc
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
-import os
 import signal
 import subprocess
 import tempfile
@@ -119,13 +118,12 @@ def _raw_build(vectors: np.ndarray, spec: CollectionSpec, partitions: int) -> fl
 def _index(settings: Settings, spec: CollectionSpec, tmp: Path) -> tuple[float, int]:
     """Run one worker process from its first assignment until every partition is registered."""
     log = tmp / "worker.log"
-    argv = [sys.executable, "-m", "streamvec", "--kafka", settings.kafka, "--redis",
-            settings.redis_url, "--snapshots", str(settings.snapshots), "indexer",
-            "--collection", spec.name]
+    argv = [sys.executable, "-m", "streamvec", "indexer", "--collection", spec.name]
     ends = {p.partition: p.high for p in admin.partition_offsets(settings, spec.collection.topic)}
     registry = Registry(settings.redis_client(), spec.name)
     with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                env=settings.child_env())
     watcher, peak, started = psutil.Process(proc.pid), 0, None
     while True:
         peak = max(peak, watcher.memory_info().rss)

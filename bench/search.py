@@ -9,7 +9,6 @@ if __package__ in (None, ""):  # run as a file: the repo root must win over benc
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
-import os
 import signal
 import statistics
 import subprocess
@@ -108,11 +107,10 @@ def _wait_registered(settings: Settings, spec: CollectionSpec, offsets: dict[int
 
 def _start_searcher(settings: Settings, spec: CollectionSpec, tmp: Path) -> subprocess.Popen:
     log = tmp / "searcher.log"
-    argv = [sys.executable, "-m", "streamvec", "--kafka", settings.kafka, "--redis",
-            settings.redis_url, "--snapshots", str(settings.snapshots), "searcher",
-            "--collection", spec.name]
+    argv = [sys.executable, "-m", "streamvec", "searcher", "--collection", spec.name]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                env=settings.child_env())
     while "serving" not in log.read_text():
         if proc.poll() is not None:
             raise RuntimeError(log.read_text()[-2000:])

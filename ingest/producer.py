@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Iterator, Sequence
@@ -84,15 +83,17 @@ class Producer:
         if vecs.shape[0] != n or (metadata is not None and len(metadata) != n):
             raise RecordError("bad_header", f"got {n} ids, {vecs.shape[0]} vectors and "
                               f"{'no' if metadata is None else len(metadata)} metadata rows")
+        # Serialized once: the same bytes size the messages and go into them.
+        blobs = record.metadata_bytes(metadata, n) or None
         payloads = [
             (p, rows[0], record.encode(
                 [ids[i] for i in rows] if not isinstance(ids, np.ndarray) else ids[rows],
                 vecs[rows],
-                metadata=None if metadata is None else [metadata[i] for i in rows],
+                metadata=None if blobs is None else [blobs[i] for i in rows],
                 model_version=self.spec.model_version,
                 event_time_ms=_pick(event_time_ms, rows),
             ))
-            for p, rows in self._chunks(ids, metadata)
+            for p, rows in self._chunks(ids, blobs)
         ]
         return self._send(payloads, ids)
 
@@ -142,7 +143,7 @@ class Producer:
             self._kafka.flush(5.0)  # best effort; the original exception wins
 
     def _chunks(
-        self, ids: Sequence[str] | np.ndarray, metadata: Sequence[dict | None] | None
+        self, ids: Sequence[str] | np.ndarray, metadata: list[bytes] | None
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (partition, row indices) groups, in input order, each fitting one message."""
         if len(ids) == 0:
@@ -150,7 +151,8 @@ class Producer:
         parts = partitions_for(ids, self.spec.partitions)
         width = _id_width(ids)
         row_bytes = record.row_nbytes(self.spec.dim, width)
-        extra = _metadata_sizes(metadata)
+        extra = None if metadata is None else np.fromiter(
+            (len(m) + 4 for m in metadata), dtype=np.int64, count=len(metadata))
         for p in np.unique(parts):
             rows = np.flatnonzero(parts == p)  # stable: keeps each id's ops in call order
             for chunk in _split(rows, row_bytes, extra, self.max_message_bytes):
@@ -185,15 +187,6 @@ def _id_width(ids: Sequence[str] | np.ndarray) -> int:
     if isinstance(ids, np.ndarray) and ids.dtype.kind == "S":
         return max(1, ids.dtype.itemsize)
     return max(1, max(len(i.encode() if isinstance(i, str) else i) for i in ids))
-
-
-def _metadata_sizes(metadata: Sequence[dict | None] | None) -> np.ndarray | None:
-    if metadata is None:
-        return None
-    return np.array(
-        [0 if m is None else len(json.dumps(m, separators=(",", ":"))) + 4 for m in metadata],
-        dtype=np.int64,
-    )
 
 
 def _split(

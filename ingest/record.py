@@ -177,8 +177,7 @@ def _check_ids(rows: np.ndarray) -> None:
         raise RecordError("bad_id", f"row {row}: id {what}")
     if raw.max() >= 0x80:
         # A NUL after each slot stops a sequence cut at an id's end pairing with the next id.
-        spaced = np.zeros((len(rows), w + 1), np.uint8)
-        spaced[:, :w] = raw.reshape(len(rows), w)
+        spaced = np.pad(raw.reshape(len(rows), w), ((0, 0), (0, 1)))
         try:
             spaced.tobytes().decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -241,18 +240,19 @@ def _as_ints(values: Any, n: int, reason: str, what: str, high: int | None) -> n
     return column
 
 
-def _as_metadata(metadata: Sequence[Any] | None, n: int) -> list[bytes]:
-    """Each row's metadata as JSON bytes (b"" for none); [] when no row has any."""
+def metadata_bytes(metadata: Sequence[Any] | None, n: int) -> list[bytes]:
+    """Rows' metadata as JSON bytes (b"" = none; bytes pass, `encode` checks its output)."""
     if metadata is None:
         return []
     if len(items := list(metadata)) != n:
         raise RecordError("bad_metadata", f"{len(items)} metadata entries for {n} rows")
     blobs = []
     for row, item in enumerate(items):  # JSON encoding is per object: nothing to vectorize
-        if item is not None and not isinstance(item, dict):
+        if item is not None and not isinstance(item, (dict, bytes)):
             raise RecordError("bad_metadata", f"row {row}: metadata is a {type(item).__name__}")
         try:
-            blobs.append(b"" if item is None else _JSON.encode(item).encode("utf-8"))
+            blobs.append(item if isinstance(item, bytes) else
+                         b"" if item is None else _JSON.encode(item).encode("utf-8"))
         except (TypeError, ValueError, RecursionError) as exc:
             raise RecordError("bad_metadata", f"row {row}: metadata is not JSON: {exc}") from None
     return blobs if any(blobs) else []
@@ -281,13 +281,13 @@ def encode(ids: Any, vectors: Any, *, ops: Any = None, metadata: Sequence[Any] |
     if vecs.ndim != 2 or len(vecs) != n or not 1 <= vecs.shape[1] <= MAX_DIM:
         raise RecordError("wrong_dim", f"vectors have shape {vecs.shape}, need ({n}, 1..65536)")
     op_column = _as_ints(OP_UPSERT if ops is None else ops, n, "bad_op", "op", OP_DELETE)
-    now = time.time_ns() // 1_000_000 if event_time_ms is None else event_time_ms
-    times = _as_ints(now, n, "bad_header", "event_time_ms", None)
+    times = _as_ints(time.time_ns() // 1_000_000 if event_time_ms is None else event_time_ms,
+                     n, "bad_header", "event_time_ms", None)
     # A lone surrogate goes into the header as invalid UTF-8, which decode then refuses.
     mv = model_version.encode("utf-8", "surrogatepass") if isinstance(model_version, str) else None
     if mv is None or len(mv) > MAX_MODEL_VERSION_BYTES:
         raise RecordError("bad_header", "model_version must be a str of at most 64 UTF-8 bytes")
-    payload = _assemble(mv, (vecs, times, op_column, encoded), _as_metadata(metadata, n))
+    payload = _assemble(mv, (vecs, times, op_column, encoded), metadata_bytes(metadata, n))
     decode_valid(payload, dim=vecs.shape[1], model_version=model_version)
     return payload
 

@@ -160,6 +160,17 @@ class Settings(BaseSettings):
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
 
+    def child_env(self) -> dict[str, str]:
+        """The environment for a child `streamvec` process with exactly these settings.
+
+        Secrets travel in the environment, never on a command line other users can list.
+        """
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMVEC_")}
+        env.update(STREAMVEC_KAFKA=self.kafka, STREAMVEC_REDIS=self.redis_url,
+                   STREAMVEC_SNAPSHOTS=str(self.snapshots), STREAMVEC_HOME=str(self.home),
+                   STREAMVEC_KAFKA_OPTIONS=json.dumps(self.kafka_options))
+        return env
+
     def describe(self) -> dict[str, str]:
         """Return the settings as text with every secret masked, for logs and `--help` output."""
         return {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -52,12 +51,10 @@ class Roles:
 
     def start(self, role: str, *options: str) -> None:
         """Start one role's process with extra `options`; its output goes to `<role>.log`."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMVEC_")}
+        env = self.settings.child_env()
         env["STREAMVEC_HOME"] = str(self.log_dir / "home")
-        argv = [sys.executable, "-m", "streamvec", "--kafka", self.settings.kafka,
-                "--redis", self.settings.redis_url, "--snapshots", str(self.settings.snapshots),
-                role, "--collection", self.collection, "--metrics-port", str(self.ports[role]),
-                *options]
+        argv = [sys.executable, "-m", "streamvec", role, "--collection", self.collection,
+                "--metrics-port", str(self.ports[role]), *options]
         with open(self.log_dir / f"{role}.log", "wb") as log:
             self.procs[role] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                                 env=env)

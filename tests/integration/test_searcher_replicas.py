@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -26,10 +25,9 @@ REQUESTS_PER_CLIENT = 250
 
 
 def spawn_searcher(settings, name: str, log_dir, replica: str) -> tuple[subprocess.Popen, object]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMVEC_")}
-    argv = [sys.executable, "-m", "streamvec", "--kafka", settings.kafka, "--redis",
-            settings.redis_url, "--snapshots", str(settings.snapshots), "searcher",
-            "--collection", name, "--replica", replica]
+    env = settings.child_env()
+    argv = [sys.executable, "-m", "streamvec", "searcher", "--collection", name,
+            "--replica", replica]
     log = log_dir / f"searcher-{replica}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)

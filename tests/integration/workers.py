@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from ingest.producer import Producer
 from streamvec.settings import Settings
 
 # Short group timeouts so a killed worker's partitions move on in seconds, not 45 s.
-FAST_GROUP = ("session.timeout.ms=6000", "heartbeat.interval.ms=1000")
+FAST_GROUP = {"session.timeout.ms": "6000", "heartbeat.interval.ms": "1000"}
 
 
 @dataclass
@@ -49,14 +48,11 @@ class WorkerProcess:
 def spawn_worker(settings: Settings, collection: str, log_dir: Path, *, tag: str,
                  crash_at: str | None = None) -> WorkerProcess:
     """Start an indexer worker process; `crash_at` arms a SIGKILL at a named point."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMVEC_")}
+    fast = settings.model_copy(update={"kafka_options": {**settings.kafka_options, **FAST_GROUP}})
+    env = fast.child_env()
     if crash_at:
         env["STREAMVEC_CRASH_AT"] = crash_at
-    argv = [sys.executable, "-m", "streamvec", "--kafka", settings.kafka,
-            "--redis", settings.redis_url, "--snapshots", str(settings.snapshots)]
-    for option in FAST_GROUP:
-        argv += ["--kafka-option", option]
-    argv += ["indexer", "--collection", collection]
+    argv = [sys.executable, "-m", "streamvec", "indexer", "--collection", collection]
     log = log_dir / f"worker-{tag}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)

@@ -190,3 +190,16 @@ def test_unit_tests_get_settings_that_reach_no_server(settings, tmp_path):
     assert settings.redis_url == "redis://127.0.0.1:1/0"
     assert settings.snapshots == tmp_path / "snapshots"
     assert settings.home == tmp_path / "home"
+
+
+def test_child_env_carries_every_connection_and_drops_stray_streamvec_vars(monkeypatch):
+    monkeypatch.setenv("STREAMVEC_CRASH_AT", "build")
+    settings = Settings(kafka="k:1", redis="redis://u:pw@h:2/0", snapshots="/snap",
+                        home="/home-sv", kafka_options={"sasl.password": "s"})
+    env = settings.child_env()
+    assert "STREAMVEC_CRASH_AT" not in env
+    monkeypatch.delenv("STREAMVEC_CRASH_AT")
+    for key, value in env.items():
+        if key.startswith("STREAMVEC_"):
+            monkeypatch.setenv(key, value)
+    assert Settings() == settings
