@@ -117,6 +117,12 @@ def search_exact(
     return scores, rows
 
 
+def check_factory(index: str, dim: int, metric: str) -> None:
+    """Raise BuildError now if FAISS cannot make `index` for `dim`, before any rows are read."""
+    for rows in (0, AUTO_FLAT_MAX_ROWS):  # "auto" resolves to a different factory by size
+        _make(dim, resolve_factory(index, rows, dim), metric)
+
+
 def _make(dim: int, factory: str, metric: str) -> faiss.Index:
     try:
         return faiss.index_factory(dim, factory, faiss_metric(metric))

@@ -31,3 +31,15 @@ class CorruptSegment(IndexerError):
 
 class RebuildError(IndexerError):
     """The snapshot store cannot be turned back into a registry (a gap, an ambiguity, a race)."""
+
+
+class SwapConflict(IndexerError):
+    """A segment swap refused because the registry changed since the swap was planned."""
+
+
+class LifecycleBusy(IndexerError):
+    """Another reindex, compaction, restore or garbage collection holds the collection's lock."""
+
+
+class RemoteStoreError(IndexerError):
+    """The object store of the snapshots failed (unreachable, denied, missing bucket)."""

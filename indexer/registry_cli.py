@@ -9,10 +9,10 @@ from dataclasses import asdict
 
 from redis.exceptions import RedisError
 
+from indexer import remote
 from indexer.errors import IndexerError
 from indexer.registry import RebuildReport, Registry, plan_rebuild, rebuild
-from ingest.errors import IngestError
-from ingest.names import CollectionName
+from streamvec.cliutil import collection_arg as _name
 from streamvec.errors import CommandError
 from streamvec.settings import Settings
 
@@ -37,9 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "segment folders of the snapshot store. Without --yes, only print the plan. "
                     "Stop the collection's indexer workers first.")
     rebuild_p.add_argument("--collection", required=True, help="collection name")
-    rebuild_p.add_argument("--generation", type=int, default=0, help="generation (default 0)")
+    rebuild_p.add_argument("--generation", type=int, default=None,
+                           help="generation (default: the active one, 0 if Redis lost it)")
     rebuild_p.add_argument("--yes", action="store_true",
                            help="replace the registry (otherwise a dry run)")
+    rebuild_p.add_argument("--from-remote", action="store_true",
+                           help="first copy the collection's folders and markers from the object "
+                                "store (STREAMVEC_SNAPSHOT_URL) into the local snapshot folder")
     rebuild_p.set_defaults(handler=_rebuild)
 
 
@@ -73,9 +77,16 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
 def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
     name = _name(args.collection)
     root = settings.snapshots
+    if args.generation is None:
+        args.generation = _call(settings, lambda: Registry(settings.redis_client(),
+                                                           name).active_generation())
+    objects = _fetch_remote(settings, name, args.generation) if args.from_remote else None
     if args.yes:
         report = _call(settings, lambda: rebuild(settings.redis_client(), root, name,
                                                  args.generation))
+        for rec in report.records:
+            if objects is not None and rec.segment_id in report.recovered:
+                objects.push_marker(rec.path)  # the rebuild proved it registered: say so remotely
     else:
         report = _call(settings, lambda: plan_rebuild(root, name, args.generation))
     _print_report(report)
@@ -84,6 +95,21 @@ def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(f"registry of {name} rebuilt: version {report.version}")
     return 0
+
+
+def _fetch_remote(settings: Settings, name: str, generation: int) -> remote.RemoteStore:
+    """Copy the collection's remote folders (verified) and markers into the local store."""
+    store = _call(settings, lambda: remote.RemoteStore.from_settings(settings))
+    if store is None:
+        raise CommandError("--from-remote needs an object store: set STREAMVEC_SNAPSHOT_URL "
+                           "(and STREAMVEC_SNAPSHOT_STORAGE_OPTIONS)")
+    fetched = _call(settings, lambda: remote.fetch_collection(store, settings.snapshots, name,
+                                                              generation))
+    print(f"from {store.url}: {len(fetched.fetched)} folders fetched, {len(fetched.kept)} "
+          f"already here, {fetched.markers} markers copied")
+    for rel, why in fetched.refused.items():
+        print(f"refused {rel}: {why}")
+    return store
 
 
 def _print_report(report: RebuildReport) -> None:
@@ -99,11 +125,6 @@ def _print_report(report: RebuildReport) -> None:
         print(f"ignored {seg_id}: never registered")
 
 
-def _name(text: str) -> str:
-    try:
-        return str(CollectionName.parse(text))
-    except IngestError as exc:
-        raise CommandError(str(exc)) from None
 
 
 def _call(settings: Settings, fn):

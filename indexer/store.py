@@ -150,13 +150,20 @@ def coverage_chain(partition: int, paths: list[Path]) -> list[Path]:
     """Order a partition's registered folders into gapless coverage from offset 0.
 
     A hole between two marked folders is filled only by the one chain of unmarked folders
-    spanning it exactly: registration succeeded there but the marker was never written.
+    spanning it exactly: registration succeeded there but the marker was never written. A marked
+    folder inside the range of a wider marked one was merged into it by compaction: skipped.
     """
     spans = {p: parse_segment_id(p.name)[1:] for p in paths}
-    marked = sorted((spans[p], p) for p in paths if is_registered(p))
+    # Widest first at each start: a compacted segment supersedes the marked inputs it merged,
+    # which stay on disk until garbage collection.
+    marked = sorted(((start, -end), p) for p in paths if is_registered(p)
+                    for start, end in [spans[p]])
     chain: list[Path] = []
     cur = 0
-    for (start, end), path in marked:
+    for (start, neg_end), path in marked:
+        end = -neg_end
+        if start < cur and end <= cur:
+            continue
         if start < cur:
             raise RebuildError(f"partition {partition}: registered segment {path.name} overlaps "
                                f"offsets already covered up to {cur}")

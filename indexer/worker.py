@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from indexer import build, faults, seal, snapshot
+from indexer import build, faults, remote, seal, snapshot
 from indexer.dlq import DeadLetters
 from indexer.idmap import IdMap
 from indexer.metrics import IndexerMetrics
@@ -35,13 +35,15 @@ class Worker:
 
     def __init__(self, settings: Settings, collection: str, *, group_id: str | None = None,
                  metrics_registry: CollectorRegistry = REGISTRY,
-                 max_held_bytes: int = DEFAULT_MAX_HELD_BYTES, generation: int = 0) -> None:
+                 max_held_bytes: int = DEFAULT_MAX_HELD_BYTES,
+                 generation: int | None = None) -> None:
         self.settings = settings
         self.spec = catalog.load_spec(settings.redis_client(), collection)
         self.topic = self.spec.collection.topic
-        self.generation = generation
+        self.generation = generation  # None: follow the registry's active generation
         self.max_held_bytes = max_held_bytes
         self.registry = Registry(settings.redis_client(), collection)
+        self.remote = remote.attach(settings)  # None: snapshots are local only
         self.policies = seal.policies_for(self.spec)
         self.metrics = IndexerMetrics(metrics_registry, collection)
         self.idmap = IdMap()
@@ -146,22 +148,38 @@ class Worker:
         self.idmap.apply(segment_id, sealed)
         state.growing = GrowingSegment(partition, sealed.end_offset, self.spec.dim, now)
         state.first_append_at = None
-        future = self._builder.submit(self._build, sealed, hides)
+        generation, index = self._target()
+        future = self._builder.submit(self._build, sealed, hides, generation, index)
         state.inflight.append(Pending(sealed, segment_id, reason, future, sealed.vectors.nbytes))
         self.metrics.labels(self.metrics.seals, reason.split(":", 1)[0]).inc()
         self.metrics.last_seal.mark(partition)
         log.info('seal partition="%s[%d]" segment=%s rows=%d deletes=%d reason="%s"', self.topic,
                  partition, segment_id, sealed.rows, len(sealed.deleted_ids), reason)
 
-    def _build(self, sealed: SealedRows, hides: dict) -> snapshot.SegmentManifest:
+    def _target(self) -> tuple[int, str]:
+        """The generation a new segment goes into and the index spec it is built with.
+
+        Read at every seal, so a generation switch reaches new segments at once; one sealed
+        just before a switch is caught by the reindex's next pass.
+        """
+        if self.generation is not None:
+            return self.generation, self.spec.index
+        generation = self.registry.active_generation()
+        info = self.registry.generation_info(generation)
+        return generation, self.spec.index if info is None else info.index
+
+    def _build(self, sealed: SealedRows, hides: dict, generation: int,
+               index_spec: str) -> snapshot.SegmentManifest:
         """Build the FAISS index and write the snapshot; runs on the builder thread."""
         started = time.perf_counter()
         faults.crash_point("build")
         index, factory = build.build_index(sealed.vectors, metric=self.spec.metric,
-                                           index=self.spec.index)
+                                           index=index_spec)
         manifest = snapshot.write_segment(self.settings.snapshots, self.spec.name,
-                                          self.generation, sealed, index, factory,
+                                          generation, sealed, index, factory,
                                           self.spec.metric, hides)
+        if self.remote is not None:  # before registering: a registered segment exists remotely
+            self.remote.push_segment(self.settings.snapshots, manifest)
         faults.crash_point("after_snapshot")
         self.metrics.labels(self.metrics.build_seconds).observe(time.perf_counter() - started)
         self.metrics.labels(self.metrics.snapshot_bytes).inc(
@@ -185,8 +203,8 @@ class Worker:
             self._fail(exc)
             return False
         self.dlq.confirm()
-        path = snapshot.segment_path(self.settings.snapshots, self.spec.name, self.generation,
-                                     state.partition, pending.segment_id)
+        path = snapshot.segment_path(self.settings.snapshots, self.spec.name,
+                                     manifest.generation, state.partition, pending.segment_id)
         result = self.registry.register(SegmentRecord.from_manifest(
             manifest, path.relative_to(self.settings.snapshots)), state.epoch)
         self.metrics.labels(self.metrics.registrations, result.status).inc()
@@ -194,6 +212,8 @@ class Worker:
             self._reset_partition(state, result)
             return False
         snapshot.mark_registered(path)
+        if self.remote is not None:
+            self.remote.push_marker(path.relative_to(self.settings.snapshots))
         faults.crash_point("after_register")
         state.inflight.popleft()
         state.checkpoint = manifest.end_offset
@@ -231,7 +251,7 @@ class Worker:
         try:
             return take_over(partition, registry=self.registry, idmap=self.idmap,
                              root=self.settings.snapshots, collection=self.spec.name,
-                             generation=self.generation, dim=self.spec.dim,
+                             generation=self._target()[0], dim=self.spec.dim,
                              low_watermark=low, now=now)
         except CheckpointOutOfRange:
             self.metrics.labels(self.metrics.out_of_range, str(partition)).set(1)

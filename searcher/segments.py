@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer import remote
 from indexer.errors import CorruptSegment
 from indexer.registry import SegmentRecord
 from indexer.snapshot import LoadedSegment, load_segment
@@ -28,7 +29,8 @@ _ROW_MASK = (1 << _ROW_BITS) - 1
 def load(root: Path, record: SegmentRecord) -> LoadedSegment | None:
     """Open a registered segment with every checksum verified; None (logged) if it is refused."""
     try:
-        segment = load_segment(Path(root) / record.path, verify=True)
+        # A folder missing here is fetched (and verified) from the object store, if one is set.
+        segment = load_segment(remote.local_folder(root, record.path), verify=True)
     except CorruptSegment as exc:
         log.error('partition="%d" segment=%s refused: %s', record.partition,
                   record.segment_id, exc)
@@ -140,6 +142,37 @@ class SegmentSet:
             part = self._parts[partition]
             keep = [e.segment for e in part.entries if e.segment_id not in segment_ids]
             self._rebuild(partition, keep)
+        return touched
+
+    def replace(self, gone: set[str], segments: list[LoadedSegment],
+                refused: list[SegmentRecord]) -> set[int]:
+        """Drop `gone`, serve `segments`, refuse `refused`, all in one step; return the partitions.
+
+        A partition that only gains segments past its coverage is extended in place; any other
+        change (compaction, a generation switch) replays the partition in offset order.
+        """
+        new: dict[int, list[LoadedSegment]] = {}
+        for segment in sorted(segments, key=lambda s: s.manifest.start_offset):
+            new.setdefault(segment.manifest.partition, []).append(segment)
+        touched = set(new) | {r.partition for r in refused} | {
+            p for p, part in self._parts.items()
+            if any(e.segment_id in gone for e in part.entries) or not gone.isdisjoint(part.refused)}
+        for record in refused:
+            part = self._parts.setdefault(record.partition, _Partition())
+            part.refused[record.segment_id] = record.end_offset
+        for partition in touched:
+            part = self._parts.setdefault(partition, _Partition())
+            adding = new.get(partition, [])
+            hit = any(e.segment_id in gone for e in part.entries) or not gone.isdisjoint(
+                part.refused)
+            if not hit and (not adding or adding[0].manifest.start_offset >= part.covered):
+                for segment in adding:
+                    self._apply(part, segment)
+                part.covered = max([part.covered, *part.refused.values()])
+                continue
+            part.refused = {sid: end for sid, end in part.refused.items() if sid not in gone}
+            keep = [e.segment for e in part.entries if e.segment_id not in gone]
+            self._rebuild(partition, keep + adding)
         return touched
 
     def hide_ids(self, partition: int, ids: list[bytes]) -> None:

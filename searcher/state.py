@@ -36,6 +36,7 @@ class ServingState:
         self._caught_up_at: dict[int, float] = {}
         self._rewinding: set[int] = set()
         self._generation = 0
+        self._paths: dict[str, str] = {}  # segment id -> registry path, to see a path change
         self.on_rewind = lambda: None  # set by the engine: asks the reader to re-assign
         # Published copies, replaced (never mutated) under the lock: the server polls them
         # while requests wait, and must not queue behind a running search for the lock.
@@ -47,6 +48,38 @@ class ServingState:
         with self.lock:
             return self.segments.known()
 
+    def served(self) -> dict[str, str]:
+        """Segment id -> registered path of every segment served or refused."""
+        with self.lock:
+            return dict(self._paths)
+
+    def replace(self, gone: set[str],
+                loaded: list[tuple[SegmentRecord, LoadedSegment | None]]) -> None:
+        """Apply one registry change as one swap: no query sees half of it.
+
+        A compaction or generation switch removes segments and adds others over the same
+        offsets; done in two steps, a query in between would miss those rows.
+        """
+        with self.lock:
+            before = {p: self.segments.coverage(p) for p in self.partitions}
+            refused = [record for record, segment in loaded if segment is None]
+            touched = self.segments.replace(
+                gone, [segment for _, segment in loaded if segment is not None], refused)
+            self.metrics.labels(self.metrics.refused_segments).inc(len(refused))
+            for sid in gone:
+                self._paths.pop(sid, None)
+            self._paths.update({record.segment_id: record.path for record, _ in loaded})
+            for partition in sorted(touched):
+                coverage = self.segments.coverage(partition)
+                if coverage < before.get(partition, 0):
+                    self._rewind(partition, coverage)
+                else:
+                    self.tail.trim(partition, coverage)
+                self.segments.reset_tail_hides(partition, self.tail.ids(partition))
+            self._swapped()
+        log.info("segments swapped: %d released, %d installed (%d refused)", len(gone),
+                 len(loaded) - len(refused), len(refused))
+
     def install(self, record: SegmentRecord, segment: LoadedSegment | None) -> None:
         """Serve a newly registered segment (None: it was refused) and trim the tail under it."""
         with self.lock:
@@ -56,6 +89,7 @@ class ServingState:
             else:
                 self.segments.install(segment)
             partition = record.partition
+            self._paths[record.segment_id] = record.path
             self.tail.trim(partition, self.segments.coverage(partition))
             self.segments.reset_tail_hides(partition, self.tail.ids(partition))
             self._swapped()
@@ -66,6 +100,8 @@ class ServingState:
         """Stop serving segments no longer registered; re-read the tail where coverage shrank."""
         with self.lock:
             before = {p: self.segments.coverage(p) for p in self.partitions}
+            for sid in segment_ids:
+                self._paths.pop(sid, None)
             for partition in self.segments.release(segment_ids):
                 coverage = self.segments.coverage(partition)
                 if coverage < before.get(partition, 0):

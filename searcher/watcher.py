@@ -23,14 +23,12 @@ EVENT_WAIT_S = 0.2
 class WatcherSink(Protocol):
     """What the watcher changes: the engine's serving state."""
 
-    def known(self) -> set[str]:
-        """Segment ids served or refused."""
+    def served(self) -> dict[str, str]:
+        """Segment id -> registered path of every segment served or refused."""
 
-    def install(self, record: SegmentRecord, segment: LoadedSegment | None) -> None:
-        """Serve a segment; None when it was refused."""
-
-    def release(self, segment_ids: set[str]) -> None:
-        """Stop serving segments."""
+    def replace(self, gone: set[str],
+                loaded: list[tuple[SegmentRecord, LoadedSegment | None]]) -> None:
+        """Stop serving `gone` and serve `loaded` (None: refused) in one step."""
 
 
 class SegmentWatcher:
@@ -63,15 +61,19 @@ class SegmentWatcher:
         self._pubsub.close()
 
     def reconcile(self) -> None:
-        """Make the served set equal to the registry's: release, then load in offset order."""
+        """Make the served set equal to the registry's in one swap, loading new segments first.
+
+        A segment is new when its id is, or when its path moved (a generation switch rebuilt
+        it over the same offsets). Loading happens before the swap, so queries keep being
+        answered from the old set meanwhile.
+        """
         records = self.registry.segments()
-        known = self.sink.known()
-        gone = known - {r.segment_id for r in records}
-        if gone:
-            self.sink.release(gone)
-        for record in records:  # by (partition, start offset): each one extends its partition
-            if record.segment_id not in known:
-                self.sink.install(record, segments.load(self.root, record))
+        served = self.sink.served()
+        current = {r.segment_id: r.path for r in records}
+        gone = {sid for sid, path in served.items() if current.get(sid) != path}
+        fresh = [r for r in records if served.get(r.segment_id) != r.path]
+        if gone or fresh:
+            self.sink.replace(gone, [(r, segments.load(self.root, r)) for r in fresh])
 
     def _run(self) -> None:
         due = time.monotonic() + self.reconcile_s

@@ -233,17 +233,18 @@ class RecordingSink:
     """A watcher sink that only records what it is told."""
 
     def __init__(self) -> None:
-        self.served: dict[str, bool] = {}  # segment id -> loaded (False: refused)
+        self.loaded: dict[str, bool] = {}  # segment id -> loaded (False: refused)
+        self.paths: dict[str, str] = {}
 
-    def known(self) -> set[str]:
-        return set(self.served)
+    def served(self) -> dict[str, str]:
+        return dict(self.paths)
 
-    def install(self, record, segment) -> None:
-        self.served[record.segment_id] = segment is not None
-
-    def release(self, segment_ids: set[str]) -> None:
-        for sid in segment_ids:
-            del self.served[sid]
+    def replace(self, gone, loaded) -> None:
+        for sid in gone:
+            del self.loaded[sid], self.paths[sid]
+        for record, segment in loaded:
+            self.loaded[record.segment_id] = segment is not None
+            self.paths[record.segment_id] = record.path
 
 
 def test_the_watcher_heals_missed_events_by_reconciling(settings, collection_name,
@@ -263,7 +264,7 @@ def test_the_watcher_heals_missed_events_by_reconciling(settings, collection_nam
     wait_fully_indexed(settings, spec.name, spec.collection.topic, timeout=60)
     indexer.stop()
     registered = {r.segment_id for r in registry.segments()}
-    wait_until(lambda: sink.served == dict.fromkeys(registered, True), timeout=SYNC_TIMEOUT_S,
+    wait_until(lambda: sink.loaded == dict.fromkeys(registered, True), timeout=SYNC_TIMEOUT_S,
                what="every registered segment loaded")
     registry.clear()
-    wait_until(lambda: sink.served == {}, timeout=SYNC_TIMEOUT_S, what="every segment released")
+    wait_until(lambda: sink.loaded == {}, timeout=SYNC_TIMEOUT_S, what="every segment released")

@@ -52,7 +52,10 @@ def spawn_worker(settings: Settings, collection: str, log_dir: Path, *, tag: str
     env = fast.child_env()
     if crash_at:
         env["STREAMVEC_CRASH_AT"] = crash_at
-    argv = [sys.executable, "-m", "streamvec", "indexer", "--collection", collection]
+    # Compaction off: these tests compare the registry with one rebuilt from the store, and a
+    # merge killed between its swap and its marker rebuilds to the inputs (same rows, other ids).
+    argv = [sys.executable, "-m", "streamvec", "indexer", "--collection", collection,
+            "--compact-interval", "0"]
     log = log_dir / f"worker-{tag}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)

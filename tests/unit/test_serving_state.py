@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from indexer import snapshot
+from indexer import rewrite, snapshot
 from indexer.build import build_index
 from indexer.idmap import IdMap
 from indexer.registry import SegmentRecord
 from indexer.segment import GrowingSegment
+from indexer.view import hidden_rows
 from ingest import record
 from searcher import segments
 from searcher.metrics import SearcherMetrics
@@ -237,3 +238,32 @@ def test_corrupt_segment_is_refused_counted_and_its_range_still_covered(tmp_path
 def test_observe_records_when_each_partition_was_at_the_log_end(state) -> None:
     state.observe({0: 0, 1: 5}, now=10.0)
     assert state.caught_up_at() == {0: 10.0}
+
+
+def test_replacing_segments_by_a_merge_is_one_swap_without_rewind(tmp_path, state) -> None:
+    chain = Chain(tmp_path, 0, np.random.default_rng(7))
+    rewinds = []
+    state.on_rewind = lambda: rewinds.append(True)
+    installed = []
+    for _ in range(3):
+        rounds(chain, 6)
+        installed.append(chain.seal())
+    tail = rounds(chain, 4)
+    state.replace(set(), installed)
+    state.apply(tail)
+    assert_serves(state, chain)
+    segs = [seg for _, seg in installed]
+    sealed = rewrite.rows_of(segs, hidden_rows(segs))
+    assert sealed.rows == len(state_after(chain, 18))  # only the visible rows are kept
+    merged = rewrite.write(tmp_path, COLLECTION, 0, sealed, metric="l2", index="Flat")
+    state.replace({rec.segment_id for rec, _ in installed},
+                  [(merged.record, segments.load(tmp_path, merged.record))])
+    assert_serves(state, chain)
+    assert rewinds == [] and state.positions()[0] == 22
+    assert state.served() == {merged.record.segment_id: merged.record.path}
+    # A generation switch keeps the ids and moves the paths: the swap follows the path.
+    moved = rewrite.write(tmp_path, COLLECTION, 1, sealed, metric="l2", index="HNSW8")
+    state.replace({merged.record.segment_id}, [(moved.record, segments.load(tmp_path,
+                                                                           moved.record))])
+    assert_serves(state, chain)
+    assert state.served() == {moved.record.segment_id: moved.record.path}

@@ -1,0 +1,71 @@
+"""The per-collection lifecycle lock: one reindex, compaction, restore or collection at a time."""
+
+# These actions each read the registry, work for a while, then swap segments; two at once
+# would plan against a registry the other is about to change. The lock expires on its own
+# (a crashed holder cannot block forever) and a heartbeat thread keeps a live holder's lease.
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+
+import redis
+
+from indexer.errors import LifecycleBusy
+from ingest.names import CollectionName
+
+log = logging.getLogger(__name__)
+
+LEASE_S = 60.0
+# KEYS: lock. ARGV: token. Delete or extend only while we still hold it.
+_RELEASE = ("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) "
+            "end return 0")
+_EXTEND = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
+           "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0")
+
+
+class LifecycleLock:
+    """Hold `sv:{name}:lifecycle` while a lifecycle action runs; raise LifecycleBusy if taken."""
+
+    # Usage: with LifecycleLock(client, "products@v4", "compact"): ...
+
+    def __init__(self, client: redis.Redis, collection: str, action: str, *,
+                 lease_s: float = LEASE_S) -> None:
+        self.client = client
+        self.key = CollectionName.parse(collection).key("lifecycle")
+        self.action = action
+        self.lease_s = lease_s
+        self.token = f"{action}:{secrets.token_hex(8)}"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def holder(self) -> str | None:
+        """The action holding the lock now, or None."""
+        raw = self.client.get(self.key)
+        return None if raw is None else raw.decode().split(":", 1)[0]
+
+    def __enter__(self) -> LifecycleLock:
+        if not self.client.set(self.key, self.token, nx=True, px=int(self.lease_s * 1000)):
+            raise LifecycleBusy(f"{self.key} is held by a running {self.holder() or 'action'}; "
+                                f"try the {self.action} again when it has finished")
+        self._thread = threading.Thread(target=self._heartbeat, daemon=True,
+                                        name=f"sv-lock-{self.action}")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.client.eval(_RELEASE, 1, self.key, self.token)
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.lease_s / 3):
+            try:
+                if not self.client.eval(_EXTEND, 1, self.key, self.token,
+                                        int(self.lease_s * 1000)):
+                    log.error("%s: lost the lifecycle lock during a %s", self.key, self.action)
+                    return
+            except redis.RedisError as exc:  # the lease outlives a short outage
+                log.warning("%s: lock heartbeat failed: %s", self.key, exc)
