@@ -61,3 +61,30 @@ class MonitorMetrics:
         self.labels(self.drift_drifted_share).set(report.drifted_share)
         self.labels(self.drift_norm_shift).set(report.norm_shift)
         self.labels(self.drift_state).set(DRIFT_STATES[report.state])
+
+
+# Client-measured search latency: a cached answer in a millisecond up to a timed-out shadow.
+CHALLENGE_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+                             5, 10)
+CHALLENGE_ROLES = ("champion", "challenger")
+
+
+class ChallengeMetrics:
+    """Champion-challenger metrics, labelled by alias: `streamvec_monitor_challenge_*`."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        def make(kind, name, doc, labels=(), **kw):
+            """One metric of this role, labelled by alias first."""
+            return kind(name, doc, ["alias", *labels], namespace=NAMESPACE,
+                        subsystem=SUBSYSTEM, registry=registry, **kw)
+
+        self.queries = make(Counter, "challenge_queries", "Query vectors of shadowed searches "
+                            "the evaluator compared.")
+        self.shadow_errors = make(Counter, "challenge_shadow_errors", "Shadowed searches the "
+                                  "challenger failed or did not answer in time.")
+        self.overlap = make(Gauge, "challenge_overlap_ratio", "Mean overlap@k of the champion's "
+                            "and the challenger's answers, over the challenge so far.")
+        self.recall = make(Gauge, "challenge_recall_ratio", "Mean recall@k against exact search "
+                           "over the collection's registered segments, per role.", ("role",))
+        self.latency = make(Histogram, "challenge_latency_seconds", "Search latency the client "
+                            "measured, per role.", ("role",), buckets=CHALLENGE_LATENCY_BUCKETS)

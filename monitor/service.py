@@ -15,12 +15,13 @@ from dataclasses import dataclass
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from indexer import remote
 from indexer.registry import Registry
 from ingest import catalog
-from monitor import recall, reference
+from monitor import challenge, recall, reference
 from monitor.canary import Canary
 from monitor.collectors import CollectionCollector, KafkaWatermarks
-from monitor.metrics import MonitorMetrics
+from monitor.metrics import ChallengeMetrics, MonitorMetrics
 from monitor.summary import QueryRate, Samples, Summary
 from monitor.tracker import DriftTracker
 from monitor.windows import FirstRows, SlidingWindow, WindowReader
@@ -42,6 +43,7 @@ class MonitorOptions:
     drift: float = 60.0
     canary: float = 10.0
     recall: float = 60.0
+    challenge: float = 10.0  # judging the shadow logs of aliases under a challenge
     window_rows: int = 1000
     reference_rows: int = reference.DEFAULT_ROWS
 
@@ -56,6 +58,7 @@ class CollectionMonitor:
         name = self.spec.name
         self.metrics = MonitorMetrics(registry, name)
         segments = Registry(client, name)
+        remote.attach(settings)  # the recall probe reads segments from the object store too
         registry.register(CollectionCollector(
             name, segments, KafkaWatermarks(settings, self.spec.collection.topic)))
         ttl = max(SUMMARY_MIN_TTL_S, 3 * max(options.drift, options.canary, options.recall))
@@ -113,6 +116,8 @@ class Service:
         self.monitors = [CollectionMonitor(settings, name, registry, options, self._stop)
                          for name in dict.fromkeys(collections)]
         self._threads: list[threading.Thread] = []
+        self.challenges = challenge.ChallengeWatch(settings.redis_client(), settings.snapshots,
+                                                   ChallengeMetrics(registry))
 
     def stop(self) -> None:
         """Ask every thread to finish its current cycle and return."""
@@ -127,6 +132,9 @@ class Service:
             for name, every, fn in monitor.tasks(self.options):
                 self._spawn(f"sv-monitor-{name}", lambda every=every, fn=fn, name=name:
                             self._every(name, every, fn))
+        if self.options.challenge > 0:
+            self._spawn("sv-monitor-challenges", lambda: self._every(
+                "challenges", self.options.challenge, self.challenges.run_once))
 
     def run(self, max_seconds: float | None = None) -> None:
         """Start, then block until `stop()` (or `max_seconds`), then shut down."""

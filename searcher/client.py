@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from ingest import catalog
 from ingest.catalog import spec_key
+from ingest.challenges import Challenge
+from ingest.errors import CollectionNotFound
 from ingest.names import CollectionName
-from searcher import protocol
+from searcher import protocol, shadow
 from searcher.query import MAX_K, Consistency, Filter, QueryAnswer, QueryError, QueryRequest
 from streamvec.settings import Settings
 
 # Waited beyond the request's own timeout: a searcher answers a consistency timeout only once
 # that timeout has run out, counted from when it read the request off a possibly busy stream.
 REPLY_MARGIN_S = 2.0
+
+# A shadow request's reply is awaited only this long past its timeout: a late answer from the
+# challenger is counted as a timeout rather than holding a shadow thread.
+SHADOW_MARGIN_S = 0.5
 
 # KEYS: spec, request stream. ARGV: MAXLEN, then field/value pairs. Checking that the collection
 # exists in the same round trip means a mistyped name never creates a stream nobody reads.
@@ -48,6 +56,7 @@ class SearchResult:
     metadata: list[list[dict | None]] | None  # per query, one entry per hit (not padded)
     offsets: dict[int, int]
     timings_ms: dict[str, float]
+    collection: str = ""  # the collection that answered (an alias's target at the time)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -62,7 +71,8 @@ class SearchResult:
 class Client:
     """Searches collections through the searchers' Redis query protocol (docs/protocol.md §7)."""
 
-    def __init__(self, redis_url: str | None = None, *, settings: Settings | None = None) -> None:
+    def __init__(self, redis_url: str | None = None, *, settings: Settings | None = None,
+                 shadow_workers: int = shadow.DEFAULT_WORKERS) -> None:
         if redis_url is not None and settings is not None:
             raise ValueError("give either redis_url or settings, not both")
         if settings is None:
@@ -70,9 +80,16 @@ class Client:
         self.settings = settings
         self._redis = settings.redis_client()
         self._submit = self._redis.register_script(_SUBMIT)
+        self._versions: dict[str, str] = {}  # collection -> model version; specs never change
+        self._shadow_workers = shadow_workers
+        self._shadow: shadow.Shadow | None = None  # started by the first shadowed search
+        self._shadow_lock = threading.Lock()
 
     def close(self) -> None:
-        """Close the Redis connections."""
+        """Wait for pending shadow requests to be logged, then close the Redis connections."""
+        with self._shadow_lock:
+            if self._shadow is not None:
+                self._shadow.close()
         self._redis.close()
 
     def __enter__(self) -> Client:
@@ -81,31 +98,84 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _resolve(self, name: str) -> str:
-        """The collection a name stands for; aliases will resolve here, for now a name is itself."""
-        return name
+    def _resolve(self, name: str) -> shadow.Route:
+        """Where a search of `name` goes: an alias's target and active challenge, else the name."""
+        return shadow.route(self._redis, str(CollectionName.parse(name)))
 
     def search(self, collection_or_alias: str, vectors: Any, k: int = 10,
                filter: Mapping[str, Any] | None = None,
                consistency: str | Mapping[str, Any] | Consistency = "eventual",
                timeout: float = 5.0, with_metadata: bool = False) -> SearchResult:
-        """Search k nearest neighbours of one vector (1-D) or many (2-D); raise SearchError."""
-        name = str(CollectionName.parse(self._resolve(collection_or_alias)))
-        rid = uuid.uuid4().hex
-        request = QueryRequest(rid, name, _queries(vectors), _k(k), _filter(filter),
-                               _consistency(consistency), _timeout_ms(timeout),
-                               bool(with_metadata), protocol.reply_key(name, rid),
-                               time.time() * 1000)
+        """Search k nearest neighbours of one vector (1-D) or many (2-D); raise SearchError.
+
+        `vectors` may be a dict keyed by model version; the collection's version picks one.
+        """
+        route = self._resolve(collection_or_alias)
+        name = route.target
+        request = QueryRequest(uuid.uuid4().hex, name, _queries(self._pick(name, vectors)),
+                               _k(k), _filter(filter), _consistency(consistency),
+                               _timeout_ms(timeout), bool(with_metadata))
+        started = time.perf_counter()
+        result = self._ask(request, REPLY_MARGIN_S)
+        took = (time.perf_counter() - started) * 1000.0
+        if route.challenge is not None and shadow.sampled(request.request_id,
+                                                           route.challenge.share):
+            self._shadow_of(route.challenge, request, result, took, vectors)
+        return result
+
+    def _ask(self, request: QueryRequest, margin: float) -> SearchResult:
+        """Send one request and wait for its reply up to its timeout plus `margin` seconds."""
+        name = request.collection
+        request = replace(request, reply_key=protocol.reply_key(name, request.request_id),
+                          sent_at_ms=time.time() * 1000)
         fields = protocol.encode_request(request)
         args = [protocol.QUEUE_MAXLEN, *(x for pair in fields.items() for x in pair)]
         if self._submit(keys=[spec_key(name), protocol.queue_key(name)], args=args) is None:
             raise SearchError("unknown_collection", f"collection {name!r} does not exist")
-        wait = request.timeout_ms / 1000 + REPLY_MARGIN_S
+        wait = request.timeout_ms / 1000 + margin
         got = self._redis.blpop([request.reply_key], timeout=wait)
         if got is None:
             raise SearchTimeout(f"no searcher answered a query on {name!r} within {wait:g}s: "
                                 f"is `streamvec searcher --collection {name}` running?")
         return _result(request, got[1])
+
+    def _pick(self, name: str, vectors: Any) -> Any:
+        """The query vectors for collection `name` (a per-model-version dict picks one)."""
+        if not isinstance(vectors, Mapping):
+            return vectors
+        if name not in self._versions:
+            try:
+                self._versions[name] = catalog.load_spec(self._redis, name).model_version
+            except CollectionNotFound:
+                raise SearchError("unknown_collection",
+                                  f"collection {name!r} does not exist") from None
+        return shadow.pick_vectors(vectors, self._versions[name], name)
+
+    def _shadow_of(self, challenge: Challenge, request: QueryRequest, result: SearchResult,
+                   took_ms: float, vectors: Any) -> None:
+        """Queue the challenger's copy of a request; the caller does not wait for it."""
+        with self._shadow_lock:
+            if self._shadow is None:
+                self._shadow = shadow.Shadow(self._redis, self._shadow_workers)
+        # Copies: the caller may reuse its arrays once search() returns.
+        given = {v: np.array(x, copy=True) for v, x in vectors.items()} \
+            if isinstance(vectors, Mapping) else request.vectors
+        # Session offsets name the champion's partitions, which mean nothing to the challenger.
+        level = Consistency() if request.consistency.level == "session" else request.consistency
+
+        def send(queries: np.ndarray) -> list[list[str]]:
+            asked = QueryRequest(uuid.uuid4().hex, challenge.challenger, queries, request.k,
+                                 request.filter, level, request.timeout_ms)
+            return _id_rows(self._ask(asked, SHADOW_MARGIN_S))
+
+        self._shadow.submit(shadow.Ask(
+            challenge, request.request_id, request.k, request.collection, request.vectors,
+            _id_rows(result), took_ms,
+            lambda: _queries(self._pick(challenge.challenger, given)), send))
+
+
+def _id_rows(result: SearchResult) -> list[list[str]]:
+    return [[h for h in row if h is not None] for row in result.ids.tolist()]
 
 
 def _result(request: QueryRequest, body: bytes) -> SearchResult:
@@ -118,10 +188,11 @@ def _result(request: QueryRequest, body: bytes) -> SearchResult:
                                       f"{request.request_id!r}")
     if isinstance(answer, QueryError):
         raise SearchError(answer.code, answer.message)
-    return _padded(answer, request.k, request.with_metadata)
+    return _padded(answer, request.k, request.with_metadata, request.collection)
 
 
-def _padded(answer: QueryAnswer, k: int, with_metadata: bool) -> SearchResult:
+def _padded(answer: QueryAnswer, k: int, with_metadata: bool, collection: str = ""
+            ) -> SearchResult:
     n = len(answer.ids)
     ids = np.full((n, k), None, dtype=object)
     scores = np.full((n, k), np.nan, dtype=np.float32)
@@ -133,7 +204,8 @@ def _padded(answer: QueryAnswer, k: int, with_metadata: bool) -> SearchResult:
     if with_metadata:
         metadata = [list(row[:k]) for row in answer.metadata] if answer.metadata is not None \
             else [[None] * min(len(row), k) for row in answer.ids]
-    return SearchResult(ids, scores, metadata, dict(answer.offsets), dict(answer.timings_ms))
+    return SearchResult(ids, scores, metadata, dict(answer.offsets), dict(answer.timings_ms),
+                        collection)
 
 
 def _queries(vectors: Any) -> np.ndarray:

@@ -1,0 +1,245 @@
+"""Aliases: a stable name (`products`) that points at one collection and switches atomically.
+
+An alias has the grammar of a collection base name (no `@version`) and never equals a
+collection's name. Its keys share the alias's hash tag: `sv:{ALIAS}:alias` holds the current
+target as JSON {target, since, actor}; `sv:{ALIAS}:alias:history` lists past switches, newest
+first, each JSON {from, to, at, actor, action}. `sv:aliases` lists every alias. A switch is
+one Lua script that checks the state it was computed from, sets the target and pushes the
+history entry, so readers see the old target or the new one and nothing in between.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from ingest import audit, catalog
+from ingest.errors import IngestError
+from ingest.names import CollectionName
+
+ALIASES_KEY = "sv:aliases"
+HISTORY_MAX = 100  # switches kept per alias; rollback needs only the latest
+# Retries of a switch whose state moved between the read and the script (another operator).
+SWITCH_ATTEMPTS = 5
+
+# KEYS: alias, history, the spec key a collection of the alias's name would have.
+# ARGV: expected current value ('' = none), expected history head ('' = none), new value,
+# history entry, history cap. Returns 'ok', 'collection' or 'moved'.
+_SWITCH = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return 'collection' end
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return 'moved' end
+if (redis.call('LINDEX', KEYS[2], 0) or '') ~= ARGV[2] then return 'moved' end
+redis.call('SET', KEYS[1], ARGV[3])
+redis.call('LPUSH', KEYS[2], ARGV[4])
+redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[5]) - 1)
+return 'ok'
+"""
+
+
+class AliasError(IngestError, ValueError):
+    """An alias operation that cannot be done; the message says why."""
+
+
+class AliasNotFound(AliasError):
+    """No alias of that name exists."""
+
+
+@dataclass(frozen=True, slots=True)
+class Alias:
+    """An alias and the collection it points at now."""
+
+    name: str
+    target: str
+    since: float
+    actor: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The alias as a JSON-ready dict."""
+        return {"name": self.name, "target": self.target, "since": self.since,
+                "actor": self.actor}
+
+
+@dataclass(frozen=True, slots=True)
+class Switch:
+    """One past switch of an alias: from (None for the first set), to, when, who, how."""
+
+    source: str | None
+    target: str
+    at: float
+    actor: str
+    action: str  # set, rollback or promote
+
+    def to_json(self) -> dict[str, Any]:
+        """The switch as stored in the history list."""
+        return {"from": self.source, "to": self.target, "at": self.at, "actor": self.actor,
+                "action": self.action}
+
+
+def check_name(alias: str) -> CollectionName:
+    """Validate an alias name: a collection base name without `@version`."""
+    try:
+        parsed = CollectionName.parse(alias)
+    except IngestError as exc:
+        raise AliasError(str(exc).replace("collection name", "alias")) from None
+    if parsed.version is not None:
+        raise AliasError(f"invalid alias {alias!r}: an alias has no '@version' part; "
+                         "it points at a versioned collection instead")
+    return parsed
+
+
+def alias_key(alias: str) -> str:
+    """The key holding an alias's current target: `sv:{ALIAS}:alias`."""
+    return check_name(alias).key("alias")
+
+
+def history_key(alias: str) -> str:
+    """The list of an alias's past switches, newest first: `sv:{ALIAS}:alias:history`."""
+    return check_name(alias).key("alias:history")
+
+
+def refuse_collection_name(client: redis.Redis, name: str) -> None:
+    """Raise AliasError if a collection may not be created as `name` because an alias has it."""
+    parsed = CollectionName.parse(name)
+    if parsed.version is None and client.exists(parsed.key("alias")):
+        raise AliasError(f"cannot create collection {name!r}: an alias of that name exists "
+                         f"(delete it first with `streamvec alias delete {name}`)")
+
+
+def parse_value(alias: str, raw: bytes | str) -> Alias:
+    """An Alias from the JSON stored at `sv:{ALIAS}:alias`."""
+    doc = json.loads(raw)
+    return Alias(alias, str(doc["target"]), float(doc["since"]), str(doc["actor"]))
+
+
+def get(client: redis.Redis, alias: str) -> Alias:
+    """The alias's current target; raise AliasNotFound if there is no such alias."""
+    raw = client.get(alias_key(alias))
+    if raw is None:
+        raise AliasNotFound(f"alias {alias!r} does not exist")
+    return parse_value(alias, raw)
+
+
+def resolve(client: redis.Redis, name: str) -> str:
+    """The collection a name stands for: an alias's target, else the name itself."""
+    if "@" in name:
+        return name  # a versioned name is never an alias
+    raw = client.get(alias_key(name))
+    return name if raw is None else parse_value(name, raw).target
+
+
+def list_aliases(client: redis.Redis) -> list[Alias]:
+    """Every alias with its target, sorted by name."""
+    names = sorted(m.decode() for m in client.smembers(ALIASES_KEY))
+    with client.pipeline(transaction=False) as pipe:  # one GET each: every alias has its slot
+        for name in names:
+            pipe.get(alias_key(name))
+        values = pipe.execute() if names else []
+    return [parse_value(n, raw) for n, raw in zip(names, values, strict=True) if raw is not None]
+
+
+def history(client: redis.Redis, alias: str, limit: int = HISTORY_MAX) -> list[Switch]:
+    """The alias's past switches, newest first."""
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    return [_switch(raw) for raw in client.lrange(history_key(alias), 0, limit - 1)]
+
+
+def set_alias(client: redis.Redis, alias: str, target: str, actor: str) -> str | None:
+    """Point `alias` at the collection `target`; return the previous target (None if new)."""
+    check_name(alias)
+    target = str(CollectionName.parse(target))
+    catalog.load_spec(client, target)  # raises CollectionNotFound with a clear message
+    previous = switch(client, alias, target, actor, "set")
+    if previous == target:
+        return previous  # already there: nothing switched, nothing to record
+    audit.record(client, "alias.set", alias, {"target": target, "previous": previous}, actor)
+    return previous
+
+
+def rollback(client: redis.Redis, alias: str, actor: str) -> tuple[str, str]:
+    """Return the alias to its target before the last switch; return (from, to)."""
+    for _ in range(SWITCH_ATTEMPTS):
+        current, head = _state(client, alias)
+        if current is None:
+            raise AliasNotFound(f"alias {alias!r} does not exist")
+        last = _switch(head) if head else None
+        if last is None or last.source is None:
+            raise AliasError(f"alias {alias!r} has no earlier target to roll back to")
+        if not client.exists(catalog.spec_key(last.source)):
+            raise AliasError(f"cannot roll alias {alias!r} back to {last.source!r}: that "
+                             "collection no longer exists")
+        now = parse_value(alias, current).target
+        if _run(client, alias, current, head, last.source, actor, "rollback"):
+            audit.record(client, "alias.rollback", alias, {"target": last.source,
+                                                           "previous": now}, actor)
+            return now, last.source
+    raise AliasError(f"alias {alias!r} kept changing; try the rollback again")
+
+
+def switch(client: redis.Redis, alias: str, target: str, actor: str, action: str) -> str | None:
+    """Switch the alias to `target` atomically and record it in its history; no audit entry.
+
+    Returns the previous target; an alias already at `target` is left as it is. The caller
+    checks that `target` exists and audits.
+    """
+    check_name(alias)
+    for _ in range(SWITCH_ATTEMPTS):
+        current, head = _state(client, alias)
+        previous = None if current is None else parse_value(alias, current).target
+        if previous == target:
+            return previous
+        if _run(client, alias, current, head, target, actor, action):
+            client.sadd(ALIASES_KEY, alias)
+            return previous
+    raise AliasError(f"alias {alias!r} kept changing; try again")
+
+
+def delete(client: redis.Redis, alias: str, actor: str) -> str:
+    """Delete an alias and its history; return the target it had."""
+    from ingest import challenges  # local: challenges builds on this module
+
+    current = get(client, alias)
+    if challenges.active(client, alias) is not None:
+        raise AliasError(f"alias {alias!r} has an active challenge; stop it first with "
+                         f"`streamvec challenge stop {alias}`")
+    client.delete(alias_key(alias), history_key(alias))
+    client.srem(ALIASES_KEY, alias)
+    challenges.forget(client, alias)
+    audit.record(client, "alias.delete", alias, {"target": current.target}, actor)
+    return current.target
+
+
+def _state(client: redis.Redis, alias: str) -> tuple[bytes | None, bytes | None]:
+    """The alias's raw value and raw history head, read together."""
+    with client.pipeline(transaction=True) as pipe:
+        pipe.get(alias_key(alias))
+        pipe.lindex(history_key(alias), 0)
+        current, head = pipe.execute()
+    return current, head
+
+
+def _run(client: redis.Redis, alias: str, current: bytes | None, head: bytes | None,
+         target: str, actor: str, action: str) -> bool:
+    """Run the switch script; True if it switched, False if the state moved meanwhile."""
+    now = round(time.time(), 3)
+    previous = None if current is None else parse_value(alias, current).target
+    value = json.dumps({"target": target, "since": now, "actor": actor}, sort_keys=True)
+    entry = json.dumps(Switch(previous, target, now, actor, action).to_json(), sort_keys=True)
+    outcome = client.register_script(_SWITCH)(
+        keys=[alias_key(alias), history_key(alias), check_name(alias).key("spec")],
+        args=[current or b"", head or b"", value, entry, HISTORY_MAX])
+    outcome = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
+    if outcome == "collection":
+        raise AliasError(f"{alias!r} is the name of a collection; an alias needs a name of "
+                         "its own")
+    return outcome == "ok"
+
+
+def _switch(raw: bytes | str) -> Switch:
+    doc = json.loads(raw)
+    return Switch(doc.get("from"), str(doc["to"]), float(doc["at"]), str(doc["actor"]),
+                  str(doc["action"]))

@@ -1,0 +1,136 @@
+"""`streamvec challenge [start|report|stop] ALIAS` and `streamvec promote ALIAS`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import time
+
+from ingest import challenges
+from ingest.aliases import AliasError
+from ingest.challenges import ROLES
+from streamvec.cliutil import call as _call
+from streamvec.errors import CommandError
+from streamvec.settings import Settings
+
+VERBS = ("start", "report", "stop")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `challenge` and `promote` commands to the top-level parser."""
+    c = sub.add_parser(
+        "challenge", help="shadow-test a challenger collection beside an alias's champion",
+        usage="streamvec challenge [start] ALIAS --challenger COLLECTION [--share S]\n"
+              "       streamvec challenge report ALIAS [--json]\n"
+              "       streamvec challenge stop ALIAS",
+        description="Start: a share of the searches of ALIAS also go, in the background, to "
+        "the challenger; callers still get the champion's answer. Report: judge the logged "
+        "comparisons not judged yet, then print queries compared, p50/p99 latency, mean "
+        "recall@k against exact search and mean overlap@k. Stop: end the challenge.")
+    c.add_argument("words", nargs="+", metavar="[VERB] ALIAS",
+                   help="start (the default), report or stop, then the alias")
+    c.add_argument("--challenger", help="collection to shadow-test (start)")
+    c.add_argument("--share", type=float, default=0.1,
+                   help="fraction of searches to shadow, 0..1 (start; default 0.1)")
+    c.add_argument("--json", action="store_true", help="print JSON (report)")
+    c.set_defaults(handler=_challenge)
+
+    p = sub.add_parser("promote", help="switch an alias to its challenger, ending the challenge",
+                       description="Point ALIAS at its active challenge's challenger (a switch "
+                       "kept in the alias's history, so `streamvec rollback ALIAS` undoes it) "
+                       "and end the challenge.")
+    p.add_argument("alias")
+    p.set_defaults(handler=_promote)
+
+
+def _challenge(args: argparse.Namespace, settings: Settings) -> int:
+    verb, alias = _parse_words(args.words)
+    client = settings.redis_client()
+    if verb == "start":
+        if not args.challenger:
+            raise CommandError("starting a challenge needs --challenger COLLECTION")
+        config = _call(challenges.start, client, alias, args.challenger, args.share,
+                       settings.actor)
+        print(f"challenge {config.id} started on alias {alias}: champion {config.champion}, "
+              f"challenger {config.challenger}, share {config.share:g}")
+    elif verb == "stop":
+        config = _call(challenges.stop, client, alias, settings.actor)
+        print(f"challenge {config.id} on alias {alias} stopped (challenger "
+              f"{config.challenger}); the alias keeps its target")
+    else:
+        out = _call(report, settings, alias)
+        print(json.dumps(out, indent=2) if args.json else "\n".join(_lines(out)))
+    return 0
+
+
+def _promote(args: argparse.Namespace, settings: Settings) -> int:
+    config, previous = _call(challenges.promote, settings.redis_client(), args.alias,
+                             settings.actor)
+    print(f"alias {args.alias} -> {config.challenger} (was {previous}); challenge {config.id} "
+          f"ended. `streamvec rollback {args.alias}` undoes the switch")
+    return 0
+
+
+def report(settings: Settings, alias: str) -> dict:
+    """Judge the pending comparisons, then the latest challenge's figures as a JSON-ready dict."""
+    from monitor.challenge import Evaluator, stats  # local: only reports need numpy and FAISS
+
+    client = settings.redis_client()
+    found = challenges.latest(client, alias)
+    if found is None:
+        raise AliasError(f"alias {alias!r} has no challenge, active or ended")
+    config, running = found
+    consumer = f"report-{socket.gethostname()}-{os.getpid()}"
+    evaluator = Evaluator(client, alias, settings.snapshots, consumer=consumer)
+    evaluator.run_once()
+    _retire(client, evaluator)
+    figures = stats(client, alias, config.id)
+    return {"alias": alias, "id": config.id, "active": running, "champion": config.champion,
+            "challenger": config.challenger, "share": config.share,
+            "started_at": config.started_at, "actor": config.actor, **figures.to_json()}
+
+
+def _retire(client, evaluator) -> None:
+    """Remove the report's consumer from the group once it holds nothing unacknowledged."""
+    from monitor.challenge import GROUP
+
+    pending = client.xpending_range(evaluator.log_key, GROUP, "-", "+", 1,
+                                    consumername=evaluator.consumer)
+    if not pending:
+        client.xgroup_delconsumer(evaluator.log_key, GROUP, evaluator.consumer)
+
+
+def _lines(out: dict) -> list[str]:
+    """The human-readable report."""
+    state = "active" if out["active"] else "ended"
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(out["started_at"]))
+    lines = [f"challenge {out['id']} on alias {out['alias']} ({state}, started {started} UTC, "
+             f"share {out['share']:g})",
+             f"searches {out['searches']}  queries {out['queries']}  compared "
+             f"{out['compared']}  shadow errors {out['errors']}",
+             f"{'':<16} {'CHAMPION':>24} {'CHALLENGER':>24}",
+             f"{'collection':<16} {out['champion']:>24} {out['challenger']:>24}"]
+    for label, pick, digits in (("p50 latency ms", lambda r: out["latency_ms"][r]["p50"], 2),
+                                ("p99 latency ms", lambda r: out["latency_ms"][r]["p99"], 2),
+                                ("mean recall@k", lambda r: out["recall"][r], 4)):
+        lines.append(f"{label:<16} " + " ".join(f"{_num(pick(r), digits):>24}" for r in ROLES))
+    lines.append(f"{'mean overlap@k':<16} {_num(out['overlap'], 4):>24}")
+    return lines
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _parse_words(words: list[str]) -> tuple[str, str]:
+    """(verb, alias) from `ALIAS` or `VERB ALIAS`."""
+    if len(words) == 1 and words[0] not in VERBS:
+        return "start", words[0]
+    if len(words) == 2 and words[0] in VERBS:
+        return words[0], words[1]
+    raise CommandError(f"expected `challenge [start|report|stop] ALIAS`, got "
+                       f"{' '.join(words)!r}")
+
+
