@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from dataclasses import asdict, dataclass
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from ingest import audit, catalog
+from ingest import aliases, audit, catalog
 from ingest.errors import CollectionExists, IngestError
 from ingest.spec import CollectionSpec
 from streamvec.settings import Settings
@@ -37,10 +36,26 @@ def create_collection(
     *,
     replication: int | None = None,
     timeout: float = 30.0,
+    adopt_store: bool = False,
 ) -> bool:
-    """Create a collection's topics and register its spec; return False if it already existed."""
+    """Create a collection's topics and register its spec; return False if it already existed.
+
+    A new collection refuses a name whose snapshot folder still holds segment folders (kept
+    because a restored collection references them, or left from before): its workers would
+    take those folders for their own. `adopt_store` is for rebuilding a lost registry from
+    them on purpose (`streamvec registry rebuild`).
+    """
     _check_index_spec(spec)
     client = settings.redis_client()
+    aliases.refuse_collection_name(client, spec.name)  # an alias already answers to the name
+    if not adopt_store and not client.exists(catalog.spec_key(spec.name)):
+        leftovers = _segment_folders(settings, spec.name)
+        if leftovers:
+            raise CollectionExists(
+                f"the snapshot store {settings.snapshots} still holds {leftovers} segment "
+                f"folder(s) of an earlier collection named {spec.name!r} (a restored collection "
+                "may reference them); choose another name, or pass --adopt-store to rebuild "
+                "its registry from them")
     created = catalog.claim_spec(client, spec)
     try:
         _ensure_topics(settings, spec, replication=replication, timeout=timeout)
@@ -52,6 +67,12 @@ def create_collection(
         audit.record(client, "collection.create", spec.name, asdict(spec), settings.actor)
     log.info("collection=%s %s", spec.name, "created" if created else "already exists")
     return created
+
+
+def _segment_folders(settings: Settings, name: str) -> int:
+    """How many segment folders `<snapshots>/<name>/g*/p*/` holds (markers and temps aside)."""
+    base = settings.snapshots / name
+    return sum(1 for f in base.glob("g*/p*/p*-*-*") if f.is_dir()) if base.is_dir() else 0
 
 
 def list_collections(settings: Settings) -> list[CollectionSpec]:
@@ -92,7 +113,10 @@ def partition_offsets(settings: Settings, topic: str, timeout: float = 10.0) -> 
 
 
 def drop_collection(settings: Settings, name: str, timeout: float = 30.0) -> None:
-    """Delete a collection's topics, Redis keys and snapshot folder."""
+    """Delete a collection's topics, Redis keys (snapshots too) and unreferenced folders.
+
+    Folders that a restored collection still references stay (indexer/gc.py).
+    """
     spec = catalog.load_spec(settings.redis_client(), name)
     admin = AdminClient(settings.kafka_config())
     topics = [spec.collection.topic, spec.collection.dlq_topic]
@@ -100,7 +124,11 @@ def drop_collection(settings: Settings, name: str, timeout: float = 30.0) -> Non
             KafkaError.UNKNOWN_TOPIC_OR_PART, "delete")
     client = settings.redis_client()
     catalog.forget(client, name)
-    shutil.rmtree(settings.snapshots / spec.name, ignore_errors=True)
+    # Which folders others still reference is indexer's knowledge; imported here, not at the
+    # top, so that ingest still loads without indexer.
+    from indexer import gc
+
+    gc.collect_dropped(settings, spec.name)
     audit.record(client, "collection.drop", spec.name, {"topics": topics}, settings.actor)
     log.info("collection=%s dropped", name)
 

@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="seal a growing segment this large in bytes (default 256 MiB)")
     create.add_argument("--model-version", default="",
                         help="embedding model version (implied by NAME@VERSION)")
+    create.add_argument("--adopt-store", action="store_true",
+                        help="accept segment folders an earlier collection of this name left in "
+                             "the snapshot store, to rebuild its registry from them")
     create.add_argument("--replication", type=int, default=None,
                         help="topic replication factor (default: min(3, brokers))")
     create.set_defaults(handler=_create)
@@ -53,8 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     describe.add_argument("--json", action="store_true", help="print JSON")
     describe.set_defaults(handler=_describe)
 
-    drop = verbs.add_parser("drop", help="delete a collection, its topics, keys and snapshots",
-                            description="Delete topics, registry keys and the snapshot folder.")
+    drop = verbs.add_parser(
+        "drop", help="delete a collection, its topics, keys and unreferenced segments",
+        description="Delete topics and Redis keys (point-in-time snapshots too) and the "
+                    "segment folders no other collection references.")
     drop.add_argument("name")
     drop.add_argument("--yes", action="store_true", help="confirm the deletion (required)")
     drop.set_defaults(handler=_drop)
@@ -69,7 +74,8 @@ def _create(args: argparse.Namespace, settings: Settings) -> int:
         )
     except (SpecError, IngestError) as exc:
         raise CommandError(str(exc)) from None
-    created = _call(admin.create_collection, settings, spec, replication=args.replication)
+    created = _call(admin.create_collection, settings, spec, replication=args.replication,
+                    adopt_store=args.adopt_store)
     state = "created" if created else "already exists with this spec"
     print(f"collection {spec.name} {state}: topic {spec.collection.topic} "
           f"({spec.partitions} partitions), dead letters {spec.collection.dlq_topic}")

@@ -1,0 +1,162 @@
+"""`streamvec snapshot create|list|restore|delete` and `streamvec gc`: snapshots, store cleanup."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+
+from indexer import gc, pointintime
+from streamvec.cliutil import call as _call
+from streamvec.cliutil import collection_arg as _name
+from streamvec.settings import Settings
+
+_VIEW_NOTE = ("The restored collection references the original's segment folders (nothing is "
+              "copied): it is a read-only view of the data as of the snapshot. Search it; do not "
+              "produce to it or run indexers on it.")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `snapshot` command group and the `gc` command to the top-level parser."""
+    group = sub.add_parser(
+        "snapshot", help="point-in-time snapshots of a collection: take, list, restore, delete",
+        description="A point-in-time snapshot records a collection's registry (segments, "
+                    "checkpoints, generation, spec) without copying any file; the garbage "
+                    "collector keeps every folder a snapshot names. " + _VIEW_NOTE)
+    group.set_defaults(group_parser=group)
+    verbs = group.add_subparsers(title="verbs", metavar="VERB")
+
+    create = verbs.add_parser("create", help="take a snapshot of a collection now",
+                              description="Record the collection's registry as it is now.")
+    create.add_argument("name", help="collection name")
+    create.add_argument("--label", help="the snapshot's id (default: UTC time plus 4 hex digits)")
+    create.add_argument("--json", action="store_true", help="print JSON")
+    create.set_defaults(handler=_create)
+
+    lister = verbs.add_parser("list", help="list a collection's snapshots, oldest first",
+                              description="List a collection's snapshots, oldest first.")
+    lister.add_argument("name", help="collection name")
+    lister.add_argument("--json", action="store_true", help="print JSON")
+    lister.set_defaults(handler=_list)
+
+    restore = verbs.add_parser(
+        "restore", help="restore a snapshot as a new, read-only collection",
+        description="Create collection --as with the snapshot's spec and registry. " + _VIEW_NOTE)
+    restore.add_argument("name", help="collection the snapshot was taken of")
+    restore.add_argument("--as", dest="as_name", required=True, metavar="NEW",
+                         help="name of the new collection (must not exist)")
+    restore.add_argument("--snapshot", help="snapshot id (default: the latest)")
+    restore.add_argument("--json", action="store_true", help="print JSON")
+    restore.set_defaults(handler=_restore)
+
+    delete = verbs.add_parser("delete", help="delete a snapshot (folders go at the next gc)",
+                              description="Forget a snapshot. Folders only it referenced are "
+                                          "removed by the next `streamvec gc`.")
+    delete.add_argument("name", help="collection name")
+    delete.add_argument("--snapshot", required=True, help="snapshot id")
+    delete.set_defaults(handler=_delete)
+    _register_gc(sub)
+
+
+def _register_gc(sub: argparse._SubParsersAction) -> None:
+    g = sub.add_parser(
+        "gc", help="remove segment folders that nothing references",
+        description="Remove segment folders (with their markers) that no registry and no "
+                    "snapshot of any collection references, and stale temp folders. Kept: "
+                    "folders younger than --grace, folders written but not yet registered, "
+                    "and the last --keep-generations generations of each collection (in the "
+                    "active generation only referenced folders stay).")
+    g.add_argument("--collection", help="only this collection's folders (default: all)")
+    g.add_argument("--grace", type=_non_negative(float), default=gc.DEFAULT_GRACE_S,
+                   metavar="S", help=f"keep folders younger than this many seconds "
+                                     f"(default {gc.DEFAULT_GRACE_S:g})")
+    g.add_argument("--keep-generations", type=_non_negative(int),
+                   default=gc.DEFAULT_KEEP_GENERATIONS, metavar="N",
+                   help=f"generations kept for rollback (default "
+                        f"{gc.DEFAULT_KEEP_GENERATIONS})")
+    g.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--json", action="store_true", help="print the report as JSON")
+    g.set_defaults(handler=_gc)
+
+
+def _create(args: argparse.Namespace, settings: Settings) -> int:
+    pit = _call(lambda: pointintime.create(settings, _name(args.name), args.label))
+    if args.json:
+        print(json.dumps(pit.summary(), indent=2))
+        return 0
+    print(f"snapshot {pit.snapshot_id} of {pit.collection}: {pit.segments} segments, "
+          f"{pit.rows} rows, generation {pit.generation}")
+    return 0
+
+
+def _list(args: argparse.Namespace, settings: Settings) -> int:
+    found = _call(lambda: pointintime.list_snapshots(settings, _name(args.name)))
+    if args.json:
+        print(json.dumps([p.summary() for p in found], indent=2))
+        return 0
+    if not found:
+        print(f"{args.name}: no snapshots")
+        return 0
+    print(f"{'ID':<28} {'CREATED (UTC)':<19} {'SEGMENTS':>8} {'ROWS':>10} {'GEN':>4}  ACTOR")
+    for p in found:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(p.created_at))
+        print(f"{p.snapshot_id:<28} {created:<19} {p.segments:>8} {p.rows:>10} "
+              f"{p.generation:>4}  {p.actor}")
+    return 0
+
+
+def _restore(args: argparse.Namespace, settings: Settings) -> int:
+    done = _call(lambda: pointintime.restore(settings, _name(args.name), _name(args.as_name),
+                                             args.snapshot))
+    if args.json:
+        print(json.dumps(done.to_json(), indent=2))
+        return 0
+    print(f"restored snapshot {done.snapshot_id} of {done.source} as {done.collection}: "
+          f"{done.segments} segments, {done.rows} rows (a read-only view; start a searcher "
+          f"with `streamvec searcher --collection {done.collection}`)")
+    return 0
+
+
+def _delete(args: argparse.Namespace, settings: Settings) -> int:
+    pit = _call(lambda: pointintime.delete(settings, _name(args.name), args.snapshot))
+    print(f"snapshot {pit.snapshot_id} of {pit.collection} deleted; run `streamvec gc` to "
+          "free folders only it referenced")
+    return 0
+
+
+def _gc(args: argparse.Namespace, settings: Settings) -> int:
+    name = None if args.collection is None else _name(args.collection)
+    report = _call(lambda: gc.collect(settings, name, grace_s=args.grace,
+                                      keep_generations=args.keep_generations,
+                                      dry_run=args.dry_run, progress=not args.no_progress))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    for path in report.removed if args.dry_run else ():
+        print(f"{verb} {path}")
+    kept = ", ".join(f"{n} {reason}" for reason, n in sorted(report.kept.items())) or "nothing"
+    print(f"{verb} {len(report.removed)} entries ({report.bytes_freed / 2**20:.1f} MiB) in "
+          f"{len(report.collections)} collection folders; kept {kept}")
+    for skipped in report.skipped:
+        print(f"skipped {skipped}: its lifecycle lock is held; run gc again later")
+    return 0
+
+
+
+
+
+
+def _non_negative(kind: Callable[[str], float]) -> Callable[[str], float]:
+    """An argparse type: `kind` of the text, refused below zero."""
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+        return value
+    return parse
