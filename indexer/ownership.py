@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer import snapshot
+from indexer import remote, snapshot
 from indexer.errors import IndexerError
 from indexer.idmap import IdMap
 from indexer.registry import Registry
@@ -91,7 +91,7 @@ def load_hides(partition: int, *, registry: Registry, idmap: IdMap, root: Path) 
     """Rebuild the id map of `partition` from its registered segments, oldest first."""
     idmap.drop_partition(partition)
     for rec in registry.segments(partition=partition):
-        folder = root / rec.path
+        folder = remote.local_folder(root, rec.path)  # fetched if only the object store has it
         ids = np.load(folder / "ids.npy", allow_pickle=False)
         deleted = np.load(folder / "deleted_ids.npy", allow_pickle=False)
         idmap.load(rec.segment_id, ids, deleted, partition=partition)

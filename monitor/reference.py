@@ -16,6 +16,7 @@ import numpy as np
 import redis
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
+from indexer import remote
 from indexer.registry import Registry
 from ingest import audit, catalog, record
 from ingest.errors import RecordError
@@ -104,6 +105,7 @@ def pin_latest(settings: Settings, collection: str, rows: int = DEFAULT_ROWS,
     if rows < drift.MIN_ROWS:
         raise PinError(f"a reference needs at least {drift.MIN_ROWS} rows, got {rows}")
     client = settings.redis_client()
+    remote.attach(settings)  # pinning from segments may fetch them from the object store
     spec = catalog.load_spec(client, collection)
     picked, used = np.zeros((0, spec.dim), dtype=np.float32), source
     if source in ("auto", "segments"):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer import remote
 from indexer.build import search_exact
 from indexer.registry import Registry
 from indexer.snapshot import LoadedSegment, load_segment
@@ -64,7 +65,8 @@ class SealedView:
         segments = []
         for rec in records:
             if rec.segment_id not in self._loaded:
-                self._loaded[rec.segment_id] = load_segment(self.root / rec.path, verify=True)
+                folder = remote.local_folder(self.root, rec.path)  # fetched if missing here
+                self._loaded[rec.segment_id] = load_segment(folder, verify=True)
             segments.append(self._loaded[rec.segment_id])
         hidden = hidden_rows(segments)
         parts = []

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from confluent_kafka.admin import AdminClient
 
+from indexer import remote
 from indexer.registry import Registry
 from ingest import catalog
 from searcher import execute
@@ -40,6 +41,7 @@ class Engine:
         self.spec = catalog.load_spec(settings.redis_client(), collection)
         self.topic = self.spec.collection.topic
         self.registry = Registry(settings.redis_client(), collection)
+        remote.attach(settings)  # segment folders missing locally come from the object store
         self.state: ServingState | None = None
         self._watcher: SegmentWatcher | None = None
         self._reader: TailReader | None = None

@@ -25,6 +25,9 @@ LOCAL_REDIS_PORT = 36379
 
 # librdkafka options whose values must never reach a log line or a terminal.
 _SECRET_KAFKA_KEYS = ("password", "secret", "key.pem", "token", "sasl.jaas")
+# Object-store options (fsspec) whose values are masked: s3fs `key`/`secret`/`token`, and the
+# botocore spellings (`aws_secret_access_key`, ...) that may come nested in `client_kwargs`.
+_SECRET_STORAGE_KEYS = ("key", "secret", "token", "password", "credential")
 
 
 def default_home() -> Path:
@@ -76,6 +79,25 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+def parse_storage_options(value: Any) -> dict[str, Any]:
+    """Parse object-store options for fsspec from a dict or a JSON object."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        value = json.loads(value)
+    if not isinstance(value, dict):
+        raise ValueError("snapshot storage options must be a JSON object")
+    return dict(value)
+
+
+def redact_storage_options(options: Any) -> Any:
+    """Return object-store options with every secret value masked, nested dicts included."""
+    if not isinstance(options, dict):
+        return options
+    return {k: ("***" if any(s in str(k).lower() for s in _SECRET_STORAGE_KEYS)
+                else redact_storage_options(v)) for k, v in options.items()}
+
+
 def redact_kafka_options(options: dict[str, str]) -> dict[str, str]:
     """Return the options with secret values masked."""
     return {
@@ -101,6 +123,16 @@ class Settings(BaseSettings):
         default_factory=lambda: default_home() / "snapshots",
         description="Snapshot store: the folder that holds sealed segment folders.",
     )
+    snapshot_url: str | None = Field(
+        default=None,
+        description="Object store that mirrors the snapshot folder, e.g. s3://bucket/prefix "
+                    "(fsspec URL); unset: snapshots are local only.",
+    )
+    snapshot_storage_options: Annotated[dict[str, Any], NoDecode] = Field(
+        default_factory=dict,
+        description="Options for the object store's fsspec filesystem, a JSON object "
+                    '(s3: {"endpoint_url": ..., "key": ..., "secret": ...}).',
+    )
     # NoDecode: the validator below reads both JSON and k=v,k=v from the env var.
     kafka_options: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
@@ -123,6 +155,21 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_options(cls, value: Any) -> dict[str, str]:
         return parse_kafka_options(value)
+
+    @field_validator("snapshot_storage_options", mode="before")
+    @classmethod
+    def _parse_storage_options(cls, value: Any) -> dict[str, Any]:
+        return parse_storage_options(value)
+
+    @field_validator("snapshot_url")
+    @classmethod
+    def _check_snapshot_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if "://" not in value:
+            raise ValueError(f"snapshot URL must name its protocol, such as s3://bucket/prefix, "
+                             f"not {value!r}")
+        return value.strip()
 
     @field_validator("kafka")
     @classmethod
@@ -168,7 +215,9 @@ class Settings(BaseSettings):
         env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMVEC_")}
         env.update(STREAMVEC_KAFKA=self.kafka, STREAMVEC_REDIS=self.redis_url,
                    STREAMVEC_SNAPSHOTS=str(self.snapshots), STREAMVEC_HOME=str(self.home),
-                   STREAMVEC_KAFKA_OPTIONS=json.dumps(self.kafka_options))
+                   STREAMVEC_KAFKA_OPTIONS=json.dumps(self.kafka_options),
+                   STREAMVEC_SNAPSHOT_URL=self.snapshot_url or "",
+                   STREAMVEC_SNAPSHOT_STORAGE_OPTIONS=json.dumps(self.snapshot_storage_options))
         return env
 
     def describe(self) -> dict[str, str]:
@@ -177,6 +226,9 @@ class Settings(BaseSettings):
             "kafka": self.kafka,
             "redis": redact_url(self.redis_url),
             "snapshots": str(self.snapshots),
+            "snapshot_url": self.snapshot_url or "",
+            "snapshot_storage_options": json.dumps(
+                redact_storage_options(self.snapshot_storage_options)),
             "kafka_options": json.dumps(redact_kafka_options(self.kafka_options)),
             "home": str(self.home),
             "metrics_port": str(self.metrics_port),

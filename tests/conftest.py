@@ -4,28 +4,33 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import redis
 
 from streamvec.devstack import cache_dir
+from streamvec.devstack.jars import S3PROXY
 from streamvec.devstack.kafka import KafkaServer, ensure_jars
 from streamvec.devstack.ports import LOOPBACK, free_port, free_ports
 from streamvec.devstack.process import ServerProcess
 from streamvec.devstack.redis import RedisServer
+from streamvec.devstack.s3proxy import S3ProxyServer
 from streamvec.errors import CommandError
 from streamvec.settings import Settings
 
 # A cold JVM on a busy two-core CI machine; a warm start takes a few seconds.
 KAFKA_START_TIMEOUT_S = 180.0
 REDIS_START_TIMEOUT_S = 30.0
+S3_START_TIMEOUT_S = 120.0
+S3_BUCKET = "streamvec-test"
 # The free port we picked can be taken by another run before the server binds it.
 START_ATTEMPTS = 3
 # Port 1 on loopback: nothing listens there, so a unit test that connects fails at once.
 NOWHERE_PORT = 1
-SERVER_FIXTURES = frozenset({"kafka_server", "redis_server", "redis_client"})
+SERVER_FIXTURES = frozenset({"kafka_server", "redis_server", "redis_client", "s3_server"})
 
 S = TypeVar("S", bound=ServerProcess)
 
@@ -82,6 +87,39 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     )
     try:
         yield server
+    finally:
+        server.stop()
+
+
+@dataclass(frozen=True)
+class S3Endpoint:
+    """The session's S3-compatible server: where it listens, its bucket, fsspec options."""
+
+    endpoint: str
+    bucket: str
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    def url(self, prefix: str) -> str:
+        """An `s3://` URL under the bucket, e.g. one prefix per test."""
+        return f"s3://{self.bucket}/{prefix}"
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
+    """S3Proxy (jclouds filesystem backend) on a free loopback port with one bucket, per session."""
+    libs = ensure_jars(cache_dir(Settings()), jars=S3PROXY)
+    server = _start(
+        lambda: S3ProxyServer(tmp_path_factory.mktemp("s3proxy"), free_port(), libs),
+        S3_START_TIMEOUT_S,
+    )
+    try:
+        import s3fs
+
+        options = server.storage_options()
+        s3fs.S3FileSystem(**options, skip_instance_cache=True).call_s3(
+            "create_bucket", Bucket=S3_BUCKET
+        )
+        yield S3Endpoint(server.endpoint, S3_BUCKET, options)
     finally:
         server.stop()
 

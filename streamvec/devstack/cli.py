@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from streamvec import devstack
+from streamvec.devstack.jars import S3PROXY, ensure_jars
 from streamvec.settings import Settings
 
 
@@ -55,8 +56,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace, settings: Settings) -> int:
-    """Fetch the Kafka broker jars into the cache (once) and print their folder."""
+    """Fetch the Kafka broker and S3Proxy jars into the cache (once) and print their folders."""
     print(devstack.fetch(settings, echo=_progress))
+    # S3Proxy is the object store the tests run against; `up` does not need it.
+    print(ensure_jars(devstack.cache_dir(settings), _progress, jars=S3PROXY))
     return 0
 
 
@@ -85,8 +88,9 @@ VERBS = (
     (
         "fetch",
         cmd_fetch,
-        "download the Kafka broker jars with Maven (once)",
-        "Copy the Kafka broker jars named by deploy/local/pom.xml into $STREAMVEC_HOME/cache; "
+        "download the Kafka broker and S3Proxy jars with Maven (once)",
+        "Copy the Kafka broker jars named by deploy/local/pom.xml, and the S3Proxy jars (the "
+        "tests' object store) named by deploy/local/s3proxy/pom.xml, into $STREAMVEC_HOME/cache; "
         "later runs find them there and skip Maven.",
     ),
 )

@@ -1,4 +1,4 @@
-"""The Kafka broker jars: fetched once with Maven into a cache, run on Java 17 or newer."""
+"""Server jars (Kafka broker, S3Proxy): fetched once with Maven into a cache, run on Java 17+."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import sys
 import time
 import xml.etree.ElementTree as ET  # noqa: S405 - parses our own pom.xml only
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from streamvec.errors import CommandError
@@ -21,21 +22,44 @@ POM = DEPLOY_DIR / "pom.xml"
 MIN_JAVA = 17
 _COMPLETE = ".complete"
 _DOWNLOADED = re.compile(r"^\[INFO\] Downloaded from ")
+_POM_NS = "{http://maven.apache.org/POM/4.0.0}"
+
+
+@dataclass(frozen=True, slots=True)
+class JarSet:
+    """The runtime jars of one server, named by a pom in deploy/local and cached per version."""
+
+    name: str  # cache folder prefix: <name>-<version>/libs
+    title: str  # how messages name the server
+    pom: Path
+    version_property: str
+
+    def version(self) -> str:
+        """Return the version pinned in the pom's `version_property`."""
+        return pinned_version(self.pom, self.version_property)
+
+
+KAFKA = JarSet("kafka", "Kafka broker", POM, "kafka.version")
+# The S3-compatible server the object-store tests run against; a pom of its own, because
+# Maven picks one version per artifact and its Jackson must not follow Kafka's.
+S3PROXY = JarSet("s3proxy", "S3Proxy", DEPLOY_DIR / "s3proxy" / "pom.xml", "s3proxy.version")
+
+
+def pinned_version(pom: Path, prop: str) -> str:
+    """Return the `<prop>` property of `pom`."""
+    if not pom.is_file():
+        raise CommandError(f"{pom} not found: `streamvec dev` runs from a source checkout")
+    root = ET.parse(pom).getroot()  # noqa: S314 - our own file, not untrusted input
+    found = root.find(f"{_POM_NS}properties/{_POM_NS}{prop}")
+    version = (found.text or "").strip() if found is not None else ""
+    if not version:
+        raise CommandError(f"{pom} has no <{prop}> property")
+    return version
 
 
 def kafka_version(pom: Path = POM) -> str:
     """Return the Kafka version pinned in deploy/local/pom.xml."""
-    if not pom.is_file():
-        raise CommandError(f"{pom} not found: `streamvec dev` runs from a source checkout")
-    root = ET.parse(pom).getroot()  # noqa: S314 - our own file, not untrusted input
-    found = root.find(
-        "{http://maven.apache.org/POM/4.0.0}properties/"
-        "{http://maven.apache.org/POM/4.0.0}kafka.version"
-    )
-    version = (found.text or "").strip() if found is not None else ""
-    if not version:
-        raise CommandError(f"{pom} has no <kafka.version> property")
-    return version
+    return pinned_version(pom, KAFKA.version_property)
 
 
 def java_executable() -> str:
@@ -44,7 +68,7 @@ def java_executable() -> str:
     java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
     if not java or not Path(java).exists():
         raise CommandError(
-            f"java not found: the local Kafka broker needs Java {MIN_JAVA} or newer "
+            f"java not found: the local servers need Java {MIN_JAVA} or newer "
             "(Debian: apt-get install -y openjdk-17-jre-headless)"
         )
     proc = subprocess.run([java, "-version"], capture_output=True, text=True, check=False)  # noqa: S603
@@ -55,44 +79,45 @@ def java_executable() -> str:
     if major == 1:  # "1.8.0_392" is Java 8
         major = int(match.group(2) or 0)
     if major < MIN_JAVA:
-        raise CommandError(f"{java} is Java {major}; the Kafka broker needs Java {MIN_JAVA}+")
+        raise CommandError(f"{java} is Java {major}; the local servers need Java {MIN_JAVA}+")
     return java
 
 
-def jars_dir(cache_dir: Path) -> Path:
-    """Return the folder that holds (or will hold) the broker jars under `cache_dir`."""
-    return Path(cache_dir) / f"kafka-{kafka_version()}" / "libs"
+def jars_dir(cache_dir: Path, jars: JarSet = KAFKA) -> Path:
+    """Return the folder that holds (or will hold) the jars of `jars` under `cache_dir`."""
+    return Path(cache_dir) / f"{jars.name}-{jars.version()}" / "libs"
 
 
-def _pom_stamp() -> str:
+def _pom_stamp(jars: JarSet) -> str:
     # The pom's content, not its mtime: a fresh clone must not refetch what the cache holds.
-    return f"{kafka_version()} {hashlib.sha256(POM.read_bytes()).hexdigest()}\n"
+    return f"{jars.version()} {hashlib.sha256(jars.pom.read_bytes()).hexdigest()}\n"
 
 
-def ensure_jars(cache_dir: Path, echo: Callable[[str], None] | None = None) -> Path:
-    """Return the broker jars folder under `cache_dir`, fetching the jars with Maven if needed."""
-    libs = jars_dir(cache_dir)
+def ensure_jars(cache_dir: Path, echo: Callable[[str], None] | None = None,
+                jars: JarSet = KAFKA) -> Path:
+    """Return the jars folder of `jars` under `cache_dir`, fetching them with Maven if needed."""
+    libs = jars_dir(cache_dir, jars)
     marker = libs.parent / _COMPLETE
-    if marker.is_file() and marker.read_text() == _pom_stamp():
+    if marker.is_file() and marker.read_text() == _pom_stamp(jars):
         return libs
     java_executable()
     mvn = shutil.which("mvn")
     if not mvn:
         raise CommandError(
-            "mvn not found: the Kafka broker jars are fetched with Maven "
+            f"mvn not found: the {jars.title} jars are fetched with Maven "
             "(Debian: apt-get install -y maven)"
         )
     libs.parent.mkdir(parents=True, exist_ok=True)
     with open(libs.parent / ".lock", "w") as lock:
         # Two test runs may start cold at once; the second waits and reuses the first's fetch.
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (marker.is_file() and marker.read_text() == _pom_stamp()):
-            _fetch(mvn, libs, echo or (lambda _line: None))
-            marker.write_text(_pom_stamp())
+        if not (marker.is_file() and marker.read_text() == _pom_stamp(jars)):
+            _fetch(mvn, jars, libs, echo or (lambda _line: None))
+            marker.write_text(_pom_stamp(jars))
     return libs
 
 
-def _fetch(mvn: str, libs: Path, echo: Callable[[str], None]) -> None:
+def _fetch(mvn: str, jars: JarSet, libs: Path, echo: Callable[[str], None]) -> None:
     """Copy the runtime dependencies of the pom into `libs`, replacing it only on success."""
     staging = libs.with_name(f"libs.tmp{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -102,24 +127,25 @@ def _fetch(mvn: str, libs: Path, echo: Callable[[str], None]) -> None:
         "-B",
         "-Dstyle.color=never",
         "-f",
-        str(POM),
+        str(jars.pom),
         "dependency:copy-dependencies",
         "-DincludeScope=runtime",
         f"-DoutputDirectory={staging}",
     ]
-    echo(f"fetching Kafka {kafka_version()} jars with Maven into {libs} (first run only)")
+    echo(f"fetching {jars.title} {jars.version()} jars with Maven into {libs} (first run only)")
     started = time.monotonic()
     downloads = _run_counting(argv, fetch_log)
     if downloads < 0:
         tail = "\n".join(fetch_log.read_text(errors="replace").splitlines()[-25:])
         shutil.rmtree(staging, ignore_errors=True)
-        raise CommandError(f"Maven could not fetch the Kafka jars (full log: {fetch_log}):\n{tail}")
+        raise CommandError(
+            f"Maven could not fetch the {jars.title} jars (full log: {fetch_log}):\n{tail}")
     shutil.rmtree(libs, ignore_errors=True)
     os.replace(staging, libs)
-    jars = list(libs.glob("*.jar"))
-    size_mb = sum(j.stat().st_size for j in jars) / 1e6
+    found = list(libs.glob("*.jar"))
+    size_mb = sum(j.stat().st_size for j in found) / 1e6
     echo(
-        f"fetched {len(jars)} jars ({size_mb:.0f} MB, {downloads} downloaded) "
+        f"fetched {len(found)} jars ({size_mb:.0f} MB, {downloads} downloaded) "
         f"in {time.monotonic() - started:.1f} s"
     )
 

@@ -1,0 +1,220 @@
+"""Snapshots mirrored to a real S3-compatible server (S3Proxy): push, fetch, refuse, serve."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+from stack import IndexerThread
+from workers import Workload, assert_state_matches, log_ends, wait_fully_indexed
+
+from indexer import remote, snapshot, store
+from indexer.errors import CorruptSegment
+from indexer.registry import Registry, SegmentRecord
+from indexer.segment import SealedRows
+from ingest import admin
+from ingest.producer import Producer
+from ingest.spec import CollectionSpec
+from searcher import search, segments
+from searcher.engine import Engine
+from searcher.metrics import SearcherMetrics
+from searcher.query import MAX_K, QueryAnswer, QueryRequest
+from streamvec.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+DIM = 8
+INDEX_TIMEOUT_S = 60.0
+
+
+@pytest.fixture
+def mirrored(settings: Settings, s3_server, collection_name: str) -> Settings:
+    """The test's settings with its snapshots mirrored under a prefix of its own in the bucket."""
+    return settings.model_copy(update={"snapshot_url": s3_server.url(collection_name),
+                                       "snapshot_storage_options": s3_server.storage_options})
+
+
+def elsewhere(settings: Settings, folder: Path) -> Settings:
+    """The same object store seen from another machine: a local snapshot folder of its own."""
+    folder.mkdir()
+    return settings.model_copy(update={"snapshots": folder})
+
+
+def small_segment(root: Path, collection: str) -> snapshot.SegmentManifest:
+    """One Flat segment of 30 seeded rows in partition 0, written to the local store."""
+    rng = np.random.default_rng(5)
+    sealed = SealedRows(
+        partition=0, start_offset=0, end_offset=30,
+        ids=np.array([f"row-{i}".encode() for i in range(30)]),
+        vectors=rng.standard_normal((30, DIM)).astype(np.float32),
+        offsets=np.arange(30, dtype=np.int64), event_time_ms=np.arange(30, dtype=np.int64),
+        metadata=[b'{"n": 1}'] * 30, deleted_ids=np.array([b"gone"]))
+    index = faiss.IndexFlatL2(DIM)
+    index.add(sealed.vectors)
+    return snapshot.write_segment(root, collection, 0, sealed, index, "Flat", "l2", {})
+
+
+def index_some(settings: Settings, name: str) -> Workload:
+    """Create a 2-partition collection, index 3 rounds of upserts and deletes, stop the worker."""
+    spec = CollectionSpec(name, dim=DIM, partitions=2, index="Flat", seal_rows=60,
+                          seal_seconds=0.2)
+    admin.create_collection(settings, spec)
+    workload = Workload(DIM, np.random.default_rng(31))
+    indexer = IndexerThread(settings, name)
+    try:
+        with Producer(name, settings=settings) as producer:
+            for _ in range(3):
+                workload.send_round(producer, 80, id_space=150)
+            producer.flush()
+        wait_fully_indexed(settings, name, spec.collection.topic, INDEX_TIMEOUT_S)
+    finally:
+        indexer.stop()  # joined: every marker it wrote is pushed by now
+    return workload
+
+
+def test_push_and_fetch_round_trip_byte_identical(mirrored, tmp_path, collection_name) -> None:
+    manifest = small_segment(mirrored.snapshots, collection_name)
+    objects = remote.RemoteStore.from_settings(mirrored)
+    rel = remote.rel_path(manifest)
+    local = mirrored.snapshots / rel
+    assert objects.push(local, rel) is True
+    assert objects.push(local, rel) is False
+    expected = {p.name: p.read_bytes() for p in local.iterdir()}
+    assert {n: objects.fs.cat_file(f"{objects.key(rel)}/{n}") for n in expected} == expected
+    assert objects.list_segments(collection_name, 0) == [rel]
+    assert objects.is_complete(rel) and not objects.is_registered(rel)
+
+    other = elsewhere(mirrored, tmp_path / "other").snapshots
+    fetched = objects.fetch(rel, other)
+    assert fetched == other / rel
+    assert {p.name: p.read_bytes() for p in fetched.iterdir()} == expected
+    assert snapshot.verify(fetched) == manifest  # every sha256 checked again
+    assert sorted(p.name for p in fetched.parent.iterdir()) == [manifest.segment_id]
+
+
+def test_a_tampered_remote_object_is_refused_and_nothing_is_installed(
+        mirrored, tmp_path, collection_name) -> None:
+    manifest = small_segment(mirrored.snapshots, collection_name)
+    objects = remote.RemoteStore.from_settings(mirrored)
+    objects.push_segment(mirrored.snapshots, manifest)
+    rel = remote.rel_path(manifest)
+    key = f"{objects.key(rel)}/vectors.npy"
+    data = bytearray(objects.fs.cat_file(key))
+    data[-1] ^= 0x01  # one bit of the last vector: same size, different sha256
+    objects.fs.pipe_file(key, bytes(data))
+
+    reader = elsewhere(mirrored, tmp_path / "reader")
+    with pytest.raises(CorruptSegment) as refused:
+        objects.fetch(rel, reader.snapshots)
+    assert (refused.value.file, refused.value.reason) == (
+        "vectors.npy", "sha256 does not match the manifest")
+    assert str(refused.value).startswith(f"segment {mirrored.snapshot_url}/{rel} is corrupt")
+    remote.attach(reader)
+    record = SegmentRecord.from_manifest(manifest)
+    assert segments.load(reader.snapshots, record) is None  # a searcher refuses it, logged
+    partition = reader.snapshots / rel.rsplit("/", 1)[0]
+    assert [p.name for p in partition.iterdir()] == []  # no folder and no temp left behind
+
+    objects.fs.rm_file(f"{objects.key(rel)}/manifest.json")
+    with pytest.raises(CorruptSegment, match="manifest.json: missing .an incomplete upload"):
+        objects.fetch(rel, reader.snapshots)
+    assert [p.name for p in partition.iterdir()] == []
+
+
+def test_an_indexer_pushes_every_segment_and_its_marker(mirrored, collection_name) -> None:
+    index_some(mirrored, collection_name)
+    records = Registry(mirrored.redis_client(), collection_name).segments()
+    assert len(records) >= 4
+    objects = remote.RemoteStore.from_settings(mirrored)
+    assert objects.list_segments(collection_name, 0) == [r.path for r in records]
+    assert all(objects.is_registered(r.path) for r in records)
+    for rec in records:  # the local folder stays the working copy, identical to the remote one
+        local = (mirrored.snapshots / rec.path / "manifest.json").read_bytes()
+        assert objects.fs.cat_file(f"{objects.key(rec.path)}/manifest.json") == local
+        assert store.is_registered(mirrored.snapshots / rec.path)
+
+
+def test_a_searcher_with_an_empty_local_folder_serves_from_the_object_store(
+        mirrored, tmp_path, collection_name) -> None:
+    workload = index_some(mirrored, collection_name)
+    records = Registry(mirrored.redis_client(), collection_name).segments()
+    searcher = elsewhere(mirrored, tmp_path / "searcher")
+    engine = Engine(searcher, collection_name,
+                    metrics=SearcherMetrics(CollectorRegistry(), collection_name))
+    engine.start()
+    try:
+        ends = log_ends(mirrored, f"sv.{collection_name}")
+        with engine.state.lock:  # everything is sealed, so segments alone answer
+            assert {p: engine.state.segments.coverage(p) for p in ends} == ends
+        live = workload.live()
+        (everything,) = engine.search_batch([QueryRequest(
+            "all", collection_name, np.zeros((1, DIM), np.float32), MAX_K)])
+        assert isinstance(everything, QueryAnswer), everything
+        assert sorted(everything.ids[0]) == sorted(live)
+        queries = np.random.default_rng(7).standard_normal((5, DIM)).astype(np.float32)
+        (answer,) = engine.search_batch([QueryRequest("top", collection_name, queries, 10)])
+        assert isinstance(answer, QueryAnswer), answer
+        ids = sorted(live)
+        scores = search.exact_scores(np.stack([live[i] for i in ids]), queries, "l2")
+        order = np.argsort(search.cost(scores, "l2"), axis=1, kind="stable")[:, :10]
+        assert answer.ids == [[ids[j] for j in row] for row in order]
+    finally:
+        engine.stop()
+    fetched = snapshot.list_segments(searcher.snapshots, collection_name, 0)
+    assert [p.name for p in fetched] == [r.segment_id for r in records]
+
+
+def test_registry_rebuild_from_remote_reproduces_the_registry(mirrored, tmp_path,
+                                                              collection_name) -> None:
+    index_some(mirrored, collection_name)
+    registry = Registry(mirrored.redis_client(), collection_name)
+    before = (registry.segments(), registry.checkpoints())
+    registry.clear()
+    fresh = elsewhere(mirrored, tmp_path / "fresh")
+    argv = [sys.executable, "-m", "streamvec", "registry", "rebuild", "--collection",
+            collection_name, "--from-remote", "--yes"]
+    done = subprocess.run(argv, env=fresh.child_env(), capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    n = len(before[0])
+    assert (f"from {mirrored.snapshot_url}: {n} folders fetched, 0 already here, "
+            f"{n} markers copied") in done.stdout
+    assert f"registry of {collection_name} rebuilt: version 1" in done.stdout
+    assert (registry.segments(), registry.checkpoints()) == before
+    local = snapshot.list_segments(fresh.snapshots, collection_name, 0)
+    assert [p.name for p in local] == [r.segment_id for r in before[0]]
+    assert all(store.is_registered(p) for p in local)
+
+    plain = elsewhere(mirrored.model_copy(update={"snapshot_url": None}), tmp_path / "plain")
+    refused = subprocess.run(argv, env=plain.child_env(), capture_output=True, text=True,
+                             timeout=120, check=False)
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (
+        "streamvec: error: --from-remote needs an object store: set STREAMVEC_SNAPSHOT_URL "
+        "(and STREAMVEC_SNAPSHOT_STORAGE_OPTIONS)")
+
+
+def test_a_worker_on_another_machine_takes_over_through_the_object_store(
+        mirrored, tmp_path, collection_name) -> None:
+    workload = index_some(mirrored, collection_name)
+    with Producer(collection_name, settings=mirrored) as producer:
+        workload.send_round(producer, 40, id_space=150)  # overwrites and deletes sealed rows
+        producer.flush()
+    # Its hides need the ids of the segments sealed before, which only the object store has.
+    second = IndexerThread(elsewhere(mirrored, tmp_path / "second"), collection_name)
+    try:
+        wait_fully_indexed(mirrored, collection_name, f"sv.{collection_name}", INDEX_TIMEOUT_S)
+    finally:
+        second.stop()
+    records = Registry(mirrored.redis_client(), collection_name).segments()
+    objects = remote.RemoteStore.from_settings(mirrored)
+    reader = elsewhere(mirrored, tmp_path / "reader")
+    fetched = remote.fetch_collection(objects, reader.snapshots, collection_name, 0)
+    assert (fetched.fetched, fetched.refused) == ([r.path for r in records], {})
+    assert fetched.markers == len(records)
+    assert_state_matches(reader, collection_name, workload)
