@@ -9,12 +9,13 @@ import math
 import signal
 import time
 
-from prometheus_client import REGISTRY, start_http_server
+from prometheus_client import REGISTRY
 from redis.exceptions import RedisError
 
 from ingest import audit
 from ingest.errors import IngestError
 from streamvec.errors import CommandError
+from streamvec.health import Health, redis_check, serve
 from streamvec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -86,12 +87,18 @@ def _monitor(args: argparse.Namespace, settings: Settings) -> int:
         service = Service(settings, args.collection, registry=REGISTRY, options=options)
     except (IngestError, ValueError) as exc:
         raise CommandError(str(exc)) from None
-    port = args.metrics_port or settings.metrics_port
-    if port:
-        start_http_server(port, addr="0.0.0.0")  # noqa: S104 - scraped from other hosts
+    health = Health("monitor")
+    serve(health, args.metrics_port or settings.metrics_port)
+    # Every periodic task reports its turns: the monitor is ready once each has run once.
+    for m in service.monitors:
+        turns = [(name, every, health.turn(fn, name=name)) for name, every, fn in m.tasks(options)]
+        m.tasks = lambda _options, turns=turns: turns
+    health.add_check(redis_check(settings))
+    health.ready("watching " + ", ".join(m.spec.name for m in service.monitors))
 
     def _stop(signum, _frame):
         log.info("signal %s: stopping the monitor", signal.Signals(signum).name)
+        health.not_ready("stopping")
         service.stop()
 
     signal.signal(signal.SIGTERM, _stop)

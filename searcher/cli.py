@@ -10,10 +10,11 @@ import signal
 import socket
 
 import numpy as np
-from prometheus_client import REGISTRY, start_http_server
+from prometheus_client import REGISTRY
 
 from ingest.errors import CollectionNotFound
 from streamvec.errors import CommandError
+from streamvec.health import Health, redis_check, serve
 from streamvec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -63,9 +64,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from searcher.server import Server
 
     faiss.omp_set_num_threads(max(1, args.threads))
-    port = args.metrics_port or settings.metrics_port
-    if port:
-        start_http_server(port, addr="0.0.0.0")  # noqa: S104 - scraped from other hosts
+    health = Health("searcher")
+    serve(health, args.metrics_port or settings.metrics_port)
     metrics = SearcherMetrics(REGISTRY, args.collection)
     try:
         engine = Engine(settings, args.collection, metrics=metrics)
@@ -74,14 +74,18 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     replica = args.replica or f"{socket.gethostname()}-{os.getpid()}"
     server = Server(settings, args.collection, engine, consumer=replica, metrics=metrics,
                     batch_max=args.batch_max)
+    server.step = health.turn(server.step, name="serve")
+    health.add_check(redis_check(settings))
 
     def _stop(signum, _frame):
         log.info("signal %s: stopping", signal.Signals(signum).name)
+        health.not_ready("stopping")
         server.stop()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     engine.start()
+    health.ready(f"serving {args.collection}")  # segments loaded, the tail running
     try:
         log.info("searcher replica=%s collection=%s serving", replica, args.collection)
         server.run(max_seconds=args.max_seconds)
