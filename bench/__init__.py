@@ -1,1 +1,1 @@
-"""Reproducible benchmarks; each prints its raw baseline, the ratio and the machine."""
+"""Reproducible benchmarks: each prints its raw baseline and ratio and writes a result file."""

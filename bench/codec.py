@@ -19,10 +19,11 @@ import argparse
 
 import numpy as np
 
-from bench.common import machine_info, measure_all, print_table, si
+from bench.common import Result, machine_info, measure_all, parse_scaled, print_table, si
 from ingest import record
 
 MODEL_VERSION = "bench@v1"
+DEFAULTS = {"small": {"min_time": 0.01}, "full": {"min_time": 0.05}}
 
 
 def _inputs(n: int, dim: int) -> tuple[list[str], np.ndarray, bytes, bytes]:
@@ -33,8 +34,8 @@ def _inputs(n: int, dim: int) -> tuple[list[str], np.ndarray, bytes, bytes]:
     return ids, vectors, payload, vectors.tobytes()
 
 
-def _bench_size(n: int, dim: int, min_time: float) -> tuple[list[object], list[object]]:
-    """Time every operation at one batch size; return a row of each table."""
+def _bench_size(n: int, dim: int, min_time: float, result: Result) -> tuple[list, list]:
+    """Time every operation at one batch size; record it and return a row of each table."""
     ids, vectors, payload, raw = _inputs(n, dim)
 
     def encode() -> bytes:
@@ -56,6 +57,13 @@ def _bench_size(n: int, dim: int, min_time: float) -> tuple[list[object], list[o
         [encode, lambda: record.decode(payload),
          lambda: np.frombuffer(raw, np.float32).reshape(n, dim), decode_copy, raw_copy, valid_copy],
         min_time=min_time)
+    result.figure(f"encode_{n}", f"encode, {n}-row batches", enc.rate(n), "rows/s")
+    result.compare(f"decode_{n}", f"decode (zero-copy view), {n}-row batches", dec.rate(n),
+                   bare.rate(n), "rows/s", "numpy.frombuffer view")
+    result.compare(f"decode_copy_{n}", f"decode + copy, {n}-row batches", dec_c.rate(n),
+                   raw_c.rate(n), "rows/s", "numpy.frombuffer + copy")
+    result.compare(f"decode_valid_copy_{n}", f"decode_valid + copy, {n}-row batches",
+                   val_c.rate(n), raw_c.rate(n), "rows/s", "numpy.frombuffer + copy")
     views = [n, len(payload), si(enc.best, "s"), si(enc.rate(n)), si(dec.best, "s"),
              si(dec.rate(n)), si(bare.best, "s"), si(bare.rate(n)), f"{bare.best / dec.best:.2f}x"]
     copies = [n, si(dec_c.best, "s"), si(dec_c.rate(n)), si(raw_c.best, "s"), si(raw_c.rate(n)),
@@ -64,17 +72,18 @@ def _bench_size(n: int, dim: int, min_time: float) -> tuple[list[object], list[o
     return views, copies
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Parse the options, run every batch size, print the machine and both tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--sizes", default="1,64,1024", help="comma-separated rows per batch")
-    parser.add_argument("--min-time", type=float, default=0.05,
+    parser.add_argument("--min-time", type=float,
                         help="seconds each of the 7 interleaved repeats lasts at least")
-    args = parser.parse_args()
+    args = parse_scaled(parser, DEFAULTS, argv)
     sizes = [int(size) for size in args.sizes.split(",")]
-
-    results = [_bench_size(n, args.dim, args.min_time) for n in sizes]
+    result = Result("codec", "Record codec: encode and decode rows/s", args)
+    results = [_bench_size(n, args.dim, args.min_time, result) for n in sizes]
+    result.summary.append(f"decode_valid_copy_{max(sizes)}")
     print(f"machine: {machine_info()}")
     print(f"codec: dim {args.dim}, float32, ids of 13 bytes, no metadata; best of 7 repeats, "
           "taken in turn; rates in rows/s; ratio = our rows/s over raw's (1.00x = as fast)\n")
@@ -85,6 +94,7 @@ def main() -> None:
           "decode_valid + ascontiguousarray")
     print_table(["rows", "decode+copy", "rows/s", "raw+copy", "rows/s", "ratio",
                  "valid+copy", "rows/s", "ratio"], [copies for _, copies in results])
+    result.write()
 
 
 if __name__ == "__main__":

@@ -1,58 +1,192 @@
-"""Helpers shared by the benchmarks: what machine ran them, adaptive timing, result tables."""
+"""Helpers shared by the benchmarks: scale, adaptive timing, tables and the JSON result files.
+
+Every benchmark prints its tables and also writes bench/results/<name>.json through `Result`:
+
+    {"schema": 1, "name": "search", "title": ..., "date": ISO-8601 UTC, "duration_s": ...,
+     "revision": git commit, "machine": {cpu, cores, ..., faiss, kafka_broker},
+     "scale": {"name": "small" | "full", "modified": [params given other than the scale's]},
+     "params": {flag: value}, "figures": [{key, label, value, unit}],
+     "comparisons": [{key, label, value, baseline, baseline_label, unit, ratio, goal}],
+     "summary": [comparison keys for the README table], "samples": {name: list}, "notes": [...]}
+
+`ratio` is value / baseline, both as stored: for rates above 1 is faster than the baseline, for
+latencies above 1 is slower. Numbers are rounded to 4 significant digits when recorded, so a
+report shows exactly what the file holds. bench/report.py renders these files.
+"""
 
 from __future__ import annotations
 
+import argparse
 import gc
+import json
+import math
 import os
-import platform
 import statistics
+import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import metadata
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
-import numpy as np
+from bench._machine import machine_facts, machine_line
 
+SCHEMA = 1
+SCALES = ("small", "full")
+SCALE_ENV = "STREAMVEC_BENCH_SCALE"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[1]
+_NOT_PARAMS = frozenset({"scale", "results_dir", "scale_modified"})
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _memory_gib() -> str:
-    try:
-        with open("/proc/meminfo", encoding="utf-8") as meminfo:
-            kib = int(next(line for line in meminfo if line.startswith("MemTotal")).split()[1])
-        return f"{kib / 2**20:.1f} GiB"
-    except (OSError, StopIteration, ValueError):
-        return "unknown memory"
-
-
-def _version(*distributions: str) -> str:
-    for name in distributions:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return "not installed"
+__all__ = ["SCALES", "Result", "Timing", "machine_facts", "machine_info", "measure", "measure_all",
+           "parse_scaled", "percentile", "print_table", "sig", "si"]
 
 
 def machine_info() -> str:
     """One line naming CPU, cores, memory, OS, Python, numpy and faiss, to print with results."""
-    cores = os.cpu_count() or 0
-    # A container or taskset may allow fewer cores than the machine has.
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
-    return (
-        f"{_cpu_model()}, {cores} cores ({usable} usable), {_memory_gib()} | "
-        f"{platform.platform()} | Python {platform.python_version()} | numpy {np.__version__} | "
-        f"faiss {_version('faiss-cpu', 'faiss-gpu', 'faiss')}"
-    )
+    return machine_line(machine_facts())
+
+
+def parse_scaled(parser: argparse.ArgumentParser, defaults: Mapping[str, Mapping[str, Any]],
+                 argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse flags whose defaults come from the scale (--scale, $STREAMVEC_BENCH_SCALE, full).
+
+    `defaults` maps each of SCALES to {dest: value}. The namespace also gets `scale`,
+    `results_dir` and `scale_modified` (the dests given a value other than the scale's).
+    """
+    env = os.environ.get(SCALE_ENV, "full").strip() or "full"
+    if env not in SCALES:
+        parser.error(f"{SCALE_ENV} must be one of {', '.join(SCALES)}, not {env!r}")
+    parser.add_argument("--scale", choices=SCALES, default=env,
+                        help="preset of every size that names two defaults "
+                        f"[env {SCALE_ENV}; default full]")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
+                        help="folder of the JSON result file (default bench/results)")
+    for action in parser._actions:  # argparse keeps no public list; help must show both scales
+        if action.dest in defaults[SCALES[0]]:
+            sizes = ", ".join(f"{scale} {defaults[scale][action.dest]}" for scale in SCALES)
+            action.help = f"{action.help or action.dest} (default: {sizes})"
+    known, _ = parser.parse_known_args(argv)
+    parser.set_defaults(**defaults[known.scale])
+    args = parser.parse_args(argv)
+    args.scale_modified = sorted(k for k, v in defaults[args.scale].items()
+                                 if getattr(args, k) != v)
+    return args
+
+
+def sig(value: float | int | None, digits: int = 4) -> float | int | None:
+    """`value` rounded to `digits` significant digits; ints and None pass; NaN/Inf become None."""
+    if value is None or isinstance(value, bool | int):
+        return value
+    value = float(value)
+    if not math.isfinite(value):
+        return None
+    return float(f"{value:.{digits}g}")
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """The nearest-rank q-th percentile (0 < q <= 100) of samples: a value that was observed."""
+    if not samples:
+        raise ValueError("percentile of no samples")
+    ordered = sorted(samples)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+class Result:
+    """What one run of a benchmark measured; `write()` saves it as results/<name>.json."""
+
+    def __init__(self, name: str, title: str, args: argparse.Namespace,
+                 settings: Any = None) -> None:
+        self.name, self.title = name, title
+        self.results_dir = Path(getattr(args, "results_dir", RESULTS_DIR))
+        self.scale = {"name": getattr(args, "scale", "custom"),
+                      "modified": list(getattr(args, "scale_modified", []))}
+        self.params = {k: _plain(v) for k, v in sorted(vars(args).items()) if k not in _NOT_PARAMS}
+        self.settings = settings
+        self.figures: list[dict[str, Any]] = []
+        self.comparisons: list[dict[str, Any]] = []
+        self.summary: list[str] = []
+        self.samples: dict[str, Any] = {}
+        self.notes: list[str] = []
+        self._started = time.perf_counter()
+        self._date = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def figure(self, key: str, label: str, value: float, unit: str) -> float | None:
+        """Record an absolute figure; return it as stored (rounded)."""
+        stored = sig(value)
+        self.figures.append({"key": key, "label": label, "value": stored, "unit": unit})
+        return stored
+
+    def compare(self, key: str, label: str, value: float, baseline: float, unit: str,
+                baseline_label: str, *, goal: str | None = None,
+                summary: bool = False) -> float | None:
+        """Record a figure beside its raw baseline; return the ratio value / baseline."""
+        ours, raw = sig(value), sig(baseline)
+        ratio = round(ours / raw, 3) if ours is not None and raw else None
+        self.comparisons.append({"key": key, "label": label, "value": ours, "baseline": raw,
+                                 "baseline_label": baseline_label, "unit": unit,
+                                 "ratio": ratio, "goal": goal})
+        if summary:
+            self.summary.append(key)
+        return ratio
+
+    def as_dict(self) -> dict[str, Any]:
+        """The result file's content."""
+        return {"schema": SCHEMA, "name": self.name, "title": self.title, "date": self._date,
+                "duration_s": round(time.perf_counter() - self._started, 1),
+                "revision": _revision(), "machine": machine_facts(self.settings),
+                "scale": self.scale, "params": self.params, "figures": self.figures,
+                "comparisons": self.comparisons, "summary": self.summary,
+                "samples": _plain(self.samples), "notes": self.notes}
+
+    def write(self) -> Path:
+        """Write results/<name>.json atomically (temp file, then rename); return its path."""
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        path = self.results_dir / f"{self.name}.json"
+        tmp = path.with_suffix(f".json.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(self.as_dict(), indent=1, allow_nan=False) + "\n",
+                           encoding="utf-8")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        print(f"# result: {_shown(path)}")
+        return path
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready copy: floats rounded to 4 significant digits, paths and numpy scalars plain."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and not isinstance(value, str):  # numpy scalar
+        value = value.item()
+    if isinstance(value, float):
+        return sig(value)
+    return value
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def _revision() -> str:
+    """The git commit the run measured, with `+dirty` when the tree had changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, text=True,  # noqa: S607
+                              capture_output=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],  # noqa: S607
+                               cwd=REPO, text=True, capture_output=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head}+dirty" if dirty.strip() else head
 
 
 @dataclass(frozen=True, slots=True)

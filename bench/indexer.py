@@ -1,4 +1,12 @@
-"""Indexer rows/s, Kafka to registered segments, beside raw consume+decode and raw FAISS build."""
+"""Indexer rows/s, Kafka to registered segments, beside raw consume+decode and raw FAISS build.
+
+Rows are produced first; then three paths read the same backlog: a plain consumer that decodes
+every message (the floor for anything reading Kafka), faiss.index_factory + add over
+segment-sized chunks of the same vectors (the floor for building the index), and one
+`streamvec indexer` process timed from its first partition assignment until every partition's
+checkpoint covers the backlog (consume, decode, seal, build, snapshot with sha256 and fsync,
+register). The full scale indexes 1,000,000 384-d rows into Flat segments.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +17,6 @@ if __package__ in (None, ""):  # run as a file: the repo root must win over benc
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
-import signal
-import subprocess
-import tempfile
 import time
 import uuid
 
@@ -20,69 +25,75 @@ import numpy as np
 import psutil
 from confluent_kafka import Consumer, TopicPartition
 
-from bench.common import machine_info
+from bench._stack import produce, scratch_collection, start_role
+from bench.common import Result, machine_info, parse_scaled
 from indexer import build
 from indexer.registry import Registry
 from indexer.worker import CONSUMER_FETCH
 from ingest import admin, record
-from ingest.producer import Producer
 from ingest.spec import CollectionSpec
 from streamvec.settings import Settings
 
+DEFAULTS = {
+    "small": {"rows": 40_000, "hnsw_rows": 10_000, "seal_rows": 5_000},
+    "full": {"rows": 1_000_000, "hnsw_rows": 100_000, "seal_rows": 25_000},
+}
+RSS_PROBE_S = 0.02
 
-def main() -> None:
-    """Index the same rows with Flat and HNSW32 segments and print the ratios."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, default=200_000, help="rows for the Flat run")
-    parser.add_argument("--hnsw-rows", type=int, default=100_000, help="rows for the HNSW32 run")
+
+def main(argv: list[str] | None = None) -> None:
+    """Index rows with Flat and with HNSW32 segments and print the ratios."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, help="rows for the Flat run")
+    parser.add_argument("--hnsw-rows", type=int, help="rows for the HNSW32 run (0: skip)")
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--seal-rows", type=int, default=25_000)
+    parser.add_argument("--seal-rows", type=int, help="rows per segment")
     parser.add_argument("--seal-seconds", type=float, default=0.25,
                         help="stale policy; bounds the wait for the last, partial segments")
-    args = parser.parse_args()
-    settings = Settings()
+    args = parse_scaled(parser, DEFAULTS, argv)
+    base = Settings()
+    result = Result("indexer", "Indexer: Kafka to registered segments", args, base)
     print(f"# indexer: {args.dim}-d float32, {args.partitions} partitions, one worker, "
           f"segments of {args.seal_rows} rows per partition")
     print(f"# machine: {machine_info()}")
-    print(f"{'index':<8} {'rows':>8} {'indexer rows/s':>15} {'consume+decode':>15} {'ratio':>6} "
+    print(f"{'index':<8} {'rows':>9} {'indexer rows/s':>15} {'consume+decode':>15} {'ratio':>6} "
           f"{'raw FAISS build':>16} {'ratio':>6} {'peak RSS MiB':>13} {'MiB/1M rows':>12}")
-    for factory, rows in (("Flat", args.rows), ("HNSW32", args.hnsw_rows)):
-        run(settings, factory, rows, args)
+    for factory, rows, summary in (("Flat", args.rows, "consume"),
+                                   ("HNSW32", args.hnsw_rows, "build")):
+        if rows > 0:
+            run(base, factory, rows, args, result, summary)
     print("ratios: indexer rows/s over the raw baseline's rows/s (goals: >= 0.8x of consume+decode "
           "for Flat, >= 0.9x of the raw FAISS build)")
+    result.write()
 
 
-def run(settings: Settings, factory: str, rows: int, args: argparse.Namespace) -> None:
-    """Produce `rows`, time the three paths over them, print one table row."""
-    name = f"bench-indexer-{factory.lower()}-{uuid.uuid4().hex[:6]}"
-    spec = CollectionSpec(name, dim=args.dim, partitions=args.partitions, index=factory,
-                          seal_rows=args.seal_rows, seal_seconds=args.seal_seconds)
-    with tempfile.TemporaryDirectory(prefix="sv-bench-") as tmp:
-        settings = settings.model_copy(update={"snapshots": Path(tmp)})
-        admin.create_collection(settings, spec)
-        try:
-            vectors = _produce(settings, spec, rows)
-            consume_s = _raw_consume(settings, spec)
-            build_s = _raw_build(vectors, spec, args.partitions)
-            index_s, peak = _index(settings, spec, Path(tmp))
-        finally:
-            admin.drop_collection(settings, name)
-    rate = rows / index_s
-    print(f"{factory:<8} {rows:>8} {rate:>15,.0f} {rows / consume_s:>15,.0f} "
-          f"{rate / (rows / consume_s):>5.2f}x {rows / build_s:>16,.0f} "
-          f"{rate / (rows / build_s):>5.2f}x {peak / 2**20:>13,.0f} "
-          f"{peak / 2**20 / rows * 1e6:>12,.0f}")
-
-
-def _produce(settings: Settings, spec: CollectionSpec, rows: int) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    vectors = rng.standard_normal((rows, spec.dim)).astype(np.float32)
-    with Producer(spec.name, settings=settings) as producer:
-        for lo in range(0, rows, 10_000):
-            producer.upsert([f"r{i}" for i in range(lo, min(lo + 10_000, rows))],
-                            vectors[lo:lo + 10_000])
-    return vectors
+def run(base: Settings, factory: str, rows: int, args: argparse.Namespace, result: Result,
+        summary: str) -> None:
+    """Produce `rows`, time the three paths over them, print and record one row."""
+    with scratch_collection(base, f"bench-indexer-{factory.lower()}", dim=args.dim,
+                            partitions=args.partitions, index=factory, seal_rows=args.seal_rows,
+                            seal_seconds=args.seal_seconds) as (settings, spec, tmp):
+        vectors = np.random.default_rng(0).standard_normal((rows, spec.dim), dtype=np.float32)
+        produce(settings, spec, vectors)
+        consume_s = _raw_consume(settings, spec)
+        build_s = _raw_build(vectors, spec, args.partitions)
+        del vectors
+        index_s, peak, cpu_s = _index(settings, spec, tmp)
+    rate, consume, built = rows / index_s, rows / consume_s, rows / build_s
+    mib = peak / 2**20
+    print(f"{factory:<8} {rows:>9} {rate:>15,.0f} {consume:>15,.0f} {rate / consume:>5.2f}x "
+          f"{built:>16,.0f} {rate / built:>5.2f}x {mib:>13,.0f} {mib / rows * 1e6:>12,.0f}")
+    key = factory.lower()
+    result.compare(f"{key}_vs_consume", f"{factory} indexer rows/s, {rows} rows", rate, consume,
+                   "rows/s", "raw consume + decode", goal="ratio >= 0.8" if key == "flat" else None,
+                   summary=summary == "consume")
+    result.compare(f"{key}_vs_build", f"{factory} indexer rows/s, {rows} rows", rate, built,
+                   "rows/s", "raw FAISS index_factory + add, segment-sized chunks",
+                   goal="ratio >= 0.9", summary=summary == "build")
+    result.figure(f"{key}_peak_rss_mib", f"{factory} worker peak RSS", mib, "MiB")
+    result.figure(f"{key}_cpu_s", f"{factory} worker CPU time (user + system)", cpu_s, "s")
+    result.figure(f"{key}_seconds", f"{factory} indexer wall time", index_s, "s")
 
 
 def _raw_consume(settings: Settings, spec: CollectionSpec) -> float:
@@ -115,32 +126,29 @@ def _raw_build(vectors: np.ndarray, spec: CollectionSpec, partitions: int) -> fl
     return time.perf_counter() - started
 
 
-def _index(settings: Settings, spec: CollectionSpec, tmp: Path) -> tuple[float, int]:
-    """Run one worker process from its first assignment until every partition is registered."""
-    log = tmp / "worker.log"
-    argv = [sys.executable, "-m", "streamvec", "indexer", "--collection", spec.name]
+def _index(settings: Settings, spec: CollectionSpec, tmp: Path) -> tuple[float, int, float]:
+    """Run one worker from its first assignment until every partition is registered.
+
+    Returns the wall seconds, the peak RSS in bytes and the worker's CPU seconds.
+    """
     ends = {p.partition: p.high for p in admin.partition_offsets(settings, spec.collection.topic)}
     registry = Registry(settings.redis_client(), spec.name)
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                env=settings.child_env())
-    watcher, peak, started = psutil.Process(proc.pid), 0, None
-    while True:
-        peak = max(peak, watcher.memory_info().rss)
-        if started is None and "taken over" in log.read_text():
-            started = time.perf_counter()
-        if started and all(registry.checkpoint(p) == end for p, end in ends.items()):
-            break
-        if proc.poll() is not None:
-            raise RuntimeError(f"worker exited early:\n{log.read_text()[-2000:]}")
-        time.sleep(0.02)  # sampling interval of the RSS and progress probe
-    elapsed = time.perf_counter() - started
-    cpu = watcher.cpu_times()
+    worker = start_role(settings, "indexer", spec.name, tmp)
+    started = time.perf_counter()
+    try:
+        watcher, peak = psutil.Process(worker.proc.pid), 0
+        while not all(registry.checkpoint(p) == end for p, end in ends.items()):
+            peak = max(peak, watcher.memory_info().rss)
+            if worker.proc.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{worker.log_text()[-2000:]}")
+            time.sleep(RSS_PROBE_S)  # sampling interval of the RSS and progress probe
+        elapsed = time.perf_counter() - started
+        cpu = watcher.cpu_times()
+    finally:
+        worker.stop()
     print(f"#   {spec.index}: worker wall {elapsed:.2f}s, cpu user {cpu.user:.2f}s "
           f"system {cpu.system:.2f}s (process total, start-up included)")
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(60)
-    return elapsed, peak
+    return elapsed, peak, cpu.user + cpu.system
 
 
 if __name__ == "__main__":

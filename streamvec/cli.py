@@ -18,12 +18,18 @@ from streamvec.settings import Settings
 COMMAND_MODULES = (
     "streamvec.devstack.cli",
     "ingest.cli",
+    "ingest.produce_cli",
+    "ingest.alias_cli",
     "indexer.cli",
     "indexer.registry_cli",
+    "indexer.lifecycle_cli",
+    "indexer.pit_cli",
     "searcher.cli",
     "monitor.cli",
+    "monitor.challenge_cli",
     "monitor.status",
     "streamvec.demo",
+    "streamvec.config_cli",
 )
 
 
