@@ -1,75 +1,21 @@
-"""The Redis registry of segments: checkpoints, owner epochs, the registration script, rebuild."""
+"""The Redis registry of segments: checkpoints, owner epochs, generations, register and swap."""
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import redis
 
-from indexer import snapshot, store
+from indexer import snapshot
 from indexer.errors import RebuildError, SwapConflict
+from indexer.registry_scripts import REGISTER as _REGISTER
+from indexer.registry_scripts import SWAP as _SWAP
 from ingest.names import CollectionName
 
 log = logging.getLogger(__name__)
-
-# KEYS: ckpt, segments, epoch, version, active generation. ARGV: segment id, partition, start,
-# end, record JSON, epoch, events channel, event JSON without its version (the script appends
-# the new version), the record's generation. A segment built for a generation that is no longer
-# active (sealed just before a reindex switched) is refused like a conflict: its worker re-reads
-# the partition from the checkpoint into the active generation, and no stray old-generation
-# segment is left behind the switch.
-# Only KEYS are touched, and they share one hash tag, so this runs unchanged on a cluster.
-_REGISTER = """
-local ckpt = tonumber(redis.call('HGET', KEYS[1], ARGV[2]) or '0')
-local epoch = tonumber(redis.call('HGET', KEYS[3], ARGV[2]) or '0')
-local version = tonumber(redis.call('GET', KEYS[4]) or '0')
-local existing = redis.call('HGET', KEYS[2], ARGV[1])
-if existing then
-  local r = cjson.decode(existing)
-  local same = r.partition == tonumber(ARGV[2]) and r.start_offset == tonumber(ARGV[3])
-    and r.end_offset == tonumber(ARGV[4])
-  return {same and 'already' or 'conflict', ckpt, version, epoch}
-end
-if epoch ~= tonumber(ARGV[6]) then return {'fenced', ckpt, version, epoch} end
-if ckpt ~= tonumber(ARGV[3]) then return {'conflict', ckpt, version, epoch} end
-if tonumber(redis.call('GET', KEYS[5]) or '0') ~= tonumber(ARGV[9]) then
-  return {'stale_generation', ckpt, version, epoch}
-end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[5])
-redis.call('HSET', KEYS[1], ARGV[2], ARGV[4])
-version = redis.call('INCR', KEYS[4])
-redis.call('PUBLISH', ARGV[7], string.sub(ARGV[8], 1, -2) .. ',"version":' .. version .. '}')
-return {'ok', tonumber(ARGV[4]), version, epoch}
-"""
-
-# KEYS: segments, version, active generation. ARGV: channel, event JSON without its version,
-# new active generation ('' keeps it), removed count, then (id, exact JSON) per removed record,
-# then (id, JSON) per added record. Replaces registered segments without touching checkpoints:
-# the caller proves the added ones cover exactly the removed offsets; this script proves that
-# nothing it removes changed since the caller read it, so a concurrent swap cannot be undone.
-_SWAP = """
-local removed = tonumber(ARGV[4])
-local gone = {}
-for i = 0, removed - 1 do
-  local id, expected = ARGV[5 + 2 * i], ARGV[6 + 2 * i]
-  if redis.call('HGET', KEYS[1], id) ~= expected then return {'conflict', id} end
-  gone[id] = true
-end
-for i = 5 + 2 * removed, #ARGV, 2 do
-  if not gone[ARGV[i]] and redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then
-    return {'conflict', ARGV[i]}
-  end
-end
-for id, _ in pairs(gone) do redis.call('HDEL', KEYS[1], id) end
-for i = 5 + 2 * removed, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3]) end
-local version = redis.call('INCR', KEYS[2])
-redis.call('PUBLISH', ARGV[1], string.sub(ARGV[2], 1, -2) .. ',"version":' .. version .. '}')
-return {'ok', tostring(version)}
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,81 +268,3 @@ def _event(kind: str, record: SegmentRecord | None) -> dict:
                 "end_offset": None}
     return {"type": kind, "segment_id": record.segment_id, "partition": record.partition,
             "start_offset": record.start_offset, "end_offset": record.end_offset}
-
-
-@dataclass(frozen=True, slots=True)
-class PartitionReport:
-    """What a rebuild found for one partition."""
-
-    partition: int
-    segments: int
-    rows: int
-    checkpoint: int
-
-
-@dataclass(frozen=True, slots=True)
-class RebuildReport:
-    """The registry a rebuild derived from the store, and what it left out or recovered."""
-
-    collection: str
-    generation: int
-    partitions: tuple[PartitionReport, ...]
-    records: tuple[SegmentRecord, ...]
-    ignored: tuple[str, ...]  # unregistered folders outside the chain (orphans)
-    recovered: tuple[str, ...]  # unmarked folders that a later registered segment proves
-    version: int | None = None  # the registry version written; None for a plan
-
-    @property
-    def checkpoints(self) -> dict[int, int]:
-        """Checkpoint per partition that has at least one segment."""
-        return {p.partition: p.checkpoint for p in self.partitions if p.segments}
-
-
-def plan_rebuild(root: Path | str, collection: str, generation: int = 0) -> RebuildReport:
-    """Derive a collection's registry from the snapshot store alone, writing nothing.
-
-    Marked folders chain per partition from offset 0. A hole between two is filled only by the
-    one chain of unmarked folders spanning it exactly (a crash between register and mark).
-    """
-    CollectionName.parse(collection)
-    by_partition: dict[int, list[Path]] = {}
-    for path in snapshot.list_segments(root, collection, generation):
-        by_partition.setdefault(snapshot.parse_segment_id(path.name)[0], []).append(path)
-    parts, records, ignored, recovered = [], [], [], []
-    for partition, paths in sorted(by_partition.items()):
-        chain = store.coverage_chain(partition, paths)
-        chain_ids = {p.name for p in chain}
-        ignored += [p.name for p in paths if p.name not in chain_ids]
-        recovered += [p.name for p in chain if not snapshot.is_registered(p)]
-        found = [_checked(path, collection, generation) for path in chain]
-        records += [SegmentRecord.from_manifest(m) for m in found]
-        parts.append(PartitionReport(partition, len(found), sum(m.rows for m in found),
-                                     found[-1].end_offset if found else 0))
-    return RebuildReport(collection, generation, tuple(parts), tuple(records), tuple(ignored),
-                         tuple(recovered))
-
-
-def rebuild(client: redis.Redis, root: Path | str, collection: str,
-            generation: int = 0) -> RebuildReport:
-    """Replace a collection's registry with the one derived from the snapshot store."""
-    registry = Registry(client, collection)
-    before = registry.version()
-    report = plan_rebuild(root, collection, generation)
-    version = registry.replace_all(list(report.records), report.checkpoints, before)
-    for seg_id in report.recovered:
-        snapshot.mark_registered(snapshot.segment_path(
-            root, collection, generation, snapshot.parse_segment_id(seg_id)[0], seg_id))
-    log.info("collection=%s registry rebuilt from %s: %d segments, version %d",
-             collection, root, len(report.records), version)
-    return replace(report, version=version)
-
-
-def _checked(path: Path, collection: str, generation: int) -> snapshot.SegmentManifest:
-    """Verify one chained folder completely and check it belongs where it lies."""
-    seg = snapshot.load_segment(path, verify=True)
-    m = seg.manifest
-    if (m.collection, m.generation) != (collection, generation):
-        raise RebuildError(f"segment {path} belongs to {m.collection} generation {m.generation}")
-    # Hides may name segments that compaction has since merged away: visibility follows ids
-    # (latest write wins), so such names are history, not a gap.
-    return m

@@ -11,7 +11,8 @@ from redis.exceptions import RedisError
 
 from indexer import remote
 from indexer.errors import IndexerError
-from indexer.registry import RebuildReport, Registry, plan_rebuild, rebuild
+from indexer.rebuild import RebuildReport, plan_rebuild, rebuild
+from indexer.registry import Registry
 from streamvec.cliutil import collection_arg as _name
 from streamvec.errors import CommandError
 from streamvec.settings import Settings

@@ -10,7 +10,8 @@ from workers import Workload, assert_state_matches, wait_fully_indexed
 from indexer import compact, reindex
 from indexer.errors import LifecycleBusy
 from indexer.lock import LifecycleLock
-from indexer.registry import Registry, plan_rebuild
+from indexer.rebuild import plan_rebuild
+from indexer.registry import Registry
 from indexer.snapshot import load_segment
 from ingest import admin, audit
 from ingest.producer import Producer

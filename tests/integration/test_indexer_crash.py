@@ -13,7 +13,8 @@ from workers import (
     wait_fully_indexed,
 )
 
-from indexer.registry import Registry, rebuild
+from indexer.rebuild import rebuild
+from indexer.registry import Registry
 from ingest import admin
 from ingest.producer import Producer
 from ingest.spec import CollectionSpec

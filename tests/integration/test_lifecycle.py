@@ -35,7 +35,8 @@ from switchload import (
 from workers import wait_fully_indexed
 
 from indexer import build, compact, reindex
-from indexer.registry import Registry, plan_rebuild
+from indexer.rebuild import plan_rebuild
+from indexer.registry import Registry
 from indexer.view import hidden_rows, live_rows, load_registered
 from ingest import aliases
 from ingest.producer import Producer

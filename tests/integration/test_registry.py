@@ -15,7 +15,8 @@ import redis
 
 from indexer import registry_cli, snapshot
 from indexer.errors import CorruptSegment, RebuildError
-from indexer.registry import Registry, SegmentRecord, plan_rebuild, rebuild
+from indexer.rebuild import plan_rebuild, rebuild
+from indexer.registry import Registry, SegmentRecord
 from indexer.segment import SealedRows
 from ingest.names import CollectionName
 from streamvec.errors import CommandError
