@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from stack import IndexerThread
 from workers import Workload, assert_state_matches, log_ends, wait_fully_indexed
 
-from indexer import remote, snapshot, store
+from indexer import compact, reindex, remote, snapshot, store
 from indexer.errors import CorruptSegment
 from indexer.registry import Registry, SegmentRecord
 from indexer.segment import SealedRows
@@ -217,4 +217,21 @@ def test_a_worker_on_another_machine_takes_over_through_the_object_store(
     fetched = remote.fetch_collection(objects, reader.snapshots, collection_name, 0)
     assert (fetched.fetched, fetched.refused) == ([r.path for r in records], {})
     assert fetched.markers == len(records)
+    assert_state_matches(reader, collection_name, workload)
+
+
+def test_compaction_and_reindex_upload_what_they_register(mirrored, tmp_path,
+                                                           collection_name) -> None:
+    workload = index_some(mirrored, collection_name)
+    compact.compact(mirrored, collection_name, compact.CompactionPolicy(max_rows=10_000,
+                                                                        max_segments=1))
+    reindex.reindex(mirrored, collection_name, "HNSW8")
+    records = Registry(mirrored.redis_client(), collection_name).segments()
+    assert {r.generation for r in records} == {1}
+    objects = remote.RemoteStore.from_settings(mirrored)
+    assert objects.list_segments(collection_name, 1) == [r.path for r in records]
+    assert all(objects.is_registered(r.path) for r in records)
+    # Another machine with an empty folder reads exactly the registered state back.
+    reader = elsewhere(mirrored, tmp_path / "reader")
+    remote.attach(reader)
     assert_state_matches(reader, collection_name, workload)
