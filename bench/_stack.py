@@ -8,7 +8,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +23,13 @@ from searcher.client import Client
 from streamvec.settings import Settings
 
 TUNED_SEARCHER = Path(__file__).resolve().parent / "_searcher.py"
-# Log lines that say a role is at work: a worker owns a partition, a searcher reads its stream.
+# Log lines that say a role is at work: a worker owns a partition, a searcher reads its stream
+# (named by collection: the health server logs "serving" too, before any segment is loaded).
 INDEXER_READY = "taken over"
-SEARCHER_READY = "serving"
+SEARCHER_READY = "collection={} serving"
 START_TIMEOUT_S = 120.0
 PRODUCE_STEP = 10_000
+QUERY_POOL = 1000
 
 
 @dataclass
@@ -67,7 +69,7 @@ def scratch_collection(base: Settings, prefix: str, **spec_fields) -> Iterator[
 
 
 def start_role(settings: Settings, role: str, collection: str, log_dir: Path, *,
-               search_params: str | None = None, extra: Sequence[str] = ()) -> Role:
+               search_params: str | None = None) -> Role:
     """Start `streamvec <role>` (or the tuned searcher) and return once its log says it works."""
     if search_params is None:
         argv = [sys.executable, "-m", "streamvec", role]
@@ -75,13 +77,13 @@ def start_role(settings: Settings, role: str, collection: str, log_dir: Path, *,
         argv = [sys.executable, str(TUNED_SEARCHER), "--search-params", search_params]
     else:
         raise ValueError(f"search_params apply to the searcher only, not the {role}")
-    argv += ["--collection", collection, *extra]
+    argv += ["--collection", collection]
     log = log_dir / f"{role}-{uuid.uuid4().hex[:6]}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                 env=settings.child_env())
     started = Role(proc, log)
-    ready = INDEXER_READY if role == "indexer" else SEARCHER_READY
+    ready = INDEXER_READY if role == "indexer" else SEARCHER_READY.format(collection)
     deadline = time.monotonic() + START_TIMEOUT_S
     while ready not in started.log_text():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -108,6 +110,12 @@ def clustered(rng: np.random.Generator, n: int, dim: int, clusters: int = 64) ->
     centers = rng.standard_normal((clusters, dim)).astype(np.float32) * 3
     return (centers[rng.integers(0, clusters, n)] + rng.standard_normal((n, dim))).astype(
         np.float32)
+
+
+def rows_and_queries(rows: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """`rows` clustered rows, and QUERY_POOL queries drawn fresh from the same clusters."""
+    data = clustered(np.random.default_rng(0), rows + QUERY_POOL, dim)
+    return data[:rows], data[rows:]
 
 
 def row_ids(lo: int, hi: int, prefix: str = "r") -> list[str]:
@@ -137,6 +145,18 @@ def wait_registered(settings: Settings, spec: CollectionSpec, offsets: dict[int,
             raise TimeoutError(f"{spec.name}: offsets {offsets} not registered in {timeout:g}s")
         time.sleep(0.05)  # indexing progress probe
     return time.perf_counter() - started
+
+
+@contextmanager
+def sealed(base: Settings, prefix: str, data: np.ndarray, **spec_fields) -> Iterator[
+        tuple[Settings, CollectionSpec, Path]]:
+    """A scratch collection holding `data` as sealed rows, its indexer stopped once they were."""
+    with scratch_collection(base, prefix, dim=data.shape[1], **spec_fields) as (
+            settings, spec, tmp):
+        offsets = produce(settings, spec, data)
+        with running(settings, "indexer", spec.name, tmp) as indexer:
+            wait_registered(settings, spec, offsets, indexer=indexer)
+        yield settings, spec, tmp
 
 
 @contextmanager

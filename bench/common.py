@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._machine import machine_facts, machine_line
+from streamvec.cliutil import write_text_atomic
 
 SCHEMA = 1
 SCALES = ("small", "full")
@@ -39,8 +40,8 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
 _NOT_PARAMS = frozenset({"scale", "results_dir", "scale_modified"})
 
-__all__ = ["SCALES", "Result", "Timing", "machine_facts", "machine_info", "measure", "measure_all",
-           "parse_scaled", "percentile", "print_table", "sig", "si"]
+__all__ = ["SCALES", "Result", "Timing", "machine_facts", "machine_info", "measure_all",
+           "parse_scaled", "percentile", "print_table", "raw_faiss_build", "sig", "si"]
 
 
 def machine_info() -> str:
@@ -83,6 +84,25 @@ def sig(value: float | int | None, digits: int = 4) -> float | int | None:
     if not math.isfinite(value):
         return None
     return float(f"{value:.{digits}g}")
+
+
+def raw_faiss_build(vectors: Any, factory: str, metric: str = "l2") -> Any:
+    """The raw FAISS baseline of a build: index_factory, train, add, with the indexer's HNSW
+    breadth (efConstruction) so both sides do the same work."""
+    import faiss
+    import numpy as np
+
+    from indexer import build
+
+    built = faiss.index_factory(vectors.shape[1], factory, build.faiss_metric(metric))
+    hnsw = getattr(faiss.downcast_index(built), "hnsw", None)
+    if hnsw is not None:
+        hnsw.efConstruction = build.HNSW_EF_CONSTRUCTION
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    if not built.is_trained:
+        built.train(x)
+    built.add(x)
+    return built
 
 
 def percentile(samples: Sequence[float], q: float) -> float:
@@ -144,13 +164,7 @@ class Result:
         """Write results/<name>.json atomically (temp file, then rename); return its path."""
         self.results_dir.mkdir(parents=True, exist_ok=True)
         path = self.results_dir / f"{self.name}.json"
-        tmp = path.with_suffix(f".json.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(json.dumps(self.as_dict(), indent=1, allow_nan=False) + "\n",
-                           encoding="utf-8")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_text_atomic(path, json.dumps(self.as_dict(), indent=1, allow_nan=False) + "\n")
         print(f"# result: {_shown(path)}")
         return path
 
@@ -178,11 +192,16 @@ def _shown(path: Path) -> str:
 
 
 def _revision() -> str:
-    """The git commit the run measured, with `+dirty` when the tree had changes."""
+    """The git commit the run measured, with `+dirty` when the tree had changes.
+
+    The result files are left out: `make bench` rewrites them one after another, and the
+    benchmarks that run later would otherwise all call their tree dirty.
+    """
     try:
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, text=True,  # noqa: S607
                               capture_output=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],  # noqa: S607
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",  # noqa: S607
+                                ".", f":(exclude){RESULTS_DIR.relative_to(REPO).as_posix()}"],
                                cwd=REPO, text=True, capture_output=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -217,14 +236,12 @@ def _run(fn: Callable[[], object], calls: int) -> float:
     return time.perf_counter() - start
 
 
-def measure(fn: Callable[[], object], *, min_time: float = 0.05, repeats: int = 7) -> Timing:
-    """Seconds per fn() call, best and median of `repeats`, each of >= min_time (as timeit)."""
-    return measure_all([fn], min_time=min_time, repeats=repeats)[0]
-
-
 def measure_all(fns: Sequence[Callable[[], object]], *, min_time: float = 0.05,
                 repeats: int = 7) -> list[Timing]:
-    """Time several functions as `measure` does, their repeats taken in turn for fair ratios."""
+    """Seconds per call of each of `fns`: best and median of `repeats`, each >= min_time.
+
+    As timeit, but the functions' repeats are taken in turn, for fair ratios.
+    """
     # Interleaving spreads a burst of load from other processes over every function alike,
     # where timing them one after another would charge it to whichever ran then.
     enabled = gc.isenabled()

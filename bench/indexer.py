@@ -20,14 +20,12 @@ import argparse
 import time
 import uuid
 
-import faiss
 import numpy as np
 import psutil
 from confluent_kafka import Consumer, TopicPartition
 
 from bench._stack import produce, scratch_collection, start_role
-from bench.common import Result, machine_info, parse_scaled
-from indexer import build
+from bench.common import Result, machine_info, parse_scaled, raw_faiss_build
 from indexer.registry import Registry
 from indexer.worker import CONSUMER_FETCH
 from ingest import admin, record
@@ -121,8 +119,7 @@ def _raw_build(vectors: np.ndarray, spec: CollectionSpec, partitions: int) -> fl
     chunk = max(1, min(spec.seal_rows, len(vectors) // partitions))
     started = time.perf_counter()
     for lo in range(0, len(vectors), chunk):
-        index = faiss.index_factory(spec.dim, spec.index, build.faiss_metric(spec.metric))
-        index.add(np.ascontiguousarray(vectors[lo:lo + chunk]))
+        raw_faiss_build(vectors[lo:lo + chunk], spec.index, spec.metric)
     return time.perf_counter() - started
 
 

@@ -19,10 +19,8 @@ if __package__ in (None, ""):  # run as a file: the repo root must win over benc
 import argparse
 import statistics
 
-import numpy as np
-
 from bench._load import Ingest, LoadResult, query_load
-from bench._stack import clustered, serving, wait_registered
+from bench._stack import rows_and_queries, serving, wait_registered
 from bench.common import Result, machine_info, parse_scaled, print_table
 from streamvec.settings import Settings
 
@@ -30,7 +28,6 @@ DEFAULTS = {
     "small": {"rows": 20_000, "seconds": 3.0, "rounds": 1, "ingest_rate": 1000},
     "full": {"rows": 100_000, "seconds": 15.0, "rounds": 2, "ingest_rate": 5000},
 }
-QUERY_POOL = 1000
 WARM_S = 0.5
 
 
@@ -49,8 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_scaled(parser, DEFAULTS, argv)
     base = Settings()
     result = Result("insert_while_search", "Insert while search", args, base)
-    data = clustered(np.random.default_rng(0), args.rows + QUERY_POOL, args.dim)
-    data, queries = data[:args.rows], data[args.rows:]
+    data, queries = rows_and_queries(args.rows, args.dim)
     quiet: list[LoadResult] = []
     busy: list[LoadResult] = []
     rates: list[float] = []

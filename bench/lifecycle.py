@@ -27,20 +27,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import faiss
 import numpy as np
 
-from bench._stack import (
-    Role,
-    clustered,
-    produce,
-    running,
-    scratch_collection,
-    start_role,
-    wait_registered,
+from bench._stack import Role, rows_and_queries, sealed, start_role
+from bench.common import (
+    Result,
+    machine_info,
+    parse_scaled,
+    percentile,
+    print_table,
+    raw_faiss_build,
 )
-from bench.common import Result, machine_info, parse_scaled, percentile, print_table
-from indexer import build, reindex
+from indexer import reindex
 from indexer.registry import Registry
 from indexer.view import load_registered
 from searcher.client import Client
@@ -53,7 +51,6 @@ DEFAULTS = {
              "repeats": 2},
 }
 PARTITIONS = 4
-QUERY_POOL = 1000
 K = 10
 SWAPPED = "segments swapped"  # the searcher's log line for each applied registry change
 SWAP_TIMEOUT_S = 300.0
@@ -74,14 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_scaled(parser, DEFAULTS, argv)
     base = Settings()
     result = Result("lifecycle", "Lifecycle: reindex and generation switches", args, base)
-    data = clustered(np.random.default_rng(0), args.rows + QUERY_POOL, args.dim)
-    data, queries = data[:args.rows], data[args.rows:]
-    with scratch_collection(base, "bench-lifecycle", dim=args.dim, partitions=PARTITIONS,
-                            index="Flat", seal_rows=args.seal_rows, seal_seconds=2.0) as (
-            settings, spec, tmp):
-        offsets = produce(settings, spec, data)
-        with running(settings, "indexer", spec.name, tmp) as indexer:
-            wait_registered(settings, spec, offsets, indexer=indexer)
+    data, queries = rows_and_queries(args.rows, args.dim)
+    with sealed(base, "bench-lifecycle", data, partitions=PARTITIONS, index="Flat",
+                seal_rows=args.seal_rows, seal_seconds=2.0) as (settings, spec, tmp):
         raw_s, reindex_s, rebuilt = _builds(settings, spec.name, args.index, args.repeats)
         searcher = start_role(settings, "searcher", spec.name, tmp)
         try:
@@ -107,24 +99,12 @@ def _builds(settings: Settings, name: str, index: str, repeats: int
     for _ in range(max(1, repeats)):
         started = time.perf_counter()
         for chunk in vectors:
-            _raw_build(chunk, index)
+            raw_faiss_build(chunk, index)
         raw.append(time.perf_counter() - started)
         started = time.perf_counter()
         report = reindex.reindex(settings, name, index)
         ours.append(time.perf_counter() - started)
     return min(raw), min(ours), report
-
-
-def _raw_build(vectors: np.ndarray, index: str) -> faiss.Index:
-    """faiss.index_factory, train and add, with the HNSW breadth the indexer builds with."""
-    built = faiss.index_factory(vectors.shape[1], index, faiss.METRIC_L2)
-    hnsw = getattr(faiss.downcast_index(built), "hnsw", None)
-    if hnsw is not None:
-        hnsw.efConstruction = build.HNSW_EF_CONSTRUCTION
-    if not built.is_trained:
-        built.train(vectors)
-    built.add(vectors)
-    return built
 
 
 @dataclass

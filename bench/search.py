@@ -24,14 +24,7 @@ import numpy as np
 
 from bench._load import exact_ids, query_load, recall
 from bench._searcher import apply_params
-from bench._stack import (
-    clustered,
-    produce,
-    running,
-    scratch_collection,
-    start_role,
-    wait_registered,
-)
+from bench._stack import rows_and_queries, sealed, start_role
 from bench.common import Result, machine_info, parse_scaled, print_table
 from indexer.build import HNSW_EF_SEARCH
 from indexer.registry import Registry
@@ -45,7 +38,6 @@ DEFAULTS = {
     "full": {"rows": 200_000, "seconds": 8.0, "raw_queries": 1000,
              "sweep": "8,16,32,64,128,256"},
 }
-QUERY_POOL = 1000
 K = 10
 WARM_S = 0.5
 
@@ -66,14 +58,9 @@ def main(argv: list[str] | None = None) -> None:
         if param else [0]
     base = Settings()
     result = Result("search", "Search via the Redis protocol vs raw in-process FAISS", args, base)
-    with scratch_collection(base, "bench-search", dim=args.dim, partitions=4, index=args.index,
-                            seal_rows=args.rows, seal_seconds=3.0) as (settings, spec, tmp):
-        # Queries are fresh draws from the data's clusters, not copies of stored rows.
-        data = clustered(np.random.default_rng(0), args.rows + QUERY_POOL, args.dim)
-        data, queries = data[:args.rows], data[args.rows:]
-        offsets = produce(settings, spec, data)
-        with running(settings, "indexer", spec.name, tmp) as indexer:
-            wait_registered(settings, spec, offsets, indexer=indexer)
+    data, queries = rows_and_queries(args.rows, args.dim)
+    with sealed(base, "bench-search", data, partitions=4, index=args.index,
+                seal_rows=args.rows, seal_seconds=3.0) as (settings, spec, tmp):
         truth = exact_ids(data, queries, K)
         segments = load_registered(Registry(settings.redis_client(), spec.name),
                                    settings.snapshots)

@@ -107,17 +107,19 @@ def compact(settings: Settings, collection: str, policy: CompactionPolicy | None
             return CompactionReport(collection, tuple(tuple(r.segment_id for r in g)
                                                       for g in groups), (), 0, 0,
                                     time.perf_counter() - started, len(records), len(records))
-        generation = registry.active_generation()
-        info = registry.generation_info(generation)
-        index = info.index if info is not None else spec.index
+        generation, index = registry.build_target(spec.index)
         root = settings.snapshots
         written, rows_in = [], 0
         views: dict[int, tuple[dict, dict]] = {}  # partition -> (loaded segments, hidden rows)
         for group in groups:
             if group[0].partition not in views:
+                # Only later writes hide a row: segments before a partition's first group
+                # cannot change what its groups keep, so they are not read (nor verified).
+                first = group[0]
                 loaded = {r.segment_id: load_segment(remote.local_folder(root, r.path))
-                          for r in records if r.partition == group[0].partition}
-                views[group[0].partition] = loaded, hidden_rows(list(loaded.values()))
+                          for r in records if r.partition == first.partition
+                          and r.start_offset >= first.start_offset}
+                views[first.partition] = loaded, hidden_rows(list(loaded.values()))
             loaded, hidden = views[group[0].partition]
             sealed = rewrite.rows_of([loaded[r.segment_id] for r in group], hidden)
             item = rewrite.write(root, spec.name, generation, sealed, metric=spec.metric,

@@ -151,7 +151,7 @@ def references(client: redis.Redis, names: Iterable[str], under: str) -> set[str
     names = list(names)
     with client.pipeline(transaction=False) as pipe:
         for name in names:
-            pipe.hgetall(CollectionName.parse(name).key("segments"))
+            pipe.hgetall(Registry(client, name).segments_key)
             pipe.hgetall(snapshots_key(name))
         replies = pipe.execute()
     paths: list[str] = []

@@ -64,12 +64,12 @@ def _partition(root: Path, folder: Path, gen: int, part: int, now: float) -> lis
     for name, entry in sorted(names.items()):
         if name.startswith(store.TMP_PREFIX):
             found += _entry(root, entry, TEMP, now)
-        elif _is_segment_id(name) and entry.is_dir():
+        elif store.is_segment_id(name) and entry.is_dir():
             marker = names.get(name + store.MARKER_SUFFIX)
             found += _entry(root, entry, SEGMENT, now, generation=gen, partition=part,
                             start=store.parse_segment_id(name)[1],
                             marker=None if marker is None else _rel(root, marker))
-        elif name.endswith(store.MARKER_SUFFIX) and _is_segment_id(
+        elif name.endswith(store.MARKER_SUFFIX) and store.is_segment_id(
                 name[:-len(store.MARKER_SUFFIX)]):
             if not (folder / name[:-len(store.MARKER_SUFFIX)]).is_dir():
                 found += _entry(root, entry, MARKER, now)
@@ -84,14 +84,6 @@ def _entry(root: Path, path: Path, kind: str, now: float, **where: Any) -> list[
         return [Entry(_rel(root, path), kind, _age(path, now, deep=kind == TEMP), **where)]
     except FileNotFoundError:
         return []
-
-
-def _is_segment_id(name: str) -> bool:
-    try:
-        store.parse_segment_id(name)
-    except ValueError:
-        return False
-    return True
 
 
 def _age(path: Path, now: float, *, deep: bool = False) -> float:

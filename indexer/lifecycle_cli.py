@@ -134,10 +134,6 @@ def _print_switch(report: reindex.SwitchReport, as_json: bool, verb: str) -> Non
           f"{report.rows} rows, {report.seconds:.1f}s")
 
 
-
-
-
-
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:

@@ -14,7 +14,7 @@ from indexer import remote, snapshot
 from indexer.errors import IndexerError
 from indexer.idmap import IdMap
 from indexer.registry import Registry
-from indexer.segment import GrowingSegment, SealedRows
+from indexer.segment import GrowingSegment
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +27,8 @@ class CheckpointOutOfRange(IndexerError):
 class Pending:
     """A sealed segment whose build and snapshot run in the background, awaiting registration."""
 
-    sealed: SealedRows
-    segment_id: str
-    reason: str
-    future: Future
-    nbytes: int
+    future: Future  # of rewrite.Written
+    nbytes: int  # its vectors, held until it is registered
 
 
 @dataclass(slots=True)
@@ -42,7 +39,6 @@ class PartitionState:
     epoch: int
     checkpoint: int
     growing: GrowingSegment
-    first_append_at: float | None = None
     inflight: deque[Pending] = field(default_factory=deque)
 
     @property

@@ -145,10 +145,6 @@ def _gc(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-
-
-
-
 def _non_negative(kind: Callable[[str], float]) -> Callable[[str], float]:
     """An argparse type: `kind` of the text, refused below zero."""
     def parse(text: str) -> float:

@@ -151,10 +151,18 @@ class Registry:
         return {int(g): GenerationInfo.from_json(v)
                 for g, v in self.client.hgetall(self.generations_key).items()}
 
-    def generation_info(self, generation: int) -> GenerationInfo | None:
-        """What a reindex recorded about one generation; None for one never recorded."""
-        raw = self.client.hget(self.generations_key, str(generation))
-        return None if raw is None else GenerationInfo.from_json(raw)
+    def build_target(self, default_index: str) -> tuple[int, str]:
+        """The active generation and the index spec it builds with, read in one round trip.
+
+        `default_index` (the collection spec's) serves a generation no reindex recorded.
+        """
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.get(self.generation_key)
+            pipe.hgetall(self.generations_key)
+            gen, infos = pipe.execute()
+        generation = int(gen or 0)
+        raw = infos.get(str(generation).encode())
+        return generation, default_index if raw is None else GenerationInfo.from_json(raw).index
 
     def record_generation(self, info: GenerationInfo) -> None:
         """Store or update what is known of one generation."""

@@ -126,8 +126,6 @@ def _print_report(report: RebuildReport) -> None:
         print(f"ignored {seg_id}: never registered")
 
 
-
-
 def _call(settings: Settings, fn):
     """Run `fn`, turning expected failures into one-line command errors."""
     try:

@@ -21,8 +21,7 @@ if TYPE_CHECKING:
     from streamvec.settings import Settings
 
 __all__ = ["FetchReport", "RemoteStore", "attach", "attached", "check_rel_path",
-           "ensure_local", "fetch_collection", "local_folder", "mirror_marker",
-           "mirror_segment", "rel_path"]
+           "fetch_collection", "local_folder", "mirror_marker", "mirror_segment", "rel_path"]
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +61,6 @@ def local_folder(root: Path | str, rel: str | os.PathLike[str]) -> Path:
     if objects is None or path.is_dir():
         return path
     return objects.fetch(rel, root)
-
-
-def ensure_local(settings: Settings, rel: str | os.PathLike[str]) -> Path:
-    """Return the local folder of a registered path, fetched from the object store if missing."""
-    path = Path(settings.snapshots) / rel
-    objects = RemoteStore.from_settings(settings)
-    if objects is None or path.is_dir():
-        return path
-    return objects.fetch(rel, settings.snapshots)
 
 
 def mirror_segment(root: Path | str, manifest: snapshot.SegmentManifest) -> bool:

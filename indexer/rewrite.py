@@ -1,9 +1,9 @@
 """Rewrite registered segments into new folders: merged (compaction) or re-built (generations)."""
 
 # Both compaction and a reindex read the raw rows back out of immutable segment folders and
-# write them again through the same path as the worker (build the index, write the folder),
-# so every folder, however it was made, is one the searcher, the monitor and a registry
-# rebuild already know how to read.
+# write them again through `write`, the path the worker's own builds take (build the index,
+# write the folder, mirror it), so every folder, however it was made, is one the searcher,
+# the monitor and a registry rebuild already know how to read.
 
 from __future__ import annotations
 
@@ -23,12 +23,13 @@ from indexer.snapshot import LoadedSegment
 
 @dataclass(frozen=True, slots=True)
 class Written:
-    """A segment folder written by a rewrite, with what it took."""
+    """A segment folder written (or found already written), with what it took."""
 
     record: SegmentRecord
     rows: int
     build_seconds: float
     reused: bool
+    nbytes: int  # the folder's files, as its manifest lists them
 
 
 def rows_of(segments: list[LoadedSegment], hidden: dict[str, set[int]]) -> SealedRows:
@@ -79,8 +80,9 @@ def write(root: Path | str, collection: str, generation: int, sealed: SealedRows
     built, factory = build.build_index(sealed.vectors, metric=metric, index=index)
     manifest = snapshot.write_segment(root, collection, generation, sealed, built, factory,
                                       metric, hides or {})
-    remote.mirror_segment(root, manifest)  # in the object store before any swap registers it
-    return Written(_record(root, manifest), sealed.rows, time.perf_counter() - started, False)
+    remote.mirror_segment(root, manifest)  # in the object store before anything registers it
+    return Written(SegmentRecord.from_manifest(manifest), sealed.rows,
+                   time.perf_counter() - started, False, _nbytes(manifest))
 
 
 def reuse(root: Path | str, collection: str, generation: int,
@@ -93,7 +95,8 @@ def reuse(root: Path | str, collection: str, generation: int,
         manifest = snapshot.verify(path)
     except (CorruptSegment, OSError, IndexerError):  # gone or damaged: rebuilt, never served
         return None
-    return Written(_record(root, manifest), manifest.rows, 0.0, True)
+    return Written(SegmentRecord.from_manifest(manifest), manifest.rows, 0.0, True,
+                   _nbytes(manifest))
 
 
 def mark(root: Path | str, written: list[Written]) -> None:
@@ -103,10 +106,8 @@ def mark(root: Path | str, written: list[Written]) -> None:
         remote.mirror_marker(root, item.record.path)
 
 
-def _record(root: Path | str, manifest: snapshot.SegmentManifest) -> SegmentRecord:
-    path = snapshot.segment_path(root, manifest.collection, manifest.generation,
-                                 manifest.partition, manifest.segment_id)
-    return SegmentRecord.from_manifest(manifest, path.relative_to(root))
+def _nbytes(manifest: snapshot.SegmentManifest) -> int:
+    return sum(f["bytes"] for f in manifest.files.values())
 
 
 def _bytes_array(ids: np.ndarray) -> np.ndarray:

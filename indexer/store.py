@@ -39,6 +39,15 @@ def parse_segment_id(text: str) -> tuple[int, int, int]:
     return parts
 
 
+def is_segment_id(text: str) -> bool:
+    """Whether `text` is a canonical segment id (see `parse_segment_id`)."""
+    try:
+        parse_segment_id(text)
+    except ValueError:
+        return False
+    return True
+
+
 def partition_path(root: Path | str, collection: str, generation: int, partition: int) -> Path:
     """Return the folder that holds every segment of one partition in one generation."""
     return Path(root) / collection / f"g{generation:04d}" / f"p{partition:04d}"
@@ -68,15 +77,8 @@ def list_segments(root: Path | str, collection: str, generation: int | None = No
 
 def segment_dirs(folder: Path) -> list[Path]:
     """Segment folders directly in a partition folder: canonical names only, no temps or markers."""
-    out = []
-    for entry in folder.iterdir() if folder.is_dir() else ():
-        try:
-            parse_segment_id(entry.name)
-        except ValueError:
-            continue
-        if entry.is_dir():
-            out.append(entry)
-    return out
+    entries = folder.iterdir() if folder.is_dir() else ()
+    return [e for e in entries if is_segment_id(e.name) and e.is_dir()]
 
 
 def remove_orphans(

@@ -9,12 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from indexer import build, faults, remote, seal, snapshot
+from indexer import faults, remote, rewrite, seal, snapshot
 from indexer.dlq import DeadLetters
 from indexer.idmap import IdMap
 from indexer.metrics import IndexerMetrics
 from indexer.ownership import CheckpointOutOfRange, PartitionState, Pending, take_over
-from indexer.registry import Registry, SegmentRecord
+from indexer.registry import Registry
 from indexer.segment import GrowingSegment, SealedRows
 from ingest import catalog, record
 from ingest.errors import RecordError
@@ -43,7 +43,7 @@ class Worker:
         self.generation = generation  # None: follow the registry's active generation
         self.max_held_bytes = max_held_bytes
         self.registry = Registry(settings.redis_client(), collection)
-        self.remote = remote.attach(settings)  # None: snapshots are local only
+        remote.attach(settings)  # builds and markers are mirrored to the object store, if any
         self.policies = seal.policies_for(self.spec)
         self.metrics = IndexerMetrics(metrics_registry, collection)
         self.idmap = IdMap()
@@ -92,7 +92,7 @@ class Worker:
         for msg in self.consumer.consume(num_messages=1000, timeout=0.1):
             self._handle(msg)
         now = time.monotonic()
-        due = seal.select({p: self._stats(st, now) for p, st in self.parts.items()},
+        due = seal.select({p: st.growing.stats(now) for p, st in self.parts.items()},
                           self.policies)
         for partition, reason in due.items():
             self._seal(partition, reason, now)
@@ -127,18 +127,13 @@ class Worker:
             state.growing.append(batch, msg.offset())
             self.metrics.labels(self.metrics.consumed_rows).inc(len(batch))
         now = time.monotonic()
-        if state.first_append_at is None:
-            state.first_append_at = now
+        if state.growing.messages == 1:  # age counts from the first message, not from idling
+            state.growing.created_at = now
         # Size policies are checked per message so segments respect their bounds exactly.
-        due = seal.select({state.partition: self._stats(state, now)}, self.policies)
+        due = seal.select({state.partition: state.growing.stats(now)}, self.policies)
         if due:
             self._seal(state.partition, due[state.partition], now)
         self._seal_for_memory(now)
-
-    def _stats(self, state: PartitionState, now: float) -> seal.SegmentStats:
-        g = state.growing
-        age = 0.0 if state.first_append_at is None else now - state.first_append_at
-        return seal.SegmentStats(rows=g.rows, messages=g.messages, nbytes=g.nbytes, age_s=age)
 
     def _seal(self, partition: int, reason: str, now: float) -> None:
         state = self.parts[partition]
@@ -147,10 +142,9 @@ class Worker:
         hides = self.idmap.hides_for(sealed)
         self.idmap.apply(segment_id, sealed)
         state.growing = GrowingSegment(partition, sealed.end_offset, self.spec.dim, now)
-        state.first_append_at = None
         generation, index = self._target()
         future = self._builder.submit(self._build, sealed, hides, generation, index)
-        state.inflight.append(Pending(sealed, segment_id, reason, future, sealed.vectors.nbytes))
+        state.inflight.append(Pending(future, sealed.vectors.nbytes))
         self.metrics.labels(self.metrics.seals, reason.split(":", 1)[0]).inc()
         self.metrics.last_seal.mark(partition)
         log.info('seal partition="%s[%d]" segment=%s rows=%d deletes=%d reason="%s"', self.topic,
@@ -164,27 +158,18 @@ class Worker:
         """
         if self.generation is not None:
             return self.generation, self.spec.index
-        generation = self.registry.active_generation()
-        info = self.registry.generation_info(generation)
-        return generation, self.spec.index if info is None else info.index
+        return self.registry.build_target(self.spec.index)
 
     def _build(self, sealed: SealedRows, hides: dict, generation: int,
-               index_spec: str) -> snapshot.SegmentManifest:
-        """Build the FAISS index and write the snapshot; runs on the builder thread."""
-        started = time.perf_counter()
+               index_spec: str) -> rewrite.Written:
+        """Build the FAISS index, write the snapshot and mirror it; runs on the builder thread."""
         faults.crash_point("build")
-        index, factory = build.build_index(sealed.vectors, metric=self.spec.metric,
-                                           index=index_spec)
-        manifest = snapshot.write_segment(self.settings.snapshots, self.spec.name,
-                                          generation, sealed, index, factory,
-                                          self.spec.metric, hides)
-        if self.remote is not None:  # before registering: a registered segment exists remotely
-            self.remote.push_segment(self.settings.snapshots, manifest)
+        written = rewrite.write(self.settings.snapshots, self.spec.name, generation, sealed,
+                                metric=self.spec.metric, index=index_spec, hides=hides)
         faults.crash_point("after_snapshot")
-        self.metrics.labels(self.metrics.build_seconds).observe(time.perf_counter() - started)
-        self.metrics.labels(self.metrics.snapshot_bytes).inc(
-            sum(f["bytes"] for f in manifest.files.values()))
-        return manifest
+        self.metrics.labels(self.metrics.build_seconds).observe(written.build_seconds)
+        self.metrics.labels(self.metrics.snapshot_bytes).inc(written.nbytes)
+        return written
 
     def _register_finished(self, *, block: bool, timeout: float | None = None) -> None:
         for partition in list(self.parts):
@@ -198,26 +183,21 @@ class Worker:
         """Register the oldest finished build of a partition; False if the partition was reset."""
         pending = state.inflight[0]
         try:
-            manifest = pending.future.result(timeout)
+            written = pending.future.result(timeout)
         except Exception as exc:  # a failed build is not a bad record: stop, lose nothing
             self._fail(exc)
             return False
         self.dlq.confirm()
-        path = snapshot.segment_path(self.settings.snapshots, self.spec.name,
-                                     manifest.generation, state.partition, pending.segment_id)
-        result = self.registry.register(SegmentRecord.from_manifest(
-            manifest, path.relative_to(self.settings.snapshots)), state.epoch)
+        result = self.registry.register(written.record, state.epoch)
         self.metrics.labels(self.metrics.registrations, result.status).inc()
         if not result.ok:
             self._reset_partition(state, result)
             return False
-        snapshot.mark_registered(path)
-        if self.remote is not None:
-            self.remote.push_marker(path.relative_to(self.settings.snapshots))
+        rewrite.mark(self.settings.snapshots, [written])
         faults.crash_point("after_register")
         state.inflight.popleft()
-        state.checkpoint = manifest.end_offset
-        self._commit_hint(state.partition, manifest.end_offset)
+        state.checkpoint = written.record.end_offset
+        self._commit_hint(state.partition, written.record.end_offset)
         faults.crash_point("after_commit")
         return True
 

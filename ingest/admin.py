@@ -103,13 +103,32 @@ def partition_offsets(settings: Settings, topic: str, timeout: float = 10.0) -> 
         meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
         if meta is None or meta.error is not None:
             return []
-        infos = []
-        for p in sorted(meta.partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-            infos.append(PartitionInfo(p, low, high))
-        return infos
+        deadline = time.monotonic() + timeout
+        return [PartitionInfo(p, *_watermarks(consumer, TopicPartition(topic, p), deadline))
+                for p in sorted(meta.partitions)]
     finally:
         consumer.close()
+
+
+_LEADERSHIP_SETTLING = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION,
+                                  KafkaError.LEADER_NOT_AVAILABLE,
+                                  KafkaError.UNKNOWN_TOPIC_OR_PART})
+
+
+def _watermarks(consumer, tp: TopicPartition, deadline: float) -> tuple[int, int]:
+    """(low, high) of one partition, asking again while its leadership is still settling."""
+    # A topic created a moment ago can answer NOT_LEADER until every broker has caught up on
+    # its leaders; that is retriable, anything else is not.
+    while True:
+        try:
+            return consumer.get_watermark_offsets(
+                tp, timeout=max(0.1, deadline - time.monotonic()))
+        except KafkaException as exc:
+            err = exc.args[0]
+            settling = err.retriable() or err.code() in _LEADERSHIP_SETTLING
+            if not settling or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)  # back off before asking the broker again
 
 
 def drop_collection(settings: Settings, name: str, timeout: float = 30.0) -> None:
@@ -117,12 +136,12 @@ def drop_collection(settings: Settings, name: str, timeout: float = 30.0) -> Non
 
     Folders that a restored collection still references stay (indexer/gc.py).
     """
-    spec = catalog.load_spec(settings.redis_client(), name)
+    client = settings.redis_client()
+    spec = catalog.load_spec(client, name)
     admin = AdminClient(settings.kafka_config())
     topics = [spec.collection.topic, spec.collection.dlq_topic]
     _settle(admin.delete_topics(topics, operation_timeout=timeout), timeout,
             KafkaError.UNKNOWN_TOPIC_OR_PART, "delete")
-    client = settings.redis_client()
     catalog.forget(client, name)
     # Which folders others still reference is indexer's knowledge; imported here, not at the
     # top, so that ingest still loads without indexer.

@@ -230,7 +230,7 @@ def _run(client: redis.Redis, alias: str, current: bytes | None, head: bytes | N
     value = json.dumps({"target": target, "since": now, "actor": actor}, sort_keys=True)
     entry = json.dumps(Switch(previous, target, now, actor, action).to_json(), sort_keys=True)
     outcome = client.register_script(_SWITCH)(
-        keys=[alias_key(alias), history_key(alias), check_name(alias).key("spec")],
+        keys=[alias_key(alias), history_key(alias), catalog.spec_key(alias)],
         args=[current or b"", head or b"", value, entry, HISTORY_MAX])
     outcome = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
     if outcome == "collection":

@@ -8,11 +8,11 @@ from typing import Any, Literal
 
 from ingest.errors import IngestError
 from ingest.names import CollectionName
+from ingest.record import MAX_DIM  # a collection's vectors must fit the wire format
 
 Metric = Literal["l2", "ip", "cosine"]
 METRICS: tuple[str, ...] = ("l2", "ip", "cosine")
 MAX_PARTITIONS = 1024
-MAX_DIM = 65536
 
 
 class SpecError(IngestError, ValueError):

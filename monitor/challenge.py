@@ -207,12 +207,14 @@ class Evaluator:
         m.latency.labels(self.alias, "champion").observe(record.champion_ms / 1000.0)
         if record.challenger_ms is not None:
             m.latency.labels(self.alias, "challenger").observe(record.challenger_ms / 1000.0)
-        totals = stats(self.client, self.alias, record.challenge)
-        if totals.overlap is not None:
-            m.overlap.labels(self.alias).set(totals.overlap)
+        # The means need only the totals hash, not the latency lists `stats` also reads.
+        overlap, recall = _means(_totals(
+            self.client.hgetall(challenges.stats_key(self.alias, record.challenge))))
+        if overlap is not None:
+            m.overlap.labels(self.alias).set(overlap)
         for role in ROLES:
-            if totals.recall[role] is not None:
-                m.recall.labels(self.alias, role).set(totals.recall[role])
+            if recall[role] is not None:
+                m.recall.labels(self.alias, role).set(recall[role])
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,11 +243,7 @@ def stats(client: redis.Redis, alias: str, challenge_id: str) -> Stats:
         for role in ROLES:
             pipe.lrange(challenges.latency_key(alias, challenge_id, role), 0, -1)
         raw, *samples = pipe.execute()
-    f = {k.decode(): float(v) for k, v in raw.items()}
-
-    def mean(total: str, n: str) -> float | None:
-        return f[total] / f[n] if f.get(n) else None
-
+    f = _totals(raw)
     latency = {}
     for role, values in zip(ROLES, samples, strict=True):
         ms = np.array([float(v) for v in values])
@@ -253,9 +251,21 @@ def stats(client: redis.Redis, alias: str, challenge_id: str) -> Stats:
                          "p50": float(np.percentile(ms, 50)) if len(ms) else None,
                          "p99": float(np.percentile(ms, 99)) if len(ms) else None}
     return Stats(int(f.get("searches", 0)), int(f.get("queries", 0)),
-                 int(f.get("compared", 0)), int(f.get("errors", 0)),
-                 mean("overlap_sum", "compared"),
-                 {r: mean(f"{r}_recall_sum", f"{r}_recall_n") for r in ROLES}, latency)
+                 int(f.get("compared", 0)), int(f.get("errors", 0)), *_means(f), latency)
+
+
+def _totals(raw: dict[bytes, bytes]) -> dict[str, float]:
+    """A stats hash as read from Redis, field -> total."""
+    return {k.decode(): float(v) for k, v in raw.items()}
+
+
+def _means(f: dict[str, float]) -> tuple[float | None, dict[str, float | None]]:
+    """Mean overlap@k and each role's mean recall@k from the totals; None where nothing counted."""
+    def mean(total: str, n: str) -> float | None:
+        return f[total] / f[n] if f.get(n) else None
+
+    return (mean("overlap_sum", "compared"),
+            {r: mean(f"{r}_recall_sum", f"{r}_recall_n") for r in ROLES})
 
 
 class ChallengeWatch:

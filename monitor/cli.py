@@ -91,8 +91,7 @@ def _monitor(args: argparse.Namespace, settings: Settings) -> int:
     serve(health, args.metrics_port or settings.metrics_port)
     # Every periodic task reports its turns: the monitor is ready once each has run once.
     for m in service.monitors:
-        turns = [(name, every, health.turn(fn, name=name)) for name, every, fn in m.tasks(options)]
-        m.tasks = lambda _options, turns=turns: turns
+        m.tasks = [(name, every, health.turn(fn, name=name)) for name, every, fn in m.tasks]
     health.add_check(redis_check(settings))
     health.ready("watching " + ", ".join(m.spec.name for m in service.monitors))
 

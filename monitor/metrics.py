@@ -12,15 +12,20 @@ DRIFT_STATES = {"ok": 0, "warning": 1, "drift": 2}
 CANARY_FAILURE_REASONS = ("produce", "search", "timeout", "delete")
 
 
+def _maker(registry: CollectorRegistry, first_label: str):
+    """A function that makes one metric of this role on `registry`, `first_label` first."""
+    def make(kind, name, doc, labels=(), **kw):
+        return kind(name, doc, [first_label, *labels], namespace=NAMESPACE, subsystem=SUBSYSTEM,
+                    registry=registry, **kw)
+
+    return make
+
+
 class MonitorMetrics:
     """Every monitor metric on one registry; call `labels(metric, ...)` to get a child."""
 
     def __init__(self, registry: CollectorRegistry, collection: str) -> None:
-        def make(kind, name, doc, labels=(), **kw):
-            """One metric of this role, labelled by collection first."""
-            return kind(name, doc, ["collection", *labels], namespace=NAMESPACE,
-                        subsystem=SUBSYSTEM, registry=registry, **kw)
-
+        make = _maker(registry, "collection")
         self.collection = collection
         self.drift_mean_cosine_distance = make(
             Gauge, "drift_mean_cosine_distance", "1 - cosine of the reference and current "
@@ -66,18 +71,13 @@ class MonitorMetrics:
 # Client-measured search latency: a cached answer in a millisecond up to a timed-out shadow.
 CHALLENGE_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
                              5, 10)
-CHALLENGE_ROLES = ("champion", "challenger")
 
 
 class ChallengeMetrics:
     """Champion-challenger metrics, labelled by alias: `streamvec_monitor_challenge_*`."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        def make(kind, name, doc, labels=(), **kw):
-            """One metric of this role, labelled by alias first."""
-            return kind(name, doc, ["alias", *labels], namespace=NAMESPACE,
-                        subsystem=SUBSYSTEM, registry=registry, **kw)
-
+        make = _maker(registry, "alias")
         self.queries = make(Counter, "challenge_queries", "Query vectors of shadowed searches "
                             "the evaluator compared.")
         self.shadow_errors = make(Counter, "challenge_shadow_errors", "Shadowed searches the "

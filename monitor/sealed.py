@@ -3,7 +3,8 @@
 # A row is visible when no later segment hides it (indexer/view.py) and it is not a canary
 # row, which searchers never return. Segments are immutable, so each is loaded (and its
 # checksums verified) once and kept memory-mapped; the visible-row lists are recomputed only
-# when the registry version moves.
+# when the registry version moves. Search here is exact over the vectors, so a segment's FAISS
+# index, which loads into memory whole for Flat and HNSW, is let go as soon as it is checked.
 
 from __future__ import annotations
 
@@ -66,7 +67,9 @@ class SealedView:
         for rec in records:
             if rec.segment_id not in self._loaded:
                 folder = remote.local_folder(self.root, rec.path)  # fetched if missing here
-                self._loaded[rec.segment_id] = load_segment(folder, verify=True)
+                segment = load_segment(folder, verify=True)
+                segment.index = None
+                self._loaded[rec.segment_id] = segment
             segments.append(self._loaded[rec.segment_id])
         hidden = hidden_rows(segments)
         parts = []

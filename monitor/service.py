@@ -76,14 +76,13 @@ class CollectionMonitor:
                                          self.metrics, self.search_client, summary=self.summary,
                                          latencies=self.latencies)
         self.rate = QueryRate(client, name)
-
-    def tasks(self, options: MonitorOptions) -> list[tuple[str, float, Callable[[], object]]]:
-        """(name, interval, callable) of every periodic task that is switched on."""
         wanted = [("drift", options.drift, self.drift.run_once),
                   ("canary", options.canary, self.canary.run_once),
                   ("recall", options.recall, self.recall.run_once),
                   ("rates", RATE_EVERY_S, self.sample_rates)]
-        return [(f"{self.spec.name}-{n}", s, fn) for n, s, fn in wanted if s > 0]
+        # (name, interval, callable) of every periodic task that is switched on.
+        self.tasks: list[tuple[str, float, Callable[[], object]]] = [
+            (f"{name}-{n}", s, fn) for n, s, fn in wanted if s > 0]
 
     def sample_rates(self) -> None:
         """Publish the query rate and the p99 of the monitor's own query latencies."""
@@ -129,7 +128,7 @@ class Service:
         """Start the reader and task threads."""
         for monitor in self.monitors:
             self._spawn(f"sv-monitor-{monitor.spec.name}-reader", monitor.reader.run)
-            for name, every, fn in monitor.tasks(self.options):
+            for name, every, fn in monitor.tasks:
                 self._spawn(f"sv-monitor-{name}", lambda every=every, fn=fn, name=name:
                             self._every(name, every, fn))
         if self.options.challenge > 0:

@@ -65,16 +65,17 @@ def execute(requests: Sequence[QueryRequest], queries: Sequence[np.ndarray | Que
     """Answer every valid request; a request that fails gets its error, the others still run."""
     answers: list[QueryAnswer | QueryError | None] = list(
         q if isinstance(q, QueryError) else None for q in queries)
+    ends = np.cumsum([s.source.rows for s in sources], dtype=np.int64)  # global key bounds
     plain = [i for i, q in enumerate(queries)
              if not isinstance(q, QueryError) and not _filtered(requests[i])]
     if plain:
-        _answer_plain(requests, queries, plain, sources, metric, offsets, answers)
+        _answer_plain(requests, queries, plain, sources, ends, metric, offsets, answers)
     for i, q in enumerate(queries):
         if answers[i] is None:
             try:
                 scores, keys = fan_out(sources, q, _fetch_k(requests[i]), metric,
                                        requests[i].filter)
-                answers[i] = _answer(requests[i], scores, keys, sources, offsets)
+                answers[i] = _answer(requests[i], scores, keys, sources, ends, offsets)
             except Exception as exc:  # one request's failure must not fail the batch
                 log.exception("request %s failed", requests[i].request_id)
                 answers[i] = QueryError("internal", f"{type(exc).__name__}: {exc}")
@@ -115,8 +116,8 @@ def _locate(keys: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 def _answer_plain(requests: Sequence[QueryRequest], queries: Sequence, plain: list[int],
-                  sources: Sequence[Searchable], metric: str, offsets: dict[int, int],
-                  answers: list) -> None:
+                  sources: Sequence[Searchable], ends: np.ndarray, metric: str,
+                  offsets: dict[int, int], answers: list) -> None:
     """Search every unfiltered request with one query matrix and split the result."""
     try:
         matrix = np.vstack([queries[i] for i in plain])
@@ -130,14 +131,14 @@ def _answer_plain(requests: Sequence[QueryRequest], queries: Sequence, plain: li
     for i in plain:
         n, k = len(queries[i]), _fetch_k(requests[i])
         answers[i] = _answer(requests[i], scores[start:start + n, :k], keys[start:start + n, :k],
-                             sources, offsets)
+                             sources, ends, offsets)
         start += n
 
 
 def _answer(request: QueryRequest, scores: np.ndarray, keys: np.ndarray,
-            sources: Sequence[Searchable], offsets: dict[int, int]) -> QueryAnswer:
+            sources: Sequence[Searchable], ends: np.ndarray,
+            offsets: dict[int, int]) -> QueryAnswer:
     """Turn merged keys into the request's k ids (and metadata), dropping empty slots."""
-    ends = np.cumsum([s.source.rows for s in sources], dtype=np.int64)
     canary = wants_canary(request)
     ids, out_scores, metadata = [], [], []
     for row_scores, row_keys in zip(scores, keys, strict=True):

@@ -99,78 +99,42 @@ class SegmentSet:
         """Every served segment, by (partition, start offset)."""
         return [e for p in sorted(self._parts) for e in self._parts[p].entries]
 
-    def known(self) -> set[str]:
-        """Ids of the segments served or refused."""
-        return {e.segment_id for p in self._parts.values() for e in p.entries} | {
-            sid for p in self._parts.values() for sid in p.refused}
-
     def coverage(self, partition: int) -> int:
         """The end of the offsets the served (or refused) segments of `partition` cover."""
         part = self._parts.get(partition)
         return 0 if part is None else part.covered
 
-    def rows(self) -> int:
-        """Rows in the served segments, hidden ones included."""
-        return sum(e.rows for e in self._by_number.values())
-
-    def install(self, segment: LoadedSegment) -> None:
-        """Serve a segment: it hides what it overwrites and joins the id map."""
-        part = self._parts.setdefault(segment.manifest.partition, _Partition())
-        if segment.manifest.start_offset < self.coverage(segment.manifest.partition):
-            # Out of order (a rebuilt registry): redo the partition in offset order.
-            others = [e.segment for e in part.entries]
-            self._rebuild(segment.manifest.partition, [*others, segment])
-            return
-        self._apply(part, segment)
-
-    def refuse(self, record: SegmentRecord) -> None:
-        """Remember a refused segment: its offsets count as covered, its rows are not served."""
-        part = self._parts.setdefault(record.partition, _Partition())
-        part.refused[record.segment_id] = record.end_offset
-        part.covered = max(part.covered, record.end_offset)
-
-    def release(self, segment_ids: set[str]) -> set[int]:
-        """Stop serving these segments; return the partitions that were rebuilt."""
-        touched: set[int] = set()
-        for partition, part in self._parts.items():
-            if any(sid in segment_ids for sid in part.refused):
-                part.refused = {s: e for s, e in part.refused.items() if s not in segment_ids}
-                touched.add(partition)
-            if any(e.segment_id in segment_ids for e in part.entries):
-                touched.add(partition)
-        for partition in touched:
-            part = self._parts[partition]
-            keep = [e.segment for e in part.entries if e.segment_id not in segment_ids]
-            self._rebuild(partition, keep)
-        return touched
-
     def replace(self, gone: set[str], segments: list[LoadedSegment],
                 refused: list[SegmentRecord]) -> set[int]:
         """Drop `gone`, serve `segments`, refuse `refused`, all in one step; return the partitions.
 
-        A partition that only gains segments past its coverage is extended in place; any other
-        change (compaction, a generation switch) replays the partition in offset order.
+        A refused segment's offsets count as covered, its rows are not served. A partition
+        that only gains segments past its coverage is extended in place; any other change
+        (compaction, a generation switch, a segment older than the served ones) replays the
+        partition in offset order.
         """
         new: dict[int, list[LoadedSegment]] = {}
         for segment in sorted(segments, key=lambda s: s.manifest.start_offset):
             new.setdefault(segment.manifest.partition, []).append(segment)
-        touched = set(new) | {r.partition for r in refused} | {
-            p for p, part in self._parts.items()
-            if any(e.segment_id in gone for e in part.entries) or not gone.isdisjoint(part.refused)}
+        hit = {p for p, part in self._parts.items()
+               if any(e.segment_id in gone for e in part.entries) or not gone.isdisjoint(
+                   part.refused)}
+        for partition in hit:  # before the new refusals: a moved segment may be refused again
+            part = self._parts[partition]
+            part.refused = {sid: end for sid, end in part.refused.items() if sid not in gone}
         for record in refused:
             part = self._parts.setdefault(record.partition, _Partition())
             part.refused[record.segment_id] = record.end_offset
+        touched = hit | set(new) | {r.partition for r in refused}
         for partition in touched:
             part = self._parts.setdefault(partition, _Partition())
             adding = new.get(partition, [])
-            hit = any(e.segment_id in gone for e in part.entries) or not gone.isdisjoint(
-                part.refused)
-            if not hit and (not adding or adding[0].manifest.start_offset >= part.covered):
+            if partition not in hit and (
+                    not adding or adding[0].manifest.start_offset >= part.covered):
                 for segment in adding:
                     self._apply(part, segment)
                 part.covered = max([part.covered, *part.refused.values()])
                 continue
-            part.refused = {sid: end for sid, end in part.refused.items() if sid not in gone}
             keep = [e.segment for e in part.entries if e.segment_id not in gone]
             self._rebuild(partition, keep + adding)
         return touched

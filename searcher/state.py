@@ -43,11 +43,6 @@ class ServingState:
         self._published_positions = dict(self._next)
         self._published_caught_up: dict[int, float] = {}
 
-    def known(self) -> set[str]:
-        """Segment ids served or refused."""
-        with self.lock:
-            return self.segments.known()
-
     def served(self) -> dict[str, str]:
         """Segment id -> registered path of every segment served or refused."""
         with self.lock:
@@ -57,8 +52,10 @@ class ServingState:
                 loaded: list[tuple[SegmentRecord, LoadedSegment | None]]) -> None:
         """Apply one registry change as one swap: no query sees half of it.
 
-        A compaction or generation switch removes segments and adds others over the same
-        offsets; done in two steps, a query in between would miss those rows.
+        `loaded` pairs each new record with its segment, None where it was refused. A
+        compaction or generation switch removes segments and adds others over the same
+        offsets; done in two steps, a query in between would miss those rows. Where coverage
+        went back, the tail is read again from there; elsewhere it drops what is now covered.
         """
         with self.lock:
             before = {p: self.segments.coverage(p) for p in self.partitions}
@@ -79,36 +76,6 @@ class ServingState:
             self._swapped()
         log.info("segments swapped: %d released, %d installed (%d refused)", len(gone),
                  len(loaded) - len(refused), len(refused))
-
-    def install(self, record: SegmentRecord, segment: LoadedSegment | None) -> None:
-        """Serve a newly registered segment (None: it was refused) and trim the tail under it."""
-        with self.lock:
-            if segment is None:
-                self.segments.refuse(record)
-                self.metrics.labels(self.metrics.refused_segments).inc()
-            else:
-                self.segments.install(segment)
-            partition = record.partition
-            self._paths[record.segment_id] = record.path
-            self.tail.trim(partition, self.segments.coverage(partition))
-            self.segments.reset_tail_hides(partition, self.tail.ids(partition))
-            self._swapped()
-        log.info('partition="%d" segment=%s %s', record.partition, record.segment_id,
-                 "refused" if segment is None else "installed")
-
-    def release(self, segment_ids: set[str]) -> None:
-        """Stop serving segments no longer registered; re-read the tail where coverage shrank."""
-        with self.lock:
-            before = {p: self.segments.coverage(p) for p in self.partitions}
-            for sid in segment_ids:
-                self._paths.pop(sid, None)
-            for partition in self.segments.release(segment_ids):
-                coverage = self.segments.coverage(partition)
-                if coverage < before.get(partition, 0):
-                    self._rewind(partition, coverage)
-                self.segments.reset_tail_hides(partition, self.tail.ids(partition))
-            self._swapped()
-        log.info("released segments %s", sorted(segment_ids))
 
     def start_offsets(self) -> tuple[dict[int, int], int]:
         """Where the reader must read each partition from, and the rewind generation."""

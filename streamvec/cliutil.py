@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from confluent_kafka import KafkaException
@@ -37,11 +39,8 @@ def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         raise CommandError(f"Kafka failed: {exc.args[0].str() if exc.args else exc}") from None
 
 
-def write_text_atomic(path: Any, text: str) -> None:
+def write_text_atomic(path: Path | str, text: str) -> None:
     """Replace a text file in one rename, so a reader never sees half of it."""
-    import os
-    from pathlib import Path
-
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

@@ -49,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Run the demo end to end and print a per-partition summary."""
     texts = corpus.sentences(args.rows, seed=args.seed)
-    vectors, source = _embed(texts)
+    encoder = embed.load_encoder_or_none()
+    vectors, source = _embed(encoder, texts)
     spec = CollectionSpec(args.collection, dim=vectors.shape[1], metric="cosine",
                           partitions=args.partitions, seal_rows=args.seal_rows, seal_seconds=2.0)
     try:
@@ -71,12 +72,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     elapsed = time.perf_counter() - started
     _print_summary(settings, spec, ids, offsets, elapsed)
     _index(settings, spec)
-    _search(settings, spec)
+    _search(settings, spec, encoder)
     return 0
 
 
-def _embed(texts: list[str]) -> tuple[np.ndarray, str]:
-    encoder = embed.load_encoder_or_none()
+def _embed(encoder: embed.SentenceEncoder | None, texts: list[str]) -> tuple[np.ndarray, str]:
     if encoder is None:
         print("note: the sentence model could not load; using a seeded clustered set instead")
         return embed.fallback_vectors(len(texts)), "a seeded clustered set (fallback)"
@@ -131,9 +131,9 @@ DEMO_QUERIES = (
 )
 
 
-def _search(settings: Settings, spec: CollectionSpec) -> None:
+def _search(settings: Settings, spec: CollectionSpec,
+            encoder: embed.SentenceEncoder | None) -> None:
     """Serve the collection in-process and answer a few text queries through Redis."""
-    encoder = embed.load_encoder_or_none()
     if encoder is None:
         print("no sentence model: skipping the text queries")
         return

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamvec.devstack.jars import ensure_jars
+from streamvec.devstack.jars import cache_dir, ensure_jars
 from streamvec.devstack.kafka import KafkaServer
 from streamvec.devstack.ports import port_in_use
 from streamvec.devstack.process import ServerProcess
@@ -56,11 +56,6 @@ class ServerStatus:
 def state_dir(settings: Settings) -> Path:
     """Return the folder that holds the stack's data, pid files and logs."""
     return settings.home / "stack"
-
-
-def cache_dir(settings: Settings) -> Path:
-    """Return the folder that holds downloads reused across runs (the broker jars)."""
-    return settings.home / "cache"
 
 
 def fetch(settings: Settings, echo: Callable[[str], None] | None = None) -> Path:

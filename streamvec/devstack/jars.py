@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streamvec.errors import CommandError
+from streamvec.settings import Settings
 
 DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "local"
 POM = DEPLOY_DIR / "pom.xml"
@@ -81,6 +82,11 @@ def java_executable() -> str:
     if major < MIN_JAVA:
         raise CommandError(f"{java} is Java {major}; the local servers need Java {MIN_JAVA}+")
     return java
+
+
+def cache_dir(settings: Settings) -> Path:
+    """Return the folder that holds downloads reused across runs (the server jars)."""
+    return settings.home / "cache"
 
 
 def jars_dir(cache_dir: Path, jars: JarSet = KAFKA) -> Path:
@@ -174,3 +180,8 @@ def _run_counting(argv: list[str], log_file: Path) -> int:
                 bar.update(1)
         rc = proc.wait()
     return count if rc == 0 else -1
+
+
+def default_libs(jars: JarSet) -> Path:
+    """Return the jars folder of `jars` in the cache the environment's settings name."""
+    return ensure_jars(cache_dir(Settings()), jars=jars)

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
 
-from streamvec.devstack.jars import DEPLOY_DIR, ensure_jars, java_executable
+from streamvec.devstack.jars import DEPLOY_DIR, KAFKA, default_libs, ensure_jars, java_executable
 from streamvec.devstack.ports import LOOPBACK
-from streamvec.devstack.process import ServerProcess
+from streamvec.devstack.process import ServerProcess, write_properties
 from streamvec.errors import CommandError
 
 __all__ = ["KafkaServer", "cluster_id", "ensure_jars"]
@@ -109,7 +108,7 @@ class KafkaServer(ServerProcess):
         }
 
     def _java(self, main: str, *args: str) -> list[str]:
-        libs = self.libs or ensure_jars(_default_cache())
+        libs = self.libs or default_libs(KAFKA)
         return [
             java_executable(),
             *JVM_OPTS,
@@ -120,13 +119,6 @@ class KafkaServer(ServerProcess):
             main,
             *args,
         ]
-
-    def _write_properties(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        text = "".join(f"{k}={v}\n" for k, v in self.properties().items())
-        tmp = self.properties_path.with_suffix(".tmp")
-        tmp.write_text("# Written by streamvec on every start; edits are lost.\n" + text)
-        os.replace(tmp, self.properties_path)
 
     def format_storage(self) -> None:
         """Format the metadata log with a new cluster id unless it was formatted before."""
@@ -146,7 +138,8 @@ class KafkaServer(ServerProcess):
         """Write the config, format storage on the first start, and launch the JVM detached."""
         if self.running():
             return
-        self._write_properties()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        write_properties(self.properties_path, self.properties())
         self.format_storage()
         self.spawn(
             self._java("kafka.Kafka", str(self.properties_path)), die_with_parent=die_with_parent
@@ -175,11 +168,3 @@ class KafkaServer(ServerProcess):
         self.wait_until(
             lambda: self.healthy(timeout=1.0), timeout, f"answering on {self.bootstrap}"
         )
-
-
-def _default_cache() -> Path:
-    # Imported here: the package imports this module, so a top-level import would be circular.
-    from streamvec.devstack import cache_dir
-    from streamvec.settings import Settings
-
-    return cache_dir(Settings())

@@ -36,12 +36,3 @@ def port_in_use(port: int, host: str = LOOPBACK) -> bool:
         except OSError:
             return True
         return False
-
-
-def accepts_connections(port: int, host: str = LOOPBACK, timeout: float = 0.5) -> bool:
-    """Tell whether a TCP connection to `host:port` succeeds."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False

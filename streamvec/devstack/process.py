@@ -1,4 +1,4 @@
-"""A server process started detached and tracked by a pid file, shared by Kafka and Redis."""
+"""A server process started detached and tracked by a pid file, shared by the local servers."""
 
 from __future__ import annotations
 
@@ -37,6 +37,14 @@ def pid_alive(pid: int) -> bool:
     except (OSError, IndexError):
         return True
     return state != "Z"
+
+
+def write_properties(path: Path, properties: dict[str, str]) -> None:
+    """Write a server's `key=value` configuration file in one rename."""
+    text = "".join(f"{k}={v}\n" for k, v in properties.items())
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("# Written by streamvec on every start; edits are lost.\n" + text)
+    os.replace(tmp, path)
 
 
 def cmdline(pid: int) -> str | None:

@@ -8,6 +8,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
 from streamvec.devstack.ports import LOOPBACK
 from streamvec.devstack.process import ServerProcess
 from streamvec.errors import CommandError
@@ -93,12 +97,8 @@ class RedisServer(ServerProcess):
         self.spawn(self.argv(redis_server_executable()), die_with_parent=die_with_parent)
         log.debug("redis starting: pid=%s url=%s", self.pid, self.url)
 
-    def client(self, timeout: float = 1.0):  # noqa: ANN201 - redis.Redis, imported lazily
+    def client(self, timeout: float = 1.0) -> redis.Redis:
         """Open a client to this server."""
-        import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
         # No retries: a health probe must answer now, and SHUTDOWN must not be resent.
         return redis.Redis(
             host=LOOPBACK,
@@ -110,8 +110,6 @@ class RedisServer(ServerProcess):
 
     def healthy(self, timeout: float = 1.0) -> bool:
         """Tell whether the server answers PING."""
-        import redis
-
         try:
             with self.client(timeout) as conn:
                 return bool(conn.ping())
@@ -124,8 +122,6 @@ class RedisServer(ServerProcess):
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop with SHUTDOWN NOSAVE (the AOF is still flushed), falling back to signals."""
-        import redis
-
         if self.running():
             try:
                 with self.client() as conn:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import http.client
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
-from streamvec.devstack.jars import DEPLOY_DIR, S3PROXY, ensure_jars, java_executable
+from streamvec.devstack.jars import DEPLOY_DIR, S3PROXY, default_libs, java_executable
 from streamvec.devstack.ports import LOOPBACK
-from streamvec.devstack.process import ServerProcess
+from streamvec.devstack.process import ServerProcess, write_properties
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +78,8 @@ class S3ProxyServer(ServerProcess):
         if self.running():
             return
         self.blobs_dir.mkdir(parents=True, exist_ok=True)
-        text = "".join(f"{k}={v}\n" for k, v in self.properties().items())
-        tmp = self.properties_path.with_suffix(".tmp")
-        tmp.write_text("# Written by streamvec on every start; edits are lost.\n" + text)
-        os.replace(tmp, self.properties_path)
-        libs = self.libs or ensure_jars(_default_cache(), jars=S3PROXY)
+        write_properties(self.properties_path, self.properties())
+        libs = self.libs or default_libs(S3PROXY)
         argv = [java_executable(), *JVM_OPTS, f"-Dlogback.configurationFile={LOGBACK_CONFIG}",
                 "-cp", f"{libs}/*", MAIN_CLASS, "--properties", str(self.properties_path)]
         self.spawn(argv, die_with_parent=die_with_parent)
@@ -104,11 +100,3 @@ class S3ProxyServer(ServerProcess):
         """Block until the server answers; raise with the log tail if it dies or time runs out."""
         self.wait_until(lambda: self.healthy(timeout=1.0), timeout,
                         f"answering on {self.endpoint}")
-
-
-def _default_cache() -> Path:
-    # Imported here: the package imports the server modules, so a top-level import is circular.
-    from streamvec.devstack import cache_dir
-    from streamvec.settings import Settings
-
-    return cache_dir(Settings())

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -20,8 +21,9 @@ from searcher.server import Server
 class Running:
     """Run `target` on a daemon thread; `stop()` calls `halt`, joins and re-raises its error."""
 
-    def __init__(self, target, halt, name: str) -> None:
+    def __init__(self, target, halt, name: str, *, stop_timeout: float = 60.0) -> None:
         self.halt = halt
+        self.stop_timeout = stop_timeout
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, args=(target,), name=name, daemon=True)
         self.thread.start()
@@ -34,8 +36,9 @@ class Running:
 
     def stop(self) -> None:
         self.halt()
-        self.thread.join(60)
-        assert not self.thread.is_alive(), f"{self.thread.name} did not stop within 60 s"
+        self.thread.join(self.stop_timeout)
+        assert not self.thread.is_alive(), (
+            f"{self.thread.name} did not stop within {self.stop_timeout:g} s")
         if self.error is not None:
             raise self.error
 
@@ -79,15 +82,30 @@ def exact_top_k(live: dict[str, np.ndarray], queries: np.ndarray, k: int
     return [[ids[j] for j in row] for row in order], np.take_along_axis(d2, order, axis=1)
 
 
+@dataclass
+class Served:
+    """A collection's indexer and searcher replicas, running on threads."""
+
+    indexer: IndexerThread
+    searchers: list[SearcherThread]
+
+
+@contextmanager
+def served(settings, spec: CollectionSpec, searchers: int = 1) -> Iterator[Served]:
+    """Create a collection and run its indexer and `searchers` replicas for the block."""
+    admin.create_collection(settings, spec)
+    with ExitStack() as stack:
+        running = Served(IndexerThread(settings, spec.name), [])
+        stack.callback(running.indexer.stop)
+        for r in range(searchers):
+            running.searchers.append(SearcherThread(settings, spec.name, replica=f"r{r + 1}"))
+            stack.callback(running.searchers[-1].stop)
+        yield running
+
+
 @contextmanager
 def serving(settings, name: str, **spec: object) -> Iterator[CollectionSpec]:
     """Create a Flat collection and run its indexer and searcher for the block's duration."""
     created = CollectionSpec(name, **{"index": "Flat", **spec})
-    admin.create_collection(settings, created)
-    indexer = IndexerThread(settings, created.name)
-    searcher = SearcherThread(settings, created.name)
-    try:
+    with served(settings, created):
         yield created
-    finally:
-        searcher.stop()
-        indexer.stop()

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import redis
 from prometheus_client import CollectorRegistry
+from stack import Running
 
 from ingest import catalog
 from ingest.spec import CollectionSpec
@@ -103,25 +104,12 @@ def serving(settings: Settings, engine: StandIn, *, consumer: str = "r1",
     registry = CollectorRegistry()
     server = server_class(settings, engine.spec.name, engine, consumer=consumer,
                           metrics=SearcherMetrics(registry, engine.spec.name), **options)
-    failures: list[BaseException] = []
     server.ensure_group()  # so that a test can look at the group as soon as the block starts
-
-    def target() -> None:
-        try:
-            server.run()
-        except BaseException as exc:  # surfaced in the test thread below
-            failures.append(exc)
-
-    thread = threading.Thread(target=target, name=f"server-{consumer}", daemon=True)
-    thread.start()
+    replica = Running(server.run, server.stop, f"server-{consumer}", stop_timeout=DEADLINE_S)
     try:
         yield server, Metrics(registry, engine.spec.name)
     finally:
-        server.stop()
-        thread.join(DEADLINE_S)
-        assert not thread.is_alive(), f"replica {consumer} did not stop"
-        if failures:
-            raise failures[0]
+        replica.stop()
 
 
 class Metrics:

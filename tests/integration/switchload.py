@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 from polling import wait_until
-from stack import IndexerThread, SearcherThread, exact_top_k
+from stack import exact_top_k
 from workers import wait_fully_indexed
 
-from ingest import admin
 from ingest.producer import Producer
 from ingest.spec import CollectionSpec
 from searcher.client import Client
@@ -219,27 +217,6 @@ class QueryLoad:
         rates = {w.name: round(w.rate) for w in self.windows}
         print(f"query rates during switches (queries/s): {rates}; {len(self.done)} answered")
         assert all(w.rate >= MIN_QPS for w in self.windows), f"below {MIN_QPS:g}/s: {rates}"
-
-
-@dataclass
-class Served:
-    """A collection's indexer and searcher replicas, running on threads."""
-
-    indexer: IndexerThread
-    searchers: list[SearcherThread]
-
-
-@contextmanager
-def served(settings, spec: CollectionSpec, searchers: int = 1) -> Iterator[Served]:
-    """Create a collection and run its indexer and `searchers` replicas for the block."""
-    admin.create_collection(settings, spec)
-    with ExitStack() as stack:
-        running = Served(IndexerThread(settings, spec.name), [])
-        stack.callback(running.indexer.stop)
-        for r in range(searchers):
-            running.searchers.append(SearcherThread(settings, spec.name, replica=f"r{r + 1}"))
-            stack.callback(running.searchers[-1].stop)
-        yield running
 
 
 def load_sealed(settings, spec: CollectionSpec, rows: dict[str, np.ndarray]) -> None:

@@ -14,7 +14,7 @@ import threading
 import numpy as np
 import pytest
 from polling import wait_until
-from stack import SearcherThread, exact_top_k
+from stack import SearcherThread, exact_top_k, served
 from switchload import (
     DIM,
     INDEX_TIMEOUT_S,
@@ -28,7 +28,6 @@ from switchload import (
     load_queries,
     load_sealed,
     near,
-    served,
     spec_for,
     stable_rows,
 )

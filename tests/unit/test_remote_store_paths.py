@@ -143,10 +143,11 @@ def test_readers_fetch_missing_folders_only_from_an_attached_store(tmp_path: Pat
     manifest = write_segment(local)
     rel = remote.rel_path(manifest)
     settings = Settings(snapshots=tmp_path / "reader", snapshot_url=f"file://{tmp_path}/b")
-    assert remote.RemoteStore.from_settings(settings).push_segment(local, manifest)
+    objects = remote.RemoteStore.from_settings(settings)
+    assert objects.push_segment(local, manifest)
     assert remote.local_folder(settings.snapshots, rel) == settings.snapshots / rel
     assert not (settings.snapshots / rel).exists()  # nothing attached to this root yet
-    assert remote.ensure_local(settings, rel) == settings.snapshots / rel
+    assert objects.fetch(rel, settings.snapshots) == settings.snapshots / rel
     assert files_of(settings.snapshots / rel) == files_of(local / rel)
     store.remove(settings.snapshots / rel)
     assert remote.attach(settings) is not None

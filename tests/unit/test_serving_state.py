@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -146,14 +147,14 @@ def test_tail_ops_hide_sealed_rows_and_every_swap_keeps_the_state(tmp_path, stat
         state.apply(chain.log[applied:target])
         applied = target
         assert_state(state, {**others, **state_after(chain, max(applied, covered))})
-        state.install(rec, seg)
+        state.replace(set(), [(rec, seg)])
         covered = rec.end_offset
         assert_state(state, {**others, **state_after(chain, max(applied, covered))})
         state.apply(chain.log[applied:])
         applied = len(chain.log)
         assert_state(state, {**others, **state_after(chain, applied)})
         assert state.positions() == {0: applied, 1: 5}
-    state.install(*chain.seal())
+    state.replace(set(), [chain.seal()])
     assert_state(state, {**others, **state_after(chain, applied)})
     assert state.tail.row_count() == sum(len(m.batch) for m in other.log)
 
@@ -163,7 +164,7 @@ def test_a_lagging_tail_skips_what_segments_already_cover(tmp_path, state, regis
     msgs = rounds(chain, 10)
     rec, seg = chain.seal()
     later = rounds(chain, 3)
-    state.install(rec, seg)
+    state.replace(set(), [(rec, seg)])
     assert state.positions()[0] == 10
     state.apply(msgs + later)  # the reader started below the checkpoint
     assert_serves(state, chain)
@@ -182,9 +183,9 @@ def test_released_segment_rewinds_the_tail_to_the_new_coverage(tmp_path, state) 
     rec1, seg1 = chain.seal()
     second = rounds(chain, 8)
     rec2, seg2 = chain.seal()
-    state.install(rec1, seg1)
-    state.install(rec2, seg2)
-    state.release({rec2.segment_id})
+    state.replace(set(), [(rec1, seg1)])
+    state.replace(set(), [(rec2, seg2)])
+    state.replace({rec2.segment_id}, [])
     assert rewinds == [True] and state.positions()[0] == 8
     state.apply(second)  # fetched before the re-assignment: discarded
     assert state.tail.row_count() == 0
@@ -204,15 +205,15 @@ def test_segments_registered_again_out_of_order_are_replayed_in_offset_order(tmp
         rounds(chain, 6)
         installed.append(chain.seal())
     for rec, seg in installed:
-        state.install(rec, seg)
+        state.replace(set(), [(rec, seg)])
     assert_serves(state, chain)
-    state.release({installed[0][0].segment_id, installed[1][0].segment_id})
+    state.replace({installed[0][0].segment_id, installed[1][0].segment_id}, [])
     only_last = state_after(chain, 18)
     only_last = {k: v for k, v in only_last.items() if chain.written_at[k] >= 12}
     assert_state(state, only_last)
     assert state.positions()[0] == 18  # the last segment still covers up to its end
     for rec, seg in installed[:2]:  # older than what is served: the partition is replayed
-        state.install(rec, seg)
+        state.replace(set(), [(rec, seg)])
     assert_serves(state, chain)
 
 
@@ -224,15 +225,29 @@ def test_corrupt_segment_is_refused_counted_and_its_range_still_covered(tmp_path
     vectors = tmp_path / rec.path / "vectors.npy"
     vectors.write_bytes(vectors.read_bytes()[:-4] + b"\x00\x00\x80\x7f")
     assert segments.load(tmp_path, rec) is None
-    state.install(rec, None)
+    state.replace(set(), [(rec, None)])
     assert sample(registry, "refused_segments_total") == 1
     assert state.positions()[0] == 5 and visible(state) == {}
-    assert rec.segment_id in state.known()
+    assert rec.segment_id in state.served()
     later = rounds(chain, 3)
     rec2, seg2 = chain.seal()
     state.apply(later)
-    state.install(rec2, seg2)
+    state.replace(set(), [(rec2, seg2)])
     assert sorted(visible(state)) == sorted(chain.live(since=5))
+
+
+def test_a_refused_segment_moved_and_refused_again_keeps_its_range_covered(tmp_path,
+                                                                           state) -> None:
+    chain = Chain(tmp_path, 0, np.random.default_rng(8))
+    rewinds = []
+    state.on_rewind = lambda: rewinds.append(True)
+    rounds(chain, 5)
+    rec, _ = chain.seal()
+    state.replace(set(), [(rec, None)])
+    moved = dataclasses.replace(rec, path=f"{rec.path}-moved")  # a generation switch
+    state.replace({rec.segment_id}, [(moved, None)])
+    assert rewinds == [] and state.positions()[0] == 5
+    assert state.served() == {rec.segment_id: moved.path}
 
 
 def test_observe_records_when_each_partition_was_at_the_log_end(state) -> None:
