@@ -22,7 +22,7 @@ import logging
 import faiss
 
 from searcher import segments
-from streamvec import cli
+from streamvec import commands
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         return segment
 
     segments.load = tuned_load  # the watcher looks the loader up on the module at each load
-    return cli.main(["searcher", *rest])
+    return commands.main(["searcher", *rest])
 
 
 if __name__ == "__main__":

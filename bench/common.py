@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._machine import machine_facts, machine_line
-from streamvec.cliutil import write_text_atomic
+from streamvec.commands.common import write_text_atomic
 
 SCHEMA = 1
 SCALES = ("small", "full")

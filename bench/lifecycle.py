@@ -38,9 +38,9 @@ from bench.common import (
     print_table,
     raw_faiss_build,
 )
-from indexer import reindex
 from indexer.registry import Registry
 from indexer.view import load_registered
+from lifecycle import generations
 from searcher.client import Client
 from streamvec.settings import Settings
 
@@ -87,12 +87,12 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _builds(settings: Settings, name: str, index: str, repeats: int
-            ) -> tuple[float, float, reindex.SwitchReport]:
+            ) -> tuple[float, float, generations.SwitchReport]:
     """Raw FAISS over the segments' vectors and `reindex` of the same segments, in turns.
 
     Returns the best seconds of each and the last reindex's report.
     """
-    segments = load_registered(Registry(settings.redis_client(), name), settings.snapshots)
+    segments = load_registered(Registry(settings.redis_client(), name), settings.store)
     vectors = [np.array(s.vectors, dtype=np.float32) for s in segments if s.manifest.rows]
     del segments
     raw, ours = [], []
@@ -102,7 +102,7 @@ def _builds(settings: Settings, name: str, index: str, repeats: int
             raw_faiss_build(chunk, index)
         raw.append(time.perf_counter() - started)
         started = time.perf_counter()
-        report = reindex.reindex(settings, name, index)
+        report = generations.reindex(settings, name, index)
         ours.append(time.perf_counter() - started)
     return min(raw), min(ours), report
 
@@ -177,12 +177,12 @@ def _latencies(settings: Settings, name: str, args: argparse.Namespace, queries:
         steady = load.between(started, time.perf_counter())
         # A second generation of the same index, so every switch below serves alike.
         built_at, swapped_at, again = _switch(
-            load, searcher, lambda: reindex.reindex(settings, name, args.index))
+            load, searcher, lambda: generations.reindex(settings, name, args.index))
         switch, windows = [], []
         for turn in range(args.switches):
             target = again.previous if turn % 2 == 0 else again.generation
             start, end, _ = _switch(load, searcher,
-                                    lambda t=target: reindex.rollback(settings, name, to=t))
+                                    lambda t=target: generations.rollback(settings, name, to=t))
             windows.append(end - start)
             switch += load.between(start, end)
     finally:
@@ -215,7 +215,7 @@ def _wait(check: Callable[[], bool], what: str) -> None:
         time.sleep(PROBE_S)  # progress probe
 
 
-def _record(result: Result, args: argparse.Namespace, rebuilt: reindex.SwitchReport,
+def _record(result: Result, args: argparse.Namespace, rebuilt: generations.SwitchReport,
             reindex_s: float, raw_s: float, lat: Latencies) -> None:
     """Print the table and record the comparisons."""
     rate, raw_rate = rebuilt.rows / reindex_s, rebuilt.rows / raw_s

@@ -22,7 +22,7 @@ from typing import Any
 
 from bench import _plots, _render
 from bench._machine import machine_line
-from streamvec.cliutil import write_text_atomic
+from streamvec.commands.common import write_text_atomic
 
 BENCH = Path(__file__).resolve().parent
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
                 seal_rows=args.rows, seal_seconds=3.0) as (settings, spec, tmp):
         truth = exact_ids(data, queries, K)
         segments = load_registered(Registry(settings.redis_client(), spec.name),
-                                   settings.snapshots)
+                                   settings.store)
         sweep = [_point(settings, spec.name, tmp, segments, queries, truth, param, v, args)
                  for v in values]
     _record(result, sweep, param, len(segments), args)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import fsspec
 
-from indexer import snapshot, store
+from indexer import segfolder, store
 from indexer.errors import CorruptSegment, IndexerError, RemoteStoreError
 
 if TYPE_CHECKING:
@@ -42,9 +42,9 @@ def check_rel_path(rel_path: str | os.PathLike[str]) -> str:
     return "/".join(parts)
 
 
-def rel_path(manifest: snapshot.SegmentManifest) -> str:
+def rel_path(manifest: segfolder.SegmentManifest) -> str:
     """The store-relative path of the folder that holds the segment `manifest` describes."""
-    return snapshot.segment_path(Path(), manifest.collection, manifest.generation,
+    return segfolder.segment_path(Path(), manifest.collection, manifest.generation,
                                  manifest.partition, manifest.segment_id).as_posix()
 
 
@@ -68,9 +68,9 @@ class RemoteStore:
     @classmethod
     def from_settings(cls, settings: Settings) -> RemoteStore | None:
         """The object store `settings` name, or None when snapshots are local only."""
-        if not settings.snapshot_url:
+        if not settings.store_url:
             return None
-        return cls(settings.snapshot_url, settings.snapshot_storage_options)
+        return cls(settings.store_url, settings.store_options)
 
     def __repr__(self) -> str:
         return f"RemoteStore({self.url!r})"
@@ -82,25 +82,25 @@ class RemoteStore:
     def push(self, local_folder: Path | str, rel: str | os.PathLike[str]) -> bool:
         """Upload a finished segment folder, manifest last; False if the same one was there."""
         folder = Path(local_folder)
-        manifest = (folder / snapshot.MANIFEST).read_bytes()
+        manifest = (folder / segfolder.MANIFEST).read_bytes()
         dest = self.key(rel)
         with self._io(f"uploading {rel}"):
-            remote_manifest = self._read_or_none(f"{dest}/{snapshot.MANIFEST}")
+            remote_manifest = self._read_or_none(f"{dest}/{segfolder.MANIFEST}")
             if remote_manifest == manifest:
                 return False
             if remote_manifest is not None:
                 # A leftover of an owner that never registered it: make it incomplete first, so
                 # nobody takes the half-replaced folder for a whole one.
-                self.fs.rm_file(f"{dest}/{snapshot.MANIFEST}")
+                self.fs.rm_file(f"{dest}/{segfolder.MANIFEST}")
             if self._makes_dirs:
                 self.fs.makedirs(dest, exist_ok=True)
-            names = sorted(snapshot.FILES)
+            names = sorted(segfolder.FILES)
             self.fs.put([str(folder / n) for n in names], [f"{dest}/{n}" for n in names])
-            self.fs.pipe_file(f"{dest}/{snapshot.MANIFEST}", manifest)
+            self.fs.pipe_file(f"{dest}/{segfolder.MANIFEST}", manifest)
         log.info("segment=%s pushed to %s", folder.name, self.url)
         return True
 
-    def push_segment(self, local_root: Path | str, manifest: snapshot.SegmentManifest) -> bool:
+    def push_segment(self, local_root: Path | str, manifest: segfolder.SegmentManifest) -> bool:
         """Upload the local folder of the segment `manifest` describes (see `push`)."""
         rel = rel_path(manifest)
         return self.push(Path(local_root) / rel, rel)
@@ -124,7 +124,7 @@ class RemoteStore:
     def is_complete(self, rel: str | os.PathLike[str]) -> bool:
         """Whether a remote folder holds its manifest (uploaded last)."""
         with self._io(f"checking {rel}"):
-            return bool(self.fs.exists(f"{self.key(rel)}/{snapshot.MANIFEST}"))
+            return bool(self.fs.exists(f"{self.key(rel)}/{segfolder.MANIFEST}"))
 
     def is_registered(self, rel: str | os.PathLike[str]) -> bool:
         """Whether a remote folder carries its registration marker."""
@@ -146,7 +146,7 @@ class RemoteStore:
         try:
             self._download(rel, tmp)
             try:
-                snapshot.verify(tmp)
+                segfolder.verify(tmp)
             except CorruptSegment as exc:
                 raise CorruptSegment(f"{self.url}/{rel}", exc.file, exc.reason) from None
             if store.publish(tmp, final, verified):
@@ -180,7 +180,7 @@ class RemoteStore:
                     part_rel = f"{gen_rel}/p{part:04d}"
                     for name in self._children(part_rel, directories=True):
                         try:
-                            ident = snapshot.parse_segment_id(name)
+                            ident = segfolder.parse_segment_id(name)
                         except ValueError:
                             continue
                         found.append(((gen, ident), f"{part_rel}/{name}"))
@@ -190,7 +190,7 @@ class RemoteStore:
         """Delete a remote folder and its marker: marker first, then manifest, then the rest."""
         dest = self.key(rel)
         with self._io(f"removing {rel}"):
-            for key in (dest + store.MARKER_SUFFIX, f"{dest}/{snapshot.MANIFEST}"):
+            for key in (dest + store.MARKER_SUFFIX, f"{dest}/{segfolder.MANIFEST}"):
                 try:
                     self.fs.rm_file(key)
                 except FileNotFoundError:
@@ -204,13 +204,13 @@ class RemoteStore:
         src = self.key(rel)
         with self._io(f"downloading {rel}"):
             present = set(self._children(rel, directories=False))
-            if snapshot.MANIFEST not in present:
-                raise CorruptSegment(f"{self.url}/{rel}", snapshot.MANIFEST,
+            if segfolder.MANIFEST not in present:
+                raise CorruptSegment(f"{self.url}/{rel}", segfolder.MANIFEST,
                                      "missing (an incomplete upload, or no such folder)")
-            missing = sorted(snapshot.FILES - present)
+            missing = sorted(segfolder.FILES - present)
             if missing:
                 raise CorruptSegment(f"{self.url}/{rel}", missing[0], "missing")
-            names = sorted(snapshot.FILES) + [snapshot.MANIFEST]
+            names = sorted(segfolder.FILES) + [segfolder.MANIFEST]
             self.fs.get([f"{src}/{n}" for n in names], [str(tmp / n) for n in names])
         for name in names:
             store.fsync_file(tmp / name)
@@ -254,7 +254,7 @@ class RemoteStore:
 def verified(path: Path) -> bool:
     """Whether a local segment folder passes every check (sha256, fingerprint)."""
     try:
-        snapshot.verify(path)
+        segfolder.verify(path)
     except CorruptSegment:
         return False
     return True

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer import remote, snapshot
+from indexer import remote, segfolder
 from indexer.errors import IndexerError
 from indexer.idmap import IdMap
 from indexer.registry import Registry
@@ -72,7 +72,7 @@ def take_over(
             "they were indexed. Refusing to skip them silently: raise the topic's retention, "
             "restore the records, or rebuild the collection deliberately."
         )
-    removed = snapshot.remove_orphans(root, collection, generation, partition, checkpoint)
+    removed = segfolder.remove_orphans(root, collection, generation, partition, checkpoint)
     if removed:
         log.info('partition="%s[%d]" removed %s unregistered segment folder(s)',
                  collection, partition, removed)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import redis
 
-from indexer import snapshot, store
+from indexer import segfolder, store
 from indexer.errors import RebuildError
 from indexer.registry import Registry, SegmentRecord
 from ingest.names import CollectionName
@@ -52,14 +52,14 @@ def plan_rebuild(root: Path | str, collection: str, generation: int = 0) -> Rebu
     """
     CollectionName.parse(collection)
     by_partition: dict[int, list[Path]] = {}
-    for path in snapshot.list_segments(root, collection, generation):
-        by_partition.setdefault(snapshot.parse_segment_id(path.name)[0], []).append(path)
+    for path in segfolder.list_segments(root, collection, generation):
+        by_partition.setdefault(segfolder.parse_segment_id(path.name)[0], []).append(path)
     parts, records, ignored, recovered = [], [], [], []
     for partition, paths in sorted(by_partition.items()):
         chain = store.coverage_chain(partition, paths)
         chain_ids = {p.name for p in chain}
         ignored += [p.name for p in paths if p.name not in chain_ids]
-        recovered += [p.name for p in chain if not snapshot.is_registered(p)]
+        recovered += [p.name for p in chain if not segfolder.is_registered(p)]
         found = [_checked(path, collection, generation) for path in chain]
         records += [SegmentRecord.from_manifest(m) for m in found]
         parts.append(PartitionReport(partition, len(found), sum(m.rows for m in found),
@@ -76,16 +76,16 @@ def rebuild(client: redis.Redis, root: Path | str, collection: str,
     report = plan_rebuild(root, collection, generation)
     version = registry.replace_all(list(report.records), report.checkpoints, before)
     for seg_id in report.recovered:
-        snapshot.mark_registered(snapshot.segment_path(
-            root, collection, generation, snapshot.parse_segment_id(seg_id)[0], seg_id))
+        segfolder.mark_registered(segfolder.segment_path(
+            root, collection, generation, segfolder.parse_segment_id(seg_id)[0], seg_id))
     log.info("collection=%s registry rebuilt from %s: %d segments, version %d",
              collection, root, len(report.records), version)
     return replace(report, version=version)
 
 
-def _checked(path: Path, collection: str, generation: int) -> snapshot.SegmentManifest:
+def _checked(path: Path, collection: str, generation: int) -> segfolder.SegmentManifest:
     """Verify one chained folder completely and check it belongs where it lies."""
-    seg = snapshot.load_segment(path, verify=True)
+    seg = segfolder.load_segment(path, verify=True)
     m = seg.manifest
     if (m.collection, m.generation) != (collection, generation):
         raise RebuildError(f"segment {path} belongs to {m.collection} generation {m.generation}")

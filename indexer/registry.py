@@ -9,7 +9,7 @@ from pathlib import Path
 
 import redis
 
-from indexer import snapshot
+from indexer import segfolder
 from indexer.errors import RebuildError, SwapConflict
 from indexer.registry_scripts import REGISTER as _REGISTER
 from indexer.registry_scripts import SWAP as _SWAP
@@ -33,10 +33,10 @@ class SegmentRecord:
     created_at: float
 
     @classmethod
-    def from_manifest(cls, manifest: snapshot.SegmentManifest,
+    def from_manifest(cls, manifest: segfolder.SegmentManifest,
                       path: Path | str | None = None) -> SegmentRecord:
         """The record of a written segment; `path` defaults to its place under the store root."""
-        rel = Path(path) if path is not None else snapshot.segment_path(
+        rel = Path(path) if path is not None else segfolder.segment_path(
             Path(), manifest.collection, manifest.generation, manifest.partition,
             manifest.segment_id)
         return cls(manifest.segment_id, manifest.partition, manifest.start_offset,
@@ -112,7 +112,7 @@ class Registry:
 
     def register(self, record: SegmentRecord, epoch: int) -> RegisterResult:
         """Register a segment iff `epoch` owns its partition and it starts at the checkpoint."""
-        expected = snapshot.segment_id(record.partition, record.start_offset, record.end_offset)
+        expected = segfolder.segment_id(record.partition, record.start_offset, record.end_offset)
         if record.segment_id != expected:
             raise ValueError(f"segment id {record.segment_id!r} should be {expected!r}")
         event = _event("registered", record)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from indexer import snapshot, store
+from indexer import segfolder, store
 from indexer.errors import CorruptSegment
 from indexer.objectstore import RemoteStore, check_rel_path, rel_path, verified
 
@@ -40,11 +40,11 @@ class FetchReport:
 
 
 def attach(settings: Settings) -> RemoteStore | None:
-    """Serve folders missing under `settings.snapshots` from its object store, in this process."""
+    """Serve folders missing under `settings.store` from its object store, in this process."""
     objects = RemoteStore.from_settings(settings)
     if objects is not None:
         with _attached_lock:
-            _attached[_root_key(settings.snapshots)] = objects
+            _attached[_root_key(settings.store)] = objects
     return objects
 
 
@@ -63,7 +63,7 @@ def local_folder(root: Path | str, rel: str | os.PathLike[str]) -> Path:
     return objects.fetch(rel, root)
 
 
-def mirror_segment(root: Path | str, manifest: snapshot.SegmentManifest) -> bool:
+def mirror_segment(root: Path | str, manifest: segfolder.SegmentManifest) -> bool:
     """Push a segment just written under `root` to the object store attached to it, if any."""
     objects = attached(root)
     return objects is not None and objects.push_segment(root, manifest)

@@ -9,7 +9,7 @@ import numpy as np
 
 from indexer import remote
 from indexer.registry import Registry
-from indexer.snapshot import LoadedSegment, load_segment
+from indexer.segfolder import LoadedSegment, load_segment
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from indexer import faults, remote, rewrite, seal, snapshot
+from indexer import faults, publish, remote, seal, segfolder
 from indexer.dlq import DeadLetters
 from indexer.idmap import IdMap
 from indexer.metrics import IndexerMetrics
@@ -138,7 +138,7 @@ class Worker:
     def _seal(self, partition: int, reason: str, now: float) -> None:
         state = self.parts[partition]
         sealed = state.growing.seal()
-        segment_id = snapshot.segment_id(partition, sealed.start_offset, sealed.end_offset)
+        segment_id = segfolder.segment_id(partition, sealed.start_offset, sealed.end_offset)
         hides = self.idmap.hides_for(sealed)
         self.idmap.apply(segment_id, sealed)
         state.growing = GrowingSegment(partition, sealed.end_offset, self.spec.dim, now)
@@ -161,10 +161,10 @@ class Worker:
         return self.registry.build_target(self.spec.index)
 
     def _build(self, sealed: SealedRows, hides: dict, generation: int,
-               index_spec: str) -> rewrite.Written:
+               index_spec: str) -> publish.Written:
         """Build the FAISS index, write the snapshot and mirror it; runs on the builder thread."""
         faults.crash_point("build")
-        written = rewrite.write(self.settings.snapshots, self.spec.name, generation, sealed,
+        written = publish.write(self.settings.store, self.spec.name, generation, sealed,
                                 metric=self.spec.metric, index=index_spec, hides=hides)
         faults.crash_point("after_snapshot")
         self.metrics.labels(self.metrics.build_seconds).observe(written.build_seconds)
@@ -193,7 +193,7 @@ class Worker:
         if not result.ok:
             self._reset_partition(state, result)
             return False
-        rewrite.mark(self.settings.snapshots, [written])
+        publish.mark(self.settings.store, [written])
         faults.crash_point("after_register")
         state.inflight.popleft()
         state.checkpoint = written.record.end_offset
@@ -230,7 +230,7 @@ class Worker:
                                                      timeout=10)
         try:
             return take_over(partition, registry=self.registry, idmap=self.idmap,
-                             root=self.settings.snapshots, collection=self.spec.name,
+                             root=self.settings.store, collection=self.spec.name,
                              generation=self._target()[0], dim=self.spec.dim,
                              low_watermark=low, now=now)
         except CheckpointOutOfRange:

@@ -9,9 +9,10 @@ from dataclasses import asdict, dataclass
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from ingest import aliases, audit, catalog
+from ingest import audit, catalog
 from ingest.errors import CollectionExists, IngestError
 from ingest.spec import CollectionSpec
+from lifecycle import aliases
 from streamvec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def create_collection(
         leftovers = _segment_folders(settings, spec.name)
         if leftovers:
             raise CollectionExists(
-                f"the snapshot store {settings.snapshots} still holds {leftovers} segment "
+                f"the snapshot store {settings.store} still holds {leftovers} segment "
                 f"folder(s) of an earlier collection named {spec.name!r} (a restored collection "
                 "may reference them); choose another name, or pass --adopt-store to rebuild "
                 "its registry from them")
@@ -71,7 +72,7 @@ def create_collection(
 
 def _segment_folders(settings: Settings, name: str) -> int:
     """How many segment folders `<snapshots>/<name>/g*/p*/` holds (markers and temps aside)."""
-    base = settings.snapshots / name
+    base = settings.store / name
     return sum(1 for f in base.glob("g*/p*/p*-*-*") if f.is_dir()) if base.is_dir() else 0
 
 
@@ -89,7 +90,7 @@ def describe_collection(settings: Settings, name: str, timeout: float = 10.0) ->
         "topic": spec.collection.topic,
         "dlq_topic": spec.collection.dlq_topic,
         "partitions": partition_offsets(settings, spec.collection.topic, timeout=timeout),
-        "snapshots": str(settings.snapshots / spec.name),
+        "snapshots": str(settings.store / spec.name),
     }
 
 
@@ -134,7 +135,7 @@ def _watermarks(consumer, tp: TopicPartition, deadline: float) -> tuple[int, int
 def drop_collection(settings: Settings, name: str, timeout: float = 30.0) -> None:
     """Delete a collection's topics, Redis keys (snapshots too) and unreferenced folders.
 
-    Folders that a restored collection still references stay (indexer/gc.py).
+    Folders that a restored collection still references stay (lifecycle/gc.py).
     """
     client = settings.redis_client()
     spec = catalog.load_spec(client, name)
@@ -145,7 +146,7 @@ def drop_collection(settings: Settings, name: str, timeout: float = 30.0) -> Non
     catalog.forget(client, name)
     # Which folders others still reference is indexer's knowledge; imported here, not at the
     # top, so that ingest still loads without indexer.
-    from indexer import gc
+    from lifecycle import gc
 
     gc.collect_dropped(settings, spec.name)
     audit.record(client, "collection.drop", spec.name, {"topics": topics}, settings.actor)

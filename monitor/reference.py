@@ -109,7 +109,7 @@ def pin_latest(settings: Settings, collection: str, rows: int = DEFAULT_ROWS,
     spec = catalog.load_spec(client, collection)
     picked, used = np.zeros((0, spec.dim), dtype=np.float32), source
     if source in ("auto", "segments"):
-        view = SealedView(Registry(client, spec.name), settings.snapshots)
+        view = SealedView(Registry(client, spec.name), settings.store)
         picked, used = latest_rows(view.parts(), rows), "segments"
     if source == "topic" or (source == "auto" and len(picked) < rows):
         from_topic = latest_from_topic(settings, spec, rows)

@@ -17,7 +17,7 @@ import numpy as np
 from indexer import remote
 from indexer.build import search_exact
 from indexer.registry import Registry
-from indexer.snapshot import LoadedSegment, load_segment
+from indexer.segfolder import LoadedSegment, load_segment
 from indexer.view import hidden_rows
 from searcher import search
 from searcher.execute import CANARY_PREFIX

@@ -18,7 +18,8 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from indexer import remote
 from indexer.registry import Registry
 from ingest import catalog
-from monitor import challenge, recall, reference
+from lifecycle import evaluation
+from monitor import recall, reference
 from monitor.canary import Canary
 from monitor.collectors import CollectionCollector, KafkaWatermarks
 from monitor.metrics import ChallengeMetrics, MonitorMetrics
@@ -72,7 +73,7 @@ class CollectionMonitor:
         self.search_client = Client(settings=settings)
         self.canary = Canary(settings, self.spec, self.metrics, self.search_client,
                              summary=self.summary, latencies=self.latencies, stop=stop)
-        self.recall = recall.RecallProbe(self.spec, segments, settings.snapshots, self.current,
+        self.recall = recall.RecallProbe(self.spec, segments, settings.store, self.current,
                                          self.metrics, self.search_client, summary=self.summary,
                                          latencies=self.latencies)
         self.rate = QueryRate(client, name)
@@ -115,7 +116,7 @@ class Service:
         self.monitors = [CollectionMonitor(settings, name, registry, options, self._stop)
                          for name in dict.fromkeys(collections)]
         self._threads: list[threading.Thread] = []
-        self.challenges = challenge.ChallengeWatch(settings.redis_client(), settings.snapshots,
+        self.challenges = evaluation.ChallengeWatch(settings.redis_client(), settings.store,
                                                    ChallengeMetrics(registry))
 
     def stop(self) -> None:

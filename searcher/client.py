@@ -13,9 +13,9 @@ import numpy as np
 
 from ingest import catalog
 from ingest.catalog import spec_key
-from ingest.challenges import Challenge
 from ingest.errors import CollectionNotFound
 from ingest.names import CollectionName
+from lifecycle.challenges import Challenge
 from searcher import protocol, shadow
 from searcher.query import MAX_K, Consistency, Filter, QueryAnswer, QueryError, QueryRequest
 from streamvec.settings import Settings

@@ -52,7 +52,7 @@ class Engine:
         partitions = self._partitions()
         self.state = ServingState(self.spec.dim, partitions, self.metrics)
         self._watermarks = Watermarks(self.settings, self.topic, partitions)
-        self._watcher = SegmentWatcher(self.registry, self.settings.snapshots, self.state,
+        self._watcher = SegmentWatcher(self.registry, self.settings.store, self.state,
                                        self.reconcile_s)
         self._watcher.subscribe()
         self._watcher.reconcile()  # the tail starts where the loaded segments end

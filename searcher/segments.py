@@ -16,7 +16,7 @@ import numpy as np
 from indexer import remote
 from indexer.errors import CorruptSegment
 from indexer.registry import SegmentRecord
-from indexer.snapshot import LoadedSegment, load_segment
+from indexer.segfolder import LoadedSegment, load_segment
 from searcher.search import Source
 
 log = logging.getLogger(__name__)

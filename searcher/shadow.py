@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import redis
 
-from ingest import aliases, challenges
-from ingest.challenges import Challenge
+from lifecycle import aliases, challenges
+from lifecycle.challenges import Challenge
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import logging
 import threading
 
 from indexer.registry import SegmentRecord
-from indexer.snapshot import LoadedSegment
+from indexer.segfolder import LoadedSegment
 from searcher.execute import Searchable
 from searcher.metrics import SearcherMetrics
 from searcher.segments import Entry, SegmentSet

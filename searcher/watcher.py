@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 from indexer.registry import Registry, SegmentRecord
-from indexer.snapshot import LoadedSegment
+from indexer.segfolder import LoadedSegment
 from searcher import segments
 
 log = logging.getLogger(__name__)

@@ -2,6 +2,6 @@
 
 import sys
 
-from streamvec.cli import main
+from streamvec.commands import main
 
 sys.exit(main())

@@ -1,7 +1,7 @@
 """Render docs/configuration.md, the configuration reference, from `streamvec.settings.Settings`.
 
 Read from code: each field (type, bounds, default, description), the env prefix, and the flags
-of `streamvec.cli.build_parser()` whose help says `[env STREAMVEC_<FIELD>]` (or, global ones,
+of `streamvec.commands.build_parser()` whose help says `[env STREAMVEC_<FIELD>]` (or, global ones,
 whose dest is the field). `make docs` regenerates; tests/unit/test_configdoc.py fails if stale.
 """
 
@@ -168,7 +168,7 @@ _SECRET_TEXT = {
 
 
 def _default_parser() -> argparse.ArgumentParser:
-    from streamvec.cli import build_parser  # local: the CLI imports this module's command
+    from streamvec.commands import build_parser  # local: the CLI imports this module's command
 
     return build_parser()
 

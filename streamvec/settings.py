@@ -10,7 +10,12 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 from redis import Redis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -86,7 +91,7 @@ def parse_storage_options(value: Any) -> dict[str, Any]:
     if isinstance(value, str):
         value = json.loads(value)
     if not isinstance(value, dict):
-        raise ValueError("snapshot storage options must be a JSON object")
+        raise ValueError("store options must be a JSON object")
     return dict(value)
 
 
@@ -106,10 +111,42 @@ def redact_kafka_options(options: dict[str, str]) -> dict[str, str]:
     }
 
 
+# Env vars read under an earlier name, so deployments written for it keep working; the
+# current name wins when both are set.
+RENAMED_ENV = {
+    "STREAMVEC_SNAPSHOTS": "store",
+    "STREAMVEC_SNAPSHOT_URL": "store_url",
+    "STREAMVEC_SNAPSHOT_STORAGE_OPTIONS": "store_options",
+}
+
+
+class RenamedEnv(PydanticBaseSettingsSource):
+    """Settings from env vars under their earlier names (`RENAMED_ENV`)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        """Unused: `__call__` reads every renamed variable at once."""
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        """The renamed variables that are set, keyed by their field."""
+        return {field: os.environ[env] for env, field in RENAMED_ENV.items() if env in os.environ}
+
+
 class Settings(BaseSettings):
     """Connection settings shared by every role; each field reads `STREAMVEC_<FIELD>`."""
 
     model_config = SettingsConfigDict(env_prefix="STREAMVEC_", frozen=True, extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Flags and arguments, then env vars, then env vars under their earlier names."""
+        return (init_settings, env_settings, RenamedEnv(settings_cls), dotenv_settings,
+                file_secret_settings)
 
     kafka: str = Field(
         default=f"127.0.0.1:{LOCAL_KAFKA_PORT}",
@@ -119,16 +156,16 @@ class Settings(BaseSettings):
         default=SecretStr(f"redis://127.0.0.1:{LOCAL_REDIS_PORT}/0"),
         description="Redis URL: redis:// or rediss://, with ACL user and password if any.",
     )
-    snapshots: Path = Field(
+    store: Path = Field(
         default_factory=lambda: default_home() / "snapshots",
-        description="Snapshot store: the folder that holds sealed segment folders.",
+        description="Segment store: the folder that holds sealed segment folders.",
     )
-    snapshot_url: str | None = Field(
+    store_url: str | None = Field(
         default=None,
-        description="Object store that mirrors the snapshot folder, e.g. s3://bucket/prefix "
-                    "(fsspec URL); unset: snapshots are local only.",
+        description="Object store that mirrors the segment store, e.g. s3://bucket/prefix "
+                    "(fsspec URL); unset: segments are local only.",
     )
-    snapshot_storage_options: Annotated[dict[str, Any], NoDecode] = Field(
+    store_options: Annotated[dict[str, Any], NoDecode] = Field(
         default_factory=dict,
         description="Options for the object store's fsspec filesystem, a JSON object "
                     '(s3: {"endpoint_url": ..., "key": ..., "secret": ...}).',
@@ -156,18 +193,18 @@ class Settings(BaseSettings):
     def _parse_options(cls, value: Any) -> dict[str, str]:
         return parse_kafka_options(value)
 
-    @field_validator("snapshot_storage_options", mode="before")
+    @field_validator("store_options", mode="before")
     @classmethod
     def _parse_storage_options(cls, value: Any) -> dict[str, Any]:
         return parse_storage_options(value)
 
-    @field_validator("snapshot_url")
+    @field_validator("store_url")
     @classmethod
-    def _check_snapshot_url(cls, value: str | None) -> str | None:
+    def _check_store_url(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
         if "://" not in value:
-            raise ValueError(f"snapshot URL must name its protocol, such as s3://bucket/prefix, "
+            raise ValueError(f"store URL must name its protocol, such as s3://bucket/prefix, "
                              f"not {value!r}")
         return value.strip()
 
@@ -214,10 +251,10 @@ class Settings(BaseSettings):
         """
         env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMVEC_")}
         env.update(STREAMVEC_KAFKA=self.kafka, STREAMVEC_REDIS=self.redis_url,
-                   STREAMVEC_SNAPSHOTS=str(self.snapshots), STREAMVEC_HOME=str(self.home),
+                   STREAMVEC_STORE=str(self.store), STREAMVEC_HOME=str(self.home),
                    STREAMVEC_KAFKA_OPTIONS=json.dumps(self.kafka_options),
-                   STREAMVEC_SNAPSHOT_URL=self.snapshot_url or "",
-                   STREAMVEC_SNAPSHOT_STORAGE_OPTIONS=json.dumps(self.snapshot_storage_options))
+                   STREAMVEC_STORE_URL=self.store_url or "",
+                   STREAMVEC_STORE_OPTIONS=json.dumps(self.store_options))
         return env
 
     def describe(self) -> dict[str, str]:
@@ -225,10 +262,10 @@ class Settings(BaseSettings):
         return {
             "kafka": self.kafka,
             "redis": redact_url(self.redis_url),
-            "snapshots": str(self.snapshots),
-            "snapshot_url": self.snapshot_url or "",
-            "snapshot_storage_options": json.dumps(
-                redact_storage_options(self.snapshot_storage_options)),
+            "store": str(self.store),
+            "store_url": self.store_url or "",
+            "store_options": json.dumps(
+                redact_storage_options(self.store_options)),
             "kafka_options": json.dumps(redact_kafka_options(self.kafka_options)),
             "home": str(self.home),
             "metrics_port": str(self.metrics_port),

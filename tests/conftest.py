@@ -137,7 +137,7 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     return Settings(
         kafka=kafka,
         redis=redis_url,
-        snapshots=tmp_path / "snapshots",
+        store=tmp_path / "snapshots",
         kafka_options={},
         home=tmp_path / "home",
     )

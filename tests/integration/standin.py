@@ -78,7 +78,7 @@ class StandIn:
 @pytest.fixture
 def redis_settings(redis_server: RedisServer, tmp_path: Path) -> Settings:
     """Settings that reach the session's Redis and no Kafka (these tests need none)."""
-    return Settings(kafka=f"{LOOPBACK}:1", redis=redis_server.url, snapshots=tmp_path / "s",
+    return Settings(kafka=f"{LOOPBACK}:1", redis=redis_server.url, store=tmp_path / "s",
                     kafka_options={}, home=tmp_path / "h")
 
 

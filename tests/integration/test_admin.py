@@ -8,7 +8,7 @@ from confluent_kafka.admin import AdminClient
 from ingest import admin, catalog
 from ingest.errors import CollectionExists, CollectionNotFound, IngestError
 from ingest.spec import CollectionSpec
-from streamvec.cli import main
+from streamvec.commands import main
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +19,7 @@ def topics(settings) -> set[str]:
 
 def cli(settings, *argv: str) -> int:
     return main(["--kafka", settings.kafka, "--redis", settings.redis_url,
-                 "--snapshots", str(settings.snapshots), *argv])
+                 "--snapshots", str(settings.store), *argv])
 
 
 def test_create_is_idempotent_and_refuses_another_spec(settings, collection_name):
@@ -48,7 +48,7 @@ def test_versioned_name_maps_to_its_own_topics(settings, collection_name):
 
 def test_drop_removes_topics_keys_and_snapshots(settings, collection_name):
     admin.create_collection(settings, CollectionSpec(collection_name, dim=4, partitions=2))
-    folder = settings.snapshots / collection_name
+    folder = settings.store / collection_name
     folder.mkdir(parents=True)
     (folder / "seg").write_text("x")
     client = settings.redis_client()

@@ -12,13 +12,14 @@ import pytest
 from polling import wait_until
 from stack import exact_top_k, serving
 
-from ingest import admin, aliases, audit
-from ingest.aliases import AliasError, AliasNotFound
+from ingest import admin, audit
 from ingest.errors import CollectionNotFound
 from ingest.producer import Producer
 from ingest.spec import CollectionSpec
+from lifecycle import aliases
+from lifecycle.aliases import AliasError, AliasNotFound
 from searcher.client import Client
-from streamvec.cli import main
+from streamvec.commands import main
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +30,7 @@ ROWS = 300
 def cli(settings, *args: str) -> list[str]:
     """`streamvec` argv with the test's connections."""
     return ["--kafka", settings.kafka, "--redis", settings.redis_url, "--snapshots",
-            str(settings.snapshots), *args]
+            str(settings.store), *args]
 
 
 def as_actor(settings, actor: str):

@@ -13,7 +13,7 @@ from ingest import admin, audit
 from ingest.producer import Producer
 from ingest.spec import CollectionSpec
 from monitor import reference
-from streamvec.cli import main
+from streamvec.commands import main
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +25,7 @@ PINNED = 50
 def cli(settings, *args: str) -> list[str]:
     """`streamvec` argv with the test's connections."""
     return ["--kafka", settings.kafka, "--redis", settings.redis_url, "--snapshots",
-            str(settings.snapshots), *args]
+            str(settings.store), *args]
 
 
 def sorted_rows(x: np.ndarray) -> np.ndarray:

@@ -14,15 +14,16 @@ from prometheus_client import CollectorRegistry
 from stack import IndexerThread, SearcherThread, exact_top_k
 from workers import wait_fully_indexed
 
-from ingest import admin, aliases, audit, challenges
+from ingest import admin, audit
 from ingest.names import CollectionName
 from ingest.producer import Producer
 from ingest.spec import CollectionSpec
-from monitor.challenge import ChallengeWatch
+from lifecycle import aliases, challenges
+from lifecycle.evaluation import ChallengeWatch
 from monitor.metrics import ChallengeMetrics
 from searcher.client import SHADOW_MARGIN_S, Client
 from searcher.shadow import decode_record
-from streamvec.cli import main
+from streamvec.commands import main
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +36,7 @@ DIM3, DIM4 = 8, 12  # two embedding models of the same items
 def cli(settings, *args: str) -> list[str]:
     """`streamvec` argv with the test's connections."""
     return ["--kafka", settings.kafka, "--redis", settings.redis_url, "--snapshots",
-            str(settings.snapshots), *args]
+            str(settings.store), *args]
 
 
 def embeddings(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -135,7 +136,7 @@ def test_a_full_share_shadows_every_search_to_a_model_of_another_dimension(
                     "recall": {"champion": 1.0, "challenger": recall4}}
 
         registry = CollectorRegistry()
-        watch = ChallengeWatch(redis_client, settings.snapshots, ChallengeMetrics(registry))
+        watch = ChallengeWatch(redis_client, settings.store, ChallengeMetrics(registry))
         assert watch.run_once() == QUERIES
         assert watch.run_once() == 0  # each record counts once
         labels = {"alias": alias}

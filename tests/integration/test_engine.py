@@ -210,7 +210,7 @@ def test_a_corrupt_segment_is_refused_and_the_rest_is_served(settings, collectio
     indexer.stop()
     records = Registry(settings.redis_client(), spec.name).segments(partition=0)
     assert len(records) >= 2
-    victim = settings.snapshots / records[0].path
+    victim = settings.store / records[0].path
     lost = {raw.decode() for raw in np.load(victim / "ids.npy").tolist()}
     data = bytearray((victim / "vectors.npy").read_bytes())
     data[-1] ^= 0xFF
@@ -253,7 +253,7 @@ def test_the_watcher_heals_missed_events_by_reconciling(settings, collection_nam
     registry = Registry(settings.redis_client(), spec.name)
     sink = RecordingSink()
     # Never subscribed: every event is missed, only the periodic reconcile sees segments.
-    watcher = SegmentWatcher(registry, settings.snapshots, sink, reconcile_s=0.2)
+    watcher = SegmentWatcher(registry, settings.store, sink, reconcile_s=0.2)
     watcher.start()
     running.append(watcher)
     indexer = IndexerThread(settings, spec.name)

@@ -12,17 +12,18 @@ import pytest
 from stack import SearcherThread, exact_top_k, serving
 from workers import Workload, wait_fully_indexed
 
-from indexer import gc, pointintime, rewrite, snapshot
+from indexer import publish, segfolder
 from indexer.errors import LifecycleBusy
-from indexer.lock import LifecycleLock
 from indexer.registry import GenerationInfo, Registry, SegmentRecord
 from indexer.segment import SealedRows
 from ingest import admin, audit
 from ingest.errors import CollectionExists, CollectionNotFound
 from ingest.producer import Producer
 from ingest.spec import CollectionSpec
+from lifecycle import gc, snapshots
+from lifecycle.lock import LifecycleLock
 from searcher.client import Client
-from streamvec.cli import main
+from streamvec.commands import main
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +34,7 @@ OLD = time.time() - 3600  # an hour ago: past the default grace of ten minutes
 def cli(settings, *argv: str) -> int:
     """Run the `streamvec` command against the test's servers and store."""
     return main(["--kafka", settings.kafka, "--redis", settings.redis_url,
-                 "--snapshots", str(settings.snapshots), "--actor", "gc-user", *argv])
+                 "--snapshots", str(settings.store), "--actor", "gc-user", *argv])
 
 
 def write(root: Path, name: str, gen: int, start: int, end: int) -> SegmentRecord:
@@ -44,7 +45,7 @@ def write(root: Path, name: str, gen: int, start: int, end: int) -> SegmentRecor
         np.random.default_rng(start).standard_normal((rows, DIM)).astype(np.float32),
         np.arange(start, end, dtype=np.int64), np.zeros(rows, dtype=np.int64),
         [b""] * rows, np.array([], dtype="S1"))
-    return rewrite.write(root, name, gen, sealed, metric="l2", index="Flat").record
+    return publish.write(root, name, gen, sealed, metric="l2", index="Flat").record
 
 
 def age(path: Path) -> None:
@@ -61,18 +62,18 @@ def tree_bytes(path: Path) -> int:
 
 def test_gc_removes_only_what_nothing_protects(settings, collection_name, redis_client):
     name = collection_name
-    root = settings.snapshots
+    root = settings.store
     admin.create_collection(settings, CollectionSpec(name, dim=DIM, partitions=1))
     registry = Registry(redis_client, name)
     epoch = registry.claim(0)
     a, b = write(root, name, 0, 0, 10), write(root, name, 0, 10, 20)
     for rec in (a, b):
         assert registry.register(rec, epoch).ok
-        snapshot.mark_registered(root / rec.path)
-    pointintime.create(settings, name, label="s1")
+        segfolder.mark_registered(root / rec.path)
+    snapshots.create(settings, name, label="s1")
     merged = write(root, name, 0, 0, 20)
     registry.swap([a, b], [merged], kind="compacted")  # a and b now live only in s1
-    snapshot.mark_registered(root / merged.path)
+    segfolder.mark_registered(root / merged.path)
     stale, young = write(root, name, 0, 0, 5), write(root, name, 0, 5, 10)
     pending = write(root, name, 0, 20, 30)
     for gen in (1, 2, 3, 4):
@@ -97,7 +98,7 @@ def test_gc_removes_only_what_nothing_protects(settings, collection_name, redis_
     assert all((root / p).exists() for p in gone)
     counts = {"referenced": 3, "young": 2, "pending": 1, "generation": 1, "unknown": 1}
     assert dict(dry.kept) == counts
-    assert audit.read(redis_client, 1, collection=name)[0].action == "snapshot.create"
+    assert audit.read(redis_client, 1, collection=name)[0].action == "segfolder.create"
 
     report = gc.collect(settings.model_copy(update={"actor": "gina"}), name)
     assert set(report.removed) == gone and report.bytes_freed == freed
@@ -111,7 +112,7 @@ def test_gc_removes_only_what_nothing_protects(settings, collection_name, redis_
         "kept": counts, "removed_by": {"orphan-marker": 1, "temp": 1, "unreferenced": 2},
         "skipped": []})
 
-    pointintime.delete(settings, name, "s1")  # now nothing references a and b
+    snapshots.delete(settings, name, "s1")  # now nothing references a and b
     markers = [Path(str(root / rec.path) + ".registered") for rec in (a, b)]
     assert all(m.is_file() for m in markers)
     freed = sum(tree_bytes(root / rec.path) for rec in (a, b, kept_gen)) + sum(
@@ -131,15 +132,15 @@ def test_drop_keeps_what_a_restored_collection_references(settings, collection_n
     workload = Workload(8, np.random.default_rng(51))
     queries = np.random.default_rng(52).standard_normal((6, 8)).astype(np.float32)
     restored = f"{collection_name}-r"
-    root = settings.snapshots
+    root = settings.store
     with serving(settings, collection_name, dim=8, partitions=2, seal_rows=120,
                  seal_seconds=0.2) as spec:
         with Producer(spec.name, settings=settings) as producer:
             workload.send_round(producer, 300, id_space=200)
         wait_fully_indexed(settings, spec.name, spec.collection.topic, timeout=30)
         then = workload.live()
-        pointintime.create(settings, spec.name)
-        pointintime.restore(settings, spec.name, restored)
+        snapshots.create(settings, spec.name)
+        snapshots.restore(settings, spec.name, restored)
         with Producer(spec.name, settings=settings) as producer:
             workload.send_round(producer, 300, id_space=200)
         wait_fully_indexed(settings, spec.name, spec.collection.topic, timeout=30)
@@ -175,10 +176,10 @@ def test_drop_keeps_what_a_restored_collection_references(settings, collection_n
 
 def test_dropped_folders_go_and_busy_collections_are_skipped(settings, collection_name,
                                                              redis_client, capsys):
-    root = settings.snapshots
+    root = settings.store
     gone = f"{collection_name}-gone"
     old = write(root, gone, 0, 0, 10)
-    snapshot.mark_registered(root / old.path)
+    segfolder.mark_registered(root / old.path)
     age(root / old.path)
     admin.create_collection(settings, CollectionSpec(collection_name, dim=DIM, partitions=1))
     busy = write(root, collection_name, 1, 0, 10)  # a generation nothing records
@@ -218,7 +219,7 @@ def test_dropped_folders_go_and_busy_collections_are_skipped(settings, collectio
 def is_segment_folder(rel: str) -> bool:
     """Whether a store-relative path ends in a segment id (a folder, not its marker)."""
     try:
-        snapshot.parse_segment_id(rel.rsplit("/", 1)[-1])
+        segfolder.parse_segment_id(rel.rsplit("/", 1)[-1])
     except ValueError:
         return False
     return True

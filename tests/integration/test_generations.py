@@ -7,15 +7,15 @@ import pytest
 from stack import IndexerThread
 from workers import Workload, assert_state_matches, wait_fully_indexed
 
-from indexer import compact, reindex
 from indexer.errors import LifecycleBusy
-from indexer.lock import LifecycleLock
 from indexer.rebuild import plan_rebuild
 from indexer.registry import Registry
-from indexer.snapshot import load_segment
+from indexer.segfolder import load_segment
 from ingest import admin, audit
 from ingest.producer import Producer
 from ingest.spec import CollectionSpec
+from lifecycle import compaction, generations
+from lifecycle.lock import LifecycleLock
 
 DIM = 8
 TIMEOUT_S = 60.0
@@ -56,11 +56,11 @@ def test_compaction_reaches_the_policy_target_and_keeps_the_state(settings, inde
     registry = Registry(settings.redis_client(), spec.name)
     before = registry.segments()
     checkpoints = registry.checkpoints()
-    policy = compact.CompactionPolicy(max_rows=200, max_segments=2)
+    policy = compaction.CompactionPolicy(max_rows=200, max_segments=2)
     target = policy.target(before)
     assert any(n > target[p] for p, n in _registered_state(settings, spec.name)[1].items())
 
-    report = compact.compact(settings, spec.name, policy)
+    report = compaction.compact(settings, spec.name, policy)
 
     assert _registered_state(settings, spec.name)[1] == target
     assert report.segments_before == len(before)
@@ -71,10 +71,10 @@ def test_compaction_reaches_the_policy_target_and_keeps_the_state(settings, inde
     # Each merged folder holds no hidden row: its rows are all visible.
     for rec in registry.segments():
         if rec.segment_id in report.written:
-            seg = load_segment(settings.snapshots / rec.path)
+            seg = load_segment(settings.store / rec.path)
             assert len(set(seg.ids.tolist())) == seg.manifest.rows
     # The store alone still yields the same coverage: merged inputs are superseded, not gaps.
-    plan = plan_rebuild(settings.snapshots, spec.name, registry.active_generation())
+    plan = plan_rebuild(settings.store, spec.name, registry.active_generation())
     assert plan.checkpoints == checkpoints
     assert {r.segment_id for r in plan.records} == {r.segment_id for r in registry.segments()}
     entry = audit.read(settings.redis_client(), 1, collection=spec.name)[-1]
@@ -87,7 +87,7 @@ def test_reindex_switches_generation_and_rollback_reuses_the_old_folders(setting
     registry = Registry(settings.redis_client(), spec.name)
     before = {r.segment_id: r for r in registry.segments()}
 
-    report = reindex.reindex(settings, spec.name, "HNSW8")
+    report = generations.reindex(settings, spec.name, "HNSW8")
 
     after = {r.segment_id: r for r in registry.segments()}
     assert set(after) == set(before)
@@ -101,7 +101,7 @@ def test_reindex_switches_generation_and_rollback_reuses_the_old_folders(setting
     assert {g: (i.index, i.state) for g, i in gens.items()} == {
         0: ("Flat", "retired"), 1: ("HNSW8", "active")}
 
-    back = reindex.rollback(settings, spec.name)
+    back = generations.rollback(settings, spec.name)
 
     assert (back.generation, back.built, back.reused) == (0, 0, len(before))
     assert {r.segment_id: r.path for r in registry.segments()} == {
@@ -113,7 +113,7 @@ def test_reindex_switches_generation_and_rollback_reuses_the_old_folders(setting
 
 def test_new_segments_after_a_switch_go_into_the_new_generation(settings, indexed) -> None:
     spec, workload = indexed
-    reindex.reindex(settings, spec.name, "HNSW8")
+    generations.reindex(settings, spec.name, "HNSW8")
     indexer = IndexerThread(settings, spec.name)
     try:
         with Producer(spec.name, settings=settings) as producer:
@@ -133,8 +133,8 @@ def test_lifecycle_actions_exclude_each_other_and_bad_specs_are_refused(settings
     spec, _ = indexed
     with LifecycleLock(settings.redis_client(), spec.name, "reindex"):
         with pytest.raises(LifecycleBusy, match="held by a running reindex"):
-            compact.compact(settings, spec.name, compact.CompactionPolicy(100, 1))
-    with pytest.raises(reindex.GenerationError, match="cannot be made"):
-        reindex.reindex(settings, spec.name, "NoSuchIndex17")
-    with pytest.raises(reindex.GenerationError, match="no generation before 0"):
-        reindex.rollback(settings, spec.name)
+            compaction.compact(settings, spec.name, compaction.CompactionPolicy(100, 1))
+    with pytest.raises(generations.GenerationError, match="cannot be made"):
+        generations.reindex(settings, spec.name, "NoSuchIndex17")
+    with pytest.raises(generations.GenerationError, match="no generation before 0"):
+        generations.rollback(settings, spec.name)

@@ -66,7 +66,7 @@ def test_kill_9_at_every_step_loses_nothing_and_duplicates_nothing(settings, col
 
     # The registry rebuilt from the snapshot store alone equals the one the workers wrote.
     before = (registry.checkpoints(), registry.segments())
-    rebuild(settings.redis_client(), settings.snapshots, name)
+    rebuild(settings.redis_client(), settings.store, name)
     assert (registry.checkpoints(), registry.segments()) == before
 
 

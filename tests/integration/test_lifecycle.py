@@ -33,13 +33,13 @@ from switchload import (
 )
 from workers import wait_fully_indexed
 
-from indexer import build, compact, reindex
+from indexer import build
 from indexer.rebuild import plan_rebuild
 from indexer.registry import Registry
 from indexer.view import hidden_rows, live_rows, load_registered
-from ingest import aliases
 from ingest.producer import Producer
 from ingest.spec import CollectionSpec
+from lifecycle import aliases, compaction, generations
 from searcher.client import Client
 
 pytestmark = pytest.mark.integration
@@ -65,7 +65,7 @@ def test_generation_switch_rollback_and_compaction_under_load_fail_no_query(
 
         try:
             with QueryLoad(settings, spec.name, *load_queries(stable)) as load:
-                switched = load.switch("reindex", lambda: reindex.reindex(settings, spec.name,
+                switched = load.switch("reindex", lambda: generations.reindex(settings, spec.name,
                                                                           "Flat"),
                                        settled=serve_generation)
                 assert (switched.outcome.generation, switched.outcome.previous) == (1, 0)
@@ -73,7 +73,7 @@ def test_generation_switch_rollback_and_compaction_under_load_fail_no_query(
                 assert_exact(settings, spec.name, churn, stable, offsets)
                 churn.start()
 
-                back = load.switch("rollback", lambda: reindex.rollback(settings, spec.name),
+                back = load.switch("rollback", lambda: generations.rollback(settings, spec.name),
                                    settled=serve_generation)
                 assert (back.outcome.generation, back.outcome.previous) == (0, 1)
                 assert back.outcome.reused > 0  # the stable rows' folders of generation 0
@@ -81,9 +81,9 @@ def test_generation_switch_rollback_and_compaction_under_load_fail_no_query(
                 assert_exact(settings, spec.name, churn, stable, offsets)
                 churn.start()
 
-                policy = compact.CompactionPolicy(max_rows=8 * SEAL_ROWS, max_segments=4)
+                policy = compaction.CompactionPolicy(max_rows=8 * SEAL_ROWS, max_segments=4)
                 merged = load.switch("compaction",
-                                     lambda: compact.compact(settings, spec.name, policy),
+                                     lambda: compaction.compact(settings, spec.name, policy),
                                      settled=serve_merged)
                 report = merged.outcome
                 assert report.written and report.segments_after < report.segments_before
@@ -197,7 +197,7 @@ def test_rollback_after_a_reindex_restores_identical_answers(settings, collectio
         assert [list(r) for r in before_ids] == want_ids
         assert max(r.rows for r in registry.segments()) > 4096
 
-        report = reindex.reindex(settings, spec.name, "HNSW16")
+        report = generations.reindex(settings, spec.name, "HNSW16")
         assert (report.generation, report.built, report.reused) == (1, len(registry.segments()),
                                                                     0)
         assert {r.factory for r in registry.segments()} == {"HNSW16"}
@@ -205,7 +205,7 @@ def test_rollback_after_a_reindex_restores_identical_answers(settings, collectio
         hnsw_ids, _ = search_all(settings, spec.name, queries, offsets)
         assert all(len(set(row)) == K for row in hnsw_ids.tolist())
 
-        back = reindex.rollback(settings, spec.name)
+        back = generations.rollback(settings, spec.name)
         assert (back.generation, back.built, back.reused) == (0, 0, report.built)
         wait_serving(searchers, registry, "generation 0 again")
         after_ids, after_scores = search_all(settings, spec.name, queries, offsets)
@@ -221,7 +221,7 @@ def test_compaction_reaches_the_target_purges_hidden_rows_and_rebuilds_from_the_
     rows = stable_rows()
     queries = near(rows, 64, seed=7)
     registry = Registry(settings.redis_client(), spec.name)
-    root = settings.snapshots
+    root = settings.store
     with served(settings, spec) as running:
         searchers = running.searchers
         load_sealed(settings, spec, rows)
@@ -234,12 +234,12 @@ def test_compaction_reaches_the_target_purges_hidden_rows_and_rebuilds_from_the_
         hidden, visible = hidden_rows(segments), live_rows(segments)
         before_ids, before_scores = search_all(settings, spec.name, queries, offsets)
         assert [list(r) for r in before_ids] == exact_top_k(rows, queries, K)[0]
-        policy = compact.CompactionPolicy(max_rows=4 * SEAL_ROWS, max_segments=4)
+        policy = compaction.CompactionPolicy(max_rows=4 * SEAL_ROWS, max_segments=4)
         target = policy.target(records)
         assert min(len(s) for s in spans(records).values()) >= 8
         assert sum(target.values()) < len(records)
 
-        report = compact.compact(settings, spec.name, policy)
+        report = compaction.compact(settings, spec.name, policy)
 
         after = registry.segments()
         assert {p: len(s) for p, s in spans(after).items()} == target
@@ -258,7 +258,7 @@ def test_compaction_reaches_the_target_purges_hidden_rows_and_rebuilds_from_the_
         rebuilt = plan_rebuild(root, spec.name, registry.active_generation())
         assert spans(rebuilt.records) == spans(after) and rebuilt.checkpoints == checkpoints
 
-        assert reindex.reindex(settings, spec.name, "Flat").generation == 1
+        assert generations.reindex(settings, spec.name, "Flat").generation == 1
         rebuilt = plan_rebuild(root, spec.name, registry.active_generation())
         assert spans(rebuilt.records) == spans(after) and rebuilt.checkpoints == checkpoints
         assert {r.segment_id for r in rebuilt.records} == {r.segment_id for r in after}
@@ -289,14 +289,14 @@ def test_a_segment_sealed_just_before_a_switch_is_indexed_into_the_new_generatio
             offsets = producer.flush()
         wait_until(building.is_set, timeout=INDEX_TIMEOUT_S, what="a build of generation 0")
 
-        assert reindex.reindex(settings, spec.name, "Flat").generation == 1
+        assert generations.reindex(settings, spec.name, "Flat").generation == 1
         release.set()  # the worker now registers a segment built for generation 0: refused
 
         wait_fully_indexed(settings, spec.name, spec.collection.topic, INDEX_TIMEOUT_S)
         assert running.indexer.sample("streamvec_indexer_registrations_total",
                                       collection=spec.name, status="stale_generation") == 1
         assert {r.generation for r in registry.segments()} == {1}
-        rebuilt = plan_rebuild(settings.snapshots, spec.name, 1)
+        rebuilt = plan_rebuild(settings.store, spec.name, 1)
         assert spans(rebuilt.records) == spans(registry.segments())
         assert rebuilt.checkpoints == registry.checkpoints()
         expected = first | late

@@ -29,7 +29,7 @@ from monitor.windows import FirstRows, SlidingWindow, WindowReader
 from searcher import search
 from searcher.client import Client
 from searcher.execute import CANARY_FIELD, CANARY_PREFIX
-from streamvec.cli import main
+from streamvec.commands import main
 from streamvec.devstack.ports import free_port
 
 pytestmark = pytest.mark.integration
@@ -132,7 +132,7 @@ def probe_recall(settings, name: str, index: str) -> float:
         wait_until(lambda: searcher.registry.get_sample_value(
             "streamvec_searcher_loaded_segments", {"collection": name}) == 2,
             timeout=60, what="the searcher to serve both segments")
-        probe = RecallProbe(spec, registry, settings.snapshots, fill_window(settings, spec, 1000),
+        probe = RecallProbe(spec, registry, settings.store, fill_window(settings, spec, 1000),
                             MonitorMetrics(metrics, name), Client(settings=settings),
                             k=10, queries=64, seed=5)
         value = probe.run_once()
@@ -235,7 +235,7 @@ def test_monitor_command_serves_metrics_and_stops_on_sigterm(settings, flat, tmp
 def connection_args(settings) -> list[str]:
     """Global flags that point a `streamvec` process at the test's servers."""
     return ["--kafka", settings.kafka, "--redis", settings.redis_url, "--snapshots",
-            str(settings.snapshots)]
+            str(settings.store)]
 
 
 def _scrape(port: int, needle: str) -> str | None:

@@ -9,22 +9,22 @@ import pytest
 from stack import SearcherThread, exact_top_k, serving
 from workers import Workload, log_ends, wait_fully_indexed
 
-from indexer import pointintime
 from indexer.errors import LifecycleBusy
-from indexer.lock import LifecycleLock
-from indexer.pointintime import (
-    PointInTimeError,
-    RestoreTargetExists,
-    SnapshotExists,
-    SnapshotNotFound,
-)
 from indexer.registry import Registry
 from ingest import admin, audit, catalog
 from ingest.errors import CollectionNotFound
 from ingest.producer import Producer
 from ingest.spec import CollectionSpec
+from lifecycle import snapshots
+from lifecycle.lock import LifecycleLock
+from lifecycle.snapshots import (
+    PointInTimeError,
+    RestoreTargetExists,
+    SnapshotExists,
+    SnapshotNotFound,
+)
 from searcher.client import Client
-from streamvec.cli import main
+from streamvec.commands import main
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +34,7 @@ DIM = 8
 def cli(settings, *argv: str) -> int:
     """Run the `streamvec` command against the test's servers and store."""
     return main(["--kafka", settings.kafka, "--redis", settings.redis_url,
-                 "--snapshots", str(settings.snapshots), "--actor", "cli-user", *argv])
+                 "--snapshots", str(settings.store), "--actor", "cli-user", *argv])
 
 
 def all_ids(client: Client, name: str, query: np.ndarray, **kwargs) -> set[str]:
@@ -57,7 +57,7 @@ def test_restored_snapshot_answers_as_of_the_snapshot(settings, collection_name)
         wait_fully_indexed(settings, spec.name, spec.collection.topic, timeout=30)
         then = workload.live()
         registry = Registry(settings.redis_client(), spec.name)
-        pit = pointintime.create(alice, spec.name, label="before")
+        pit = snapshots.create(alice, spec.name, label="before")
         assert pit.checkpoints == log_ends(settings, spec.collection.topic)
         assert list(pit.records) == registry.segments()
         assert pit.rows == sum(r.rows for r in registry.segments()) >= len(then)
@@ -68,7 +68,7 @@ def test_restored_snapshot_answers_as_of_the_snapshot(settings, collection_name)
         now = workload.live()
         assert set(now) != set(then)
 
-        done = pointintime.restore(alice, spec.name, restored)
+        done = snapshots.restore(alice, spec.name, restored)
         assert done.to_json() == {"collection": restored, "source": spec.name,
                                   "snapshot": "before", "segments": pit.segments,
                                   "rows": pit.rows, "generation": 0, "version": 1}
@@ -112,43 +112,43 @@ def test_snapshot_errors_latest_and_delete(settings, collection_name, redis_clie
     admin.create_collection(settings, spec)
     name = spec.name
     with pytest.raises(CollectionNotFound, match="does not exist"):
-        pointintime.create(settings, f"{name}-missing")
+        snapshots.create(settings, f"{name}-missing")
     with pytest.raises(PointInTimeError, match=r"invalid snapshot label 'latest'"):
-        pointintime.create(settings, name, label="latest")
+        snapshots.create(settings, name, label="latest")
     with pytest.raises(SnapshotNotFound, match=f"{name} has no snapshots"):
-        pointintime.restore(settings, name, f"{name}-r")
-    first = pointintime.create(settings, name, label="one")
-    second = pointintime.create(settings, name)
+        snapshots.restore(settings, name, f"{name}-r")
+    first = snapshots.create(settings, name, label="one")
+    second = snapshots.create(settings, name)
     assert (first.segments, first.rows, first.checkpoints, first.version) == (0, 0, {}, 0)
     with pytest.raises(SnapshotExists, match=f"{name} already has a snapshot 'one'"):
-        pointintime.create(settings, name, label="one")
-    assert [p.snapshot_id for p in pointintime.list_snapshots(settings, name)] == [
+        snapshots.create(settings, name, label="one")
+    assert [p.snapshot_id for p in snapshots.list_snapshots(settings, name)] == [
         "one", second.snapshot_id]
-    assert pointintime.get(settings, name).snapshot_id == second.snapshot_id
+    assert snapshots.get(settings, name).snapshot_id == second.snapshot_id
     with pytest.raises(SnapshotNotFound, match=rf"{name} has no snapshot 'two'; it has "
                                                rf"{second.snapshot_id}, one"):
-        pointintime.get(settings, name, "two")
+        snapshots.get(settings, name, "two")
 
     with LifecycleLock(redis_client, name, "compact"):
         with pytest.raises(LifecycleBusy, match="held by a running compact"):
-            pointintime.create(settings, name)
+            snapshots.create(settings, name)
         with pytest.raises(LifecycleBusy, match="held by a running compact"):
-            pointintime.restore(settings, name, f"{name}-r")
-    pointintime.restore(settings, name, f"{name}-r", "one")
+            snapshots.restore(settings, name, f"{name}-r")
+    snapshots.restore(settings, name, f"{name}-r", "one")
     with pytest.raises(RestoreTargetExists, match=f"collection {name}-r already exists"):
-        pointintime.restore(settings, name, f"{name}-r")
+        snapshots.restore(settings, name, f"{name}-r")
     with pytest.raises(RestoreTargetExists, match="onto itself"):
-        pointintime.restore(settings, name, name)
+        snapshots.restore(settings, name, name)
     redis_client.set(f"sv:{{{name}-left}}:version", 3)
     with pytest.raises(RestoreTargetExists, match=r"registry keys remain \(version 3\)"):
-        pointintime.restore(settings, name, f"{name}-left")
+        snapshots.restore(settings, name, f"{name}-left")
     redis_client.delete(f"sv:{{{name}-left}}:version")
 
-    deleted = pointintime.delete(settings.model_copy(update={"actor": "erin"}), name, "one")
+    deleted = snapshots.delete(settings.model_copy(update={"actor": "erin"}), name, "one")
     assert deleted.snapshot_id == "one"
     with pytest.raises(SnapshotNotFound, match="no snapshot 'one'"):
-        pointintime.delete(settings, name, "one")
-    assert [p.snapshot_id for p in pointintime.list_snapshots(settings, name)] == [
+        snapshots.delete(settings, name, "one")
+    assert [p.snapshot_id for p in snapshots.list_snapshots(settings, name)] == [
         second.snapshot_id]
     entries = audit.read(redis_client, 10, collection=name)
     assert [(e.action, e.details.get("snapshot")) for e in entries] == [
@@ -161,13 +161,13 @@ def test_snapshot_errors_latest_and_delete(settings, collection_name, redis_clie
 def test_versioned_targets_must_agree_with_the_model_version(settings, collection_name):
     source = CollectionSpec(f"{collection_name}@v3", dim=4, partitions=1)
     admin.create_collection(settings, source)
-    pointintime.create(settings, source.name, label="s")
+    snapshots.create(settings, source.name, label="s")
     with pytest.raises(PointInTimeError, match=rf"cannot restore as {collection_name}-x@v4: the "
                                                r"snapshot's vectors come from model version "
                                                r"'v3', not 'v4'"):
-        pointintime.restore(settings, source.name, f"{collection_name}-x@v4")
-    pointintime.restore(settings, source.name, f"{collection_name}-x@v3")
-    pointintime.restore(settings, source.name, f"{collection_name}-plain")
+        snapshots.restore(settings, source.name, f"{collection_name}-x@v4")
+    snapshots.restore(settings, source.name, f"{collection_name}-x@v3")
+    snapshots.restore(settings, source.name, f"{collection_name}-plain")
     client = settings.redis_client()
     assert catalog.load_spec(client, f"{collection_name}-x@v3").model_version == "v3"
     assert catalog.load_spec(client, f"{collection_name}-plain").model_version == "v3"

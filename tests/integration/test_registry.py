@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import redis
 
-from indexer import registry_cli, snapshot
+from indexer import segfolder
 from indexer.errors import CorruptSegment, RebuildError
 from indexer.rebuild import plan_rebuild, rebuild
 from indexer.registry import Registry, SegmentRecord
 from indexer.segment import SealedRows
 from ingest.names import CollectionName
+from streamvec.commands import registry
 from streamvec.errors import CommandError
 from streamvec.settings import Settings
 
@@ -44,8 +45,8 @@ def write(root: Path, name: str, partition: int, start: int, end: int,
     sealed = sealed_rows(partition, start, end)
     index = faiss.IndexFlatL2(DIM)
     index.add(sealed.vectors)
-    manifest = snapshot.write_segment(root, name, 0, sealed, index, "Flat", "l2", hides or {})
-    path = snapshot.segment_path(root, name, 0, partition, manifest.segment_id)
+    manifest = segfolder.write_segment(root, name, 0, sealed, index, "Flat", "l2", hides or {})
+    path = segfolder.segment_path(root, name, 0, partition, manifest.segment_id)
     return SegmentRecord.from_manifest(manifest), path
 
 
@@ -54,7 +55,7 @@ def commit(registry: Registry, root: Path, name: str, partition: int, start: int
     """What a worker does: write, register (must succeed), mark."""
     record, path = write(root, name, partition, start, end, hides)
     assert registry.register(record, epoch).ok
-    snapshot.mark_registered(path)
+    segfolder.mark_registered(path)
     return path
 
 
@@ -73,9 +74,9 @@ def test_registration_advances_the_checkpoint_in_order(
     assert (reg.checkpoint(0), reg.checkpoints(), reg.segments(), reg.version()) == (0, {}, [], 0)
     epoch = reg.claim(0)
     assert epoch == 1 and reg.epoch(0) == 1
-    first, _ = write(settings.snapshots, collection_name, 0, 0, 10)
-    second, _ = write(settings.snapshots, collection_name, 0, 10, 25)
-    other, _ = write(settings.snapshots, collection_name, 3, 0, 7)
+    first, _ = write(settings.store, collection_name, 0, 0, 10)
+    second, _ = write(settings.store, collection_name, 0, 10, 25)
+    other, _ = write(settings.store, collection_name, 3, 0, 7)
     r1 = reg.register(first, epoch)
     assert (r1.status, r1.checkpoint, r1.version, r1.ok) == ("ok", 10, 1, True)
     r2 = reg.register(second, epoch)
@@ -92,13 +93,13 @@ def test_a_start_other_than_the_checkpoint_is_a_conflict(
         redis_client: redis.Redis, settings: Settings, collection_name: str) -> None:
     reg = Registry(redis_client, collection_name)
     epoch = reg.claim(0)
-    late, _ = write(settings.snapshots, collection_name, 0, 10, 20)
+    late, _ = write(settings.store, collection_name, 0, 10, 20)
     result = reg.register(late, epoch)
     assert (result.status, result.checkpoint, result.version, result.ok) == (
         "conflict", 0, 0, False)
     assert (reg.checkpoints(), reg.segments(), reg.version()) == ({}, [], 0)
-    commit(reg, settings.snapshots, collection_name, 0, 0, 10, epoch)
-    overlapping, _ = write(settings.snapshots, collection_name, 0, 5, 30)
+    commit(reg, settings.store, collection_name, 0, 0, 10, epoch)
+    overlapping, _ = write(settings.store, collection_name, 0, 5, 30)
     assert (reg.register(overlapping, epoch).status, reg.checkpoint(0)) == ("conflict", 10)
 
 
@@ -106,7 +107,7 @@ def test_the_same_segment_twice_is_already_registered(
         redis_client: redis.Redis, settings: Settings, collection_name: str) -> None:
     reg = Registry(redis_client, collection_name)
     epoch = reg.claim(1)
-    record, _ = write(settings.snapshots, collection_name, 1, 0, 10)
+    record, _ = write(settings.store, collection_name, 1, 0, 10)
     assert reg.register(record, epoch).status == "ok"
     again = reg.register(record, epoch)
     assert (again.status, again.checkpoint, again.version, again.ok) == ("already", 10, 1, True)
@@ -123,7 +124,7 @@ def test_a_new_claim_fences_the_previous_owner(
     old_epoch = old.claim(2)
     new_epoch = new.claim(2)
     assert (old_epoch, new_epoch) == (1, 2)
-    record, _ = write(settings.snapshots, collection_name, 2, 0, 10)
+    record, _ = write(settings.store, collection_name, 2, 0, 10)
     fenced = old.register(record, old_epoch)  # its start offset matches the checkpoint
     assert (fenced.status, fenced.epoch, fenced.checkpoint, fenced.ok) == ("fenced", 2, 0, False)
     assert (new.checkpoints(), new.version()) == ({}, 0)
@@ -139,11 +140,11 @@ def test_registrations_and_rebuilds_are_published(
     try:
         pubsub.subscribe(reg.events_channel)
         assert next_message(pubsub)["type"] == "subscribe"
-        commit(reg, settings.snapshots, collection_name, 0, 0, 10, reg.claim(0))
+        commit(reg, settings.store, collection_name, 0, 0, 10, reg.claim(0))
         assert json.loads(next_message(pubsub)["data"]) == {
             "type": "registered", "segment_id": "p0000-000000000000-000000000010",
             "partition": 0, "start_offset": 0, "end_offset": 10, "version": 1}
-        rebuild(redis_client, settings.snapshots, collection_name)
+        rebuild(redis_client, settings.store, collection_name)
         assert json.loads(next_message(pubsub)["data"]) == {
             "type": "rebuilt", "segment_id": None, "partition": None, "start_offset": None,
             "end_offset": None, "version": 2}
@@ -164,7 +165,7 @@ def test_rebuild_from_the_store_restores_the_registry_and_nothing_else(
         redis_client: redis.Redis, settings: Settings, collection_name: str) -> None:
     reg = Registry(redis_client, collection_name)
     name = CollectionName.parse(collection_name)
-    populate(reg, settings.snapshots, collection_name)
+    populate(reg, settings.store, collection_name)
     redis_client.set(name.key("spec"), b'{"kept": true}')
     redis_client.set(name.key("other"), b"kept too")
     before = (reg.checkpoints(), reg.segments(), redis_client.hgetall(reg.segments_key))
@@ -172,7 +173,7 @@ def test_rebuild_from_the_store_restores_the_registry_and_nothing_else(
     assert reg.clear() == 3
     assert (reg.checkpoints(), reg.segments(), reg.version()) == ({}, [], 0)
 
-    report = rebuild(redis_client, settings.snapshots, collection_name)
+    report = rebuild(redis_client, settings.store, collection_name)
 
     assert (reg.checkpoints(), reg.segments(), redis_client.hgetall(reg.segments_key)) == before
     assert [(p.partition, p.segments, p.rows, p.checkpoint) for p in report.partitions] == [
@@ -181,15 +182,15 @@ def test_rebuild_from_the_store_restores_the_registry_and_nothing_else(
     assert redis_client.get(name.key("spec")) == b'{"kept": true}'
     assert redis_client.get(name.key("other")) == b"kept too"
     assert redis_client.hgetall(reg.epoch_key) == epochs
-    assert rebuild(redis_client, settings.snapshots, collection_name).version == 2
+    assert rebuild(redis_client, settings.store, collection_name).version == 2
     assert (reg.checkpoints(), reg.segments()) == before[:2]
 
 
 def test_rebuild_stops_at_a_corrupt_segment_and_writes_nothing(
         redis_client: redis.Redis, settings: Settings, collection_name: str) -> None:
     reg = Registry(redis_client, collection_name)
-    populate(reg, settings.snapshots, collection_name)
-    bad = snapshot.segment_path(settings.snapshots, collection_name, 0, 0,
+    populate(reg, settings.store, collection_name)
+    bad = segfolder.segment_path(settings.store, collection_name, 0, 0,
                                 "p0000-000000000010-000000000030")
     data = bytearray((bad / "ids.npy").read_bytes())
     data[-1] ^= 0xFF
@@ -197,19 +198,19 @@ def test_rebuild_stops_at_a_corrupt_segment_and_writes_nothing(
     before = (reg.checkpoints(), reg.segments(), reg.version())
     with pytest.raises(CorruptSegment, match="p0000-000000000010-000000000030 is corrupt: "
                                              "ids.npy: sha256 does not match the manifest"):
-        rebuild(redis_client, settings.snapshots, collection_name)
+        rebuild(redis_client, settings.store, collection_name)
     assert (reg.checkpoints(), reg.segments(), reg.version()) == before
 
 
 def test_rebuild_ignores_folders_that_were_never_registered(
         redis_client: redis.Redis, settings: Settings, collection_name: str) -> None:
     reg = Registry(redis_client, collection_name)
-    populate(reg, settings.snapshots, collection_name)
+    populate(reg, settings.store, collection_name)
     before = (reg.checkpoints(), reg.segments())
-    write(settings.snapshots, collection_name, 0, 31, 40)  # crashed before registering
-    write(settings.snapshots, collection_name, 0, 10, 20)  # a replay that sealed differently
-    write(settings.snapshots, collection_name, 2, 0, 9)  # a partition never registered at all
-    report = rebuild(redis_client, settings.snapshots, collection_name)
+    write(settings.store, collection_name, 0, 31, 40)  # crashed before registering
+    write(settings.store, collection_name, 0, 10, 20)  # a replay that sealed differently
+    write(settings.store, collection_name, 2, 0, 9)  # a partition never registered at all
+    report = rebuild(redis_client, settings.store, collection_name)
     assert (reg.checkpoints(), reg.segments()) == before
     assert report.ignored == ("p0000-000000000010-000000000020",
                               "p0000-000000000031-000000000040", "p0002-000000000000-000000000009")
@@ -219,34 +220,34 @@ def test_rebuild_ignores_folders_that_were_never_registered(
 def test_rebuild_recovers_a_registered_segment_whose_marker_was_lost(
         redis_client: redis.Redis, settings: Settings, collection_name: str) -> None:
     reg = Registry(redis_client, collection_name)
-    populate(reg, settings.snapshots, collection_name)
-    middle = snapshot.segment_path(settings.snapshots, collection_name, 0, 0,
+    populate(reg, settings.store, collection_name)
+    middle = segfolder.segment_path(settings.store, collection_name, 0, 0,
                                    "p0000-000000000010-000000000030")
     Path(f"{middle}.registered").unlink()  # crashed between registering and marking
     before = (reg.checkpoints(), reg.segments())
-    assert plan_rebuild(settings.snapshots, collection_name).recovered == (middle.name,)
-    assert not snapshot.is_registered(middle)  # a plan writes nothing
-    report = rebuild(redis_client, settings.snapshots, collection_name)
+    assert plan_rebuild(settings.store, collection_name).recovered == (middle.name,)
+    assert not segfolder.is_registered(middle)  # a plan writes nothing
+    report = rebuild(redis_client, settings.store, collection_name)
     assert (report.recovered, (reg.checkpoints(), reg.segments())) == ((middle.name,), before)
-    assert snapshot.is_registered(middle)
+    assert segfolder.is_registered(middle)
 
 
 def test_rebuild_names_a_gap(
         redis_client: redis.Redis, settings: Settings, collection_name: str) -> None:
     reg = Registry(redis_client, collection_name)
-    populate(reg, settings.snapshots, collection_name)
-    lost = snapshot.segment_path(settings.snapshots, collection_name, 0, 0,
+    populate(reg, settings.store, collection_name)
+    lost = segfolder.segment_path(settings.store, collection_name, 0, 0,
                                  "p0000-000000000000-000000000010")
-    snapshot.store.remove(lost)
+    segfolder.store.remove(lost)
     with pytest.raises(RebuildError, match=r"partition 0: gap in the registered segments: "
                                            r"offsets \[0, 10\) are covered by no segment"):
-        rebuild(redis_client, settings.snapshots, collection_name)
+        rebuild(redis_client, settings.store, collection_name)
 
 
 def test_replacing_refuses_a_registry_that_moved(
         redis_client: redis.Redis, settings: Settings, collection_name: str) -> None:
     reg = Registry(redis_client, collection_name)
-    commit(reg, settings.snapshots, collection_name, 0, 0, 10, reg.claim(0))
+    commit(reg, settings.store, collection_name, 0, 0, 10, reg.claim(0))
     with pytest.raises(RebuildError, match="changed during the rebuild"):
         reg.replace_all([], {}, expected_version=0)
     assert (reg.checkpoints(), reg.version()) == ({0: 10}, 1)
@@ -254,7 +255,7 @@ def test_replacing_refuses_a_registry_that_moved(
 
 def run_cli(settings: Settings, *argv: str) -> int:
     parser = argparse.ArgumentParser()
-    registry_cli.register(parser.add_subparsers())
+    registry.register(parser.add_subparsers())
     args = parser.parse_args(["registry", *argv])
     return args.handler(args, settings)
 
@@ -262,7 +263,7 @@ def run_cli(settings: Settings, *argv: str) -> int:
 def test_cli_show_and_rebuild(redis_client: redis.Redis, settings: Settings,
                               collection_name: str, capsys: pytest.CaptureFixture) -> None:
     reg = Registry(redis_client, collection_name)
-    populate(reg, settings.snapshots, collection_name)
+    populate(reg, settings.store, collection_name)
     assert run_cli(settings, "show", "--collection", collection_name, "--json") == 0
     shown = json.loads(capsys.readouterr().out)
     assert (shown["version"], shown["checkpoints"], shown["epochs"]) == (

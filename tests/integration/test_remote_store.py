@@ -13,13 +13,14 @@ from prometheus_client import CollectorRegistry
 from stack import IndexerThread
 from workers import Workload, assert_state_matches, log_ends, wait_fully_indexed
 
-from indexer import compact, reindex, remote, snapshot, store
+from indexer import remote, segfolder, store
 from indexer.errors import CorruptSegment
 from indexer.registry import Registry, SegmentRecord
 from indexer.segment import SealedRows
 from ingest import admin
 from ingest.producer import Producer
 from ingest.spec import CollectionSpec
+from lifecycle import compaction, generations
 from searcher import search, segments
 from searcher.engine import Engine
 from searcher.metrics import SearcherMetrics
@@ -35,8 +36,8 @@ INDEX_TIMEOUT_S = 60.0
 @pytest.fixture
 def mirrored(settings: Settings, s3_server, collection_name: str) -> Settings:
     """The test's settings with its snapshots mirrored under a prefix of its own in the bucket."""
-    return settings.model_copy(update={"snapshot_url": s3_server.url(collection_name),
-                                       "snapshot_storage_options": s3_server.storage_options})
+    return settings.model_copy(update={"store_url": s3_server.url(collection_name),
+                                       "store_options": s3_server.storage_options})
 
 
 def elsewhere(settings: Settings, folder: Path) -> Settings:
@@ -45,7 +46,7 @@ def elsewhere(settings: Settings, folder: Path) -> Settings:
     return settings.model_copy(update={"snapshots": folder})
 
 
-def small_segment(root: Path, collection: str) -> snapshot.SegmentManifest:
+def small_segment(root: Path, collection: str) -> segfolder.SegmentManifest:
     """One Flat segment of 30 seeded rows in partition 0, written to the local store."""
     rng = np.random.default_rng(5)
     sealed = SealedRows(
@@ -56,7 +57,7 @@ def small_segment(root: Path, collection: str) -> snapshot.SegmentManifest:
         metadata=[b'{"n": 1}'] * 30, deleted_ids=np.array([b"gone"]))
     index = faiss.IndexFlatL2(DIM)
     index.add(sealed.vectors)
-    return snapshot.write_segment(root, collection, 0, sealed, index, "Flat", "l2", {})
+    return segfolder.write_segment(root, collection, 0, sealed, index, "Flat", "l2", {})
 
 
 def index_some(settings: Settings, name: str) -> Workload:
@@ -78,10 +79,10 @@ def index_some(settings: Settings, name: str) -> Workload:
 
 
 def test_push_and_fetch_round_trip_byte_identical(mirrored, tmp_path, collection_name) -> None:
-    manifest = small_segment(mirrored.snapshots, collection_name)
+    manifest = small_segment(mirrored.store, collection_name)
     objects = remote.RemoteStore.from_settings(mirrored)
     rel = remote.rel_path(manifest)
-    local = mirrored.snapshots / rel
+    local = mirrored.store / rel
     assert objects.push(local, rel) is True
     assert objects.push(local, rel) is False
     expected = {p.name: p.read_bytes() for p in local.iterdir()}
@@ -93,15 +94,15 @@ def test_push_and_fetch_round_trip_byte_identical(mirrored, tmp_path, collection
     fetched = objects.fetch(rel, other)
     assert fetched == other / rel
     assert {p.name: p.read_bytes() for p in fetched.iterdir()} == expected
-    assert snapshot.verify(fetched) == manifest  # every sha256 checked again
+    assert segfolder.verify(fetched) == manifest  # every sha256 checked again
     assert sorted(p.name for p in fetched.parent.iterdir()) == [manifest.segment_id]
 
 
 def test_a_tampered_remote_object_is_refused_and_nothing_is_installed(
         mirrored, tmp_path, collection_name) -> None:
-    manifest = small_segment(mirrored.snapshots, collection_name)
+    manifest = small_segment(mirrored.store, collection_name)
     objects = remote.RemoteStore.from_settings(mirrored)
-    objects.push_segment(mirrored.snapshots, manifest)
+    objects.push_segment(mirrored.store, manifest)
     rel = remote.rel_path(manifest)
     key = f"{objects.key(rel)}/vectors.npy"
     data = bytearray(objects.fs.cat_file(key))
@@ -110,19 +111,19 @@ def test_a_tampered_remote_object_is_refused_and_nothing_is_installed(
 
     reader = elsewhere(mirrored, tmp_path / "reader")
     with pytest.raises(CorruptSegment) as refused:
-        objects.fetch(rel, reader.snapshots)
+        objects.fetch(rel, reader.store)
     assert (refused.value.file, refused.value.reason) == (
         "vectors.npy", "sha256 does not match the manifest")
-    assert str(refused.value).startswith(f"segment {mirrored.snapshot_url}/{rel} is corrupt")
+    assert str(refused.value).startswith(f"segment {mirrored.store_url}/{rel} is corrupt")
     remote.attach(reader)
     record = SegmentRecord.from_manifest(manifest)
-    assert segments.load(reader.snapshots, record) is None  # a searcher refuses it, logged
-    partition = reader.snapshots / rel.rsplit("/", 1)[0]
+    assert segments.load(reader.store, record) is None  # a searcher refuses it, logged
+    partition = reader.store / rel.rsplit("/", 1)[0]
     assert [p.name for p in partition.iterdir()] == []  # no folder and no temp left behind
 
     objects.fs.rm_file(f"{objects.key(rel)}/manifest.json")
     with pytest.raises(CorruptSegment, match="manifest.json: missing .an incomplete upload"):
-        objects.fetch(rel, reader.snapshots)
+        objects.fetch(rel, reader.store)
     assert [p.name for p in partition.iterdir()] == []
 
 
@@ -134,9 +135,9 @@ def test_an_indexer_pushes_every_segment_and_its_marker(mirrored, collection_nam
     assert objects.list_segments(collection_name, 0) == [r.path for r in records]
     assert all(objects.is_registered(r.path) for r in records)
     for rec in records:  # the local folder stays the working copy, identical to the remote one
-        local = (mirrored.snapshots / rec.path / "manifest.json").read_bytes()
+        local = (mirrored.store / rec.path / "manifest.json").read_bytes()
         assert objects.fs.cat_file(f"{objects.key(rec.path)}/manifest.json") == local
-        assert store.is_registered(mirrored.snapshots / rec.path)
+        assert store.is_registered(mirrored.store / rec.path)
 
 
 def test_a_searcher_with_an_empty_local_folder_serves_from_the_object_store(
@@ -165,7 +166,7 @@ def test_a_searcher_with_an_empty_local_folder_serves_from_the_object_store(
         assert answer.ids == [[ids[j] for j in row] for row in order]
     finally:
         engine.stop()
-    fetched = snapshot.list_segments(searcher.snapshots, collection_name, 0)
+    fetched = segfolder.list_segments(searcher.store, collection_name, 0)
     assert [p.name for p in fetched] == [r.segment_id for r in records]
 
 
@@ -182,21 +183,21 @@ def test_registry_rebuild_from_remote_reproduces_the_registry(mirrored, tmp_path
                           timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     n = len(before[0])
-    assert (f"from {mirrored.snapshot_url}: {n} folders fetched, 0 already here, "
+    assert (f"from {mirrored.store_url}: {n} folders fetched, 0 already here, "
             f"{n} markers copied") in done.stdout
     assert f"registry of {collection_name} rebuilt: version 1" in done.stdout
     assert (registry.segments(), registry.checkpoints()) == before
-    local = snapshot.list_segments(fresh.snapshots, collection_name, 0)
+    local = segfolder.list_segments(fresh.store, collection_name, 0)
     assert [p.name for p in local] == [r.segment_id for r in before[0]]
     assert all(store.is_registered(p) for p in local)
 
-    plain = elsewhere(mirrored.model_copy(update={"snapshot_url": None}), tmp_path / "plain")
+    plain = elsewhere(mirrored.model_copy(update={"store_url": None}), tmp_path / "plain")
     refused = subprocess.run(argv, env=plain.child_env(), capture_output=True, text=True,
                              timeout=120, check=False)
     assert refused.returncode == 2
     assert refused.stderr.strip() == (
-        "streamvec: error: --from-remote needs an object store: set STREAMVEC_SNAPSHOT_URL "
-        "(and STREAMVEC_SNAPSHOT_STORAGE_OPTIONS)")
+        "streamvec: error: --from-remote needs an object store: set STREAMVEC_STORE_URL "
+        "(and STREAMVEC_STORE_OPTIONS)")
 
 
 def test_a_worker_on_another_machine_takes_over_through_the_object_store(
@@ -214,7 +215,7 @@ def test_a_worker_on_another_machine_takes_over_through_the_object_store(
     records = Registry(mirrored.redis_client(), collection_name).segments()
     objects = remote.RemoteStore.from_settings(mirrored)
     reader = elsewhere(mirrored, tmp_path / "reader")
-    fetched = remote.fetch_collection(objects, reader.snapshots, collection_name, 0)
+    fetched = remote.fetch_collection(objects, reader.store, collection_name, 0)
     assert (fetched.fetched, fetched.refused) == ([r.path for r in records], {})
     assert fetched.markers == len(records)
     assert_state_matches(reader, collection_name, workload)
@@ -223,9 +224,9 @@ def test_a_worker_on_another_machine_takes_over_through_the_object_store(
 def test_compaction_and_reindex_upload_what_they_register(mirrored, tmp_path,
                                                            collection_name) -> None:
     workload = index_some(mirrored, collection_name)
-    compact.compact(mirrored, collection_name, compact.CompactionPolicy(max_rows=10_000,
+    compaction.compact(mirrored, collection_name, compaction.CompactionPolicy(max_rows=10_000,
                                                                         max_segments=1))
-    reindex.reindex(mirrored, collection_name, "HNSW8")
+    generations.reindex(mirrored, collection_name, "HNSW8")
     records = Registry(mirrored.redis_client(), collection_name).segments()
     assert {r.generation for r in records} == {1}
     objects = remote.RemoteStore.from_settings(mirrored)

@@ -79,7 +79,7 @@ def test_redis_set_get_and_aof(redis_client, redis_server, collection_name):
 def test_settings_point_at_the_session_servers(settings, kafka_server, redis_server, tmp_path):
     assert settings.kafka == kafka_server.bootstrap
     assert settings.redis_url == redis_server.url
-    assert settings.snapshots == tmp_path / "snapshots"
+    assert settings.store == tmp_path / "snapshots"
     assert settings.redis_client().ping() is True
     # The servers are this session's own children, on ports of their own.
     for server in (kafka_server, redis_server):

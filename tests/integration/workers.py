@@ -109,7 +109,7 @@ def wait_fully_indexed(settings: Settings, collection: str, topic: str, timeout:
 def assert_state_matches(settings: Settings, collection: str, workload: Workload) -> None:
     """Registered segments with hides applied hold exactly the expected latest state."""
     registry = Registry(settings.redis_client(), collection)
-    live = live_rows(load_registered(registry, settings.snapshots))
+    live = live_rows(load_registered(registry, settings.store))
     expected = workload.live()
     missing = sorted(set(expected) - set(live))[:5]
     extra = sorted(set(live) - set(expected))[:5]

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from streamvec import health
-from streamvec.cli import COMMAND_MODULES, build_parser
+from streamvec.commands import COMMAND_MODULES, build_parser
 from streamvec.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

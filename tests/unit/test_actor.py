@@ -8,7 +8,7 @@ import os
 import pytest
 from pydantic import ValidationError
 
-from streamvec.cli import build_parser, settings_from_args
+from streamvec.commands import build_parser, settings_from_args
 from streamvec.settings import Settings, default_actor
 
 

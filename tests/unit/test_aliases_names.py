@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from ingest import aliases
-from ingest.aliases import Alias, AliasError, Switch
-from ingest.challenges import Challenge
+from lifecycle import aliases
+from lifecycle.aliases import Alias, AliasError, Switch
+from lifecycle.challenges import Challenge
 
 
 @pytest.mark.parametrize("name", ["products", "p", "a-b_c9", "x" * 64])

@@ -7,22 +7,22 @@ import uuid
 import numpy as np
 import pytest
 
-from ingest.challenges import Challenge
-from monitor import challenge
-from monitor.challenge_cli import _parse_words
+from lifecycle import evaluation
+from lifecycle.challenges import Challenge
 from searcher import shadow
 from searcher.shadow import ShadowRecord
+from streamvec.commands.challenge import _parse_words
 from streamvec.errors import CommandError
 
 CONFIG = Challenge("c1", "products", "products@v3", "products@v4", 1.0, 0.0, "alice")
 
 
 def test_overlap_at_k_counts_shared_ids_in_each_top_k():
-    assert challenge.overlap_at_k(["a", "b", "c"], ["c", "a", "x"], 3) == pytest.approx(2 / 3)
-    assert challenge.overlap_at_k(["a", "b", "c", "d"], ["d", "x"], 2) == 0.0
-    assert challenge.overlap_at_k(["a"], ["a"], 4) == 0.25  # missing hits count as misses
+    assert evaluation.overlap_at_k(["a", "b", "c"], ["c", "a", "x"], 3) == pytest.approx(2 / 3)
+    assert evaluation.overlap_at_k(["a", "b", "c", "d"], ["d", "x"], 2) == 0.0
+    assert evaluation.overlap_at_k(["a"], ["a"], 4) == 0.25  # missing hits count as misses
     with pytest.raises(ValueError, match="k must be >= 1"):
-        challenge.overlap_at_k([], [], 0)
+        evaluation.overlap_at_k([], [], 0)
 
 
 def test_sampling_is_exact_at_the_ends_and_stable_per_request():
@@ -99,7 +99,7 @@ class StubTruth:
 
 def test_judging_a_record_sums_overlap_and_each_roles_recall():
     truth = StubTruth({"products@v3": [1.0, None], "products@v4": [0.5, 1.0]})
-    verdict = challenge.judge(record(), truth)
+    verdict = evaluation.judge(record(), truth)
     assert truth.asked == [("products@v3", (2, 3)), ("products@v4", (2, 4))]
     assert verdict.increments() == {
         "searches": 1, "queries": 2, "compared": 2, "errors": 0,
@@ -109,7 +109,7 @@ def test_judging_a_record_sums_overlap_and_each_roles_recall():
 
 def test_a_failed_shadow_counts_an_error_and_judges_only_the_champion():
     truth = StubTruth({"products@v3": [1.0, 0.5]})
-    verdict = challenge.judge(record(challenger_ids=None, challenger_ms=None, error="boom"),
+    verdict = evaluation.judge(record(challenger_ids=None, challenger_ms=None, error="boom"),
                               truth)
     assert [c for c, _ in truth.asked] == ["products@v3"]
     assert verdict.increments() == {
@@ -156,5 +156,5 @@ def test_per_query_recall_against_brute_force_sets_tail_hits_aside():
     got = [exact[0],  # all five right
            exact[1][:3] + ["r-miss", "r-miss2"],  # r-miss* are not sealed: tail rows
            [exact[2][0], exact[2][4], *[i for i in ids if i not in exact[2]][:3]]]
-    assert challenge.per_query_recall(got, exact, sealed, 5) == [1.0, 1.0, 0.4]
-    assert challenge.per_query_recall([["t1", "t2"]], [[]], sealed, 2) == [None]
+    assert evaluation.per_query_recall(got, exact, sealed, 5) == [1.0, 1.0, 0.4]
+    assert evaluation.per_query_recall([["t1", "t2"]], [[]], sealed, 2) == [None]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from indexer.compact import CompactionPolicy
 from indexer.registry import SegmentRecord, check_same_coverage
 from indexer.store import segment_id
+from lifecycle.compaction import CompactionPolicy
 
 
 def rec(partition: int, start: int, end: int, rows: int, generation: int = 0) -> SegmentRecord:

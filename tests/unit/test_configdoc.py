@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from pydantic import Field, SecretStr
 
-from streamvec import cli, config_cli, configdoc
+from streamvec import commands, configdoc
+from streamvec.commands import config
 from streamvec.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,8 +27,8 @@ class WithNewSettings(Settings):
 
 def test_the_file_in_the_tree_is_what_the_settings_render():
     # A new or changed setting without `make docs` fails here.
-    reason = config_cli.stale_reason(DOC, configdoc.render())
-    assert reason is None, f"{reason}; run `{config_cli.REGENERATE}`"
+    reason = config.stale_reason(DOC, configdoc.render())
+    assert reason is None, f"{reason}; run `{config.REGENERATE}`"
 
 
 def test_every_field_has_its_row_with_env_var_and_description():
@@ -88,7 +89,7 @@ def test_a_new_field_appears_and_makes_the_file_stale():
     assert rows["| `plain`"] == (
         "| `plain` | `STREAMVEC_PLAIN` | - | integer | `3` | **undocumented** |")
     assert "- `STREAMVEC_STORE_TOKEN` (secret): " in rendered
-    reason = config_cli.stale_reason(DOC, rendered)
+    reason = config.stale_reason(DOC, rendered)
     assert reason is not None and reason.startswith(f"{DOC} differs at line ")
 
 
@@ -111,28 +112,28 @@ def test_a_flag_is_found_by_the_env_var_its_help_names():
 
 def test_check_passes_on_a_fresh_file_and_fails_on_a_stale_one(tmp_path, capsys):
     fresh = tmp_path / "configuration.md"
-    assert cli.main(["config", "reference", "--output", str(fresh)]) == 0
+    assert commands.main(["config", "reference", "--output", str(fresh)]) == 0
     assert fresh.read_text(encoding="utf-8") == configdoc.render()
-    assert cli.main(["config", "reference", "--check", "--output", str(fresh)]) == 0
+    assert commands.main(["config", "reference", "--check", "--output", str(fresh)]) == 0
     assert capsys.readouterr().out == f"wrote {fresh}\n{fresh} is up to date\n"
 
     lines = fresh.read_text(encoding="utf-8").splitlines(keepends=True)
     fresh.write_text("".join(lines[:-1]), encoding="utf-8")
-    assert cli.main(["config", "reference", "--check", "--output", str(fresh)]) == 2
+    assert commands.main(["config", "reference", "--check", "--output", str(fresh)]) == 2
     err = capsys.readouterr().err
     assert err == (f"streamvec: error: the configuration reference is stale: {fresh} ends after "
                    f"line {len(lines) - 1}; the settings give {len(lines)} lines; regenerate it "
-                   f"with {config_cli.REGENERATE}\n")
+                   f"with {config.REGENERATE}\n")
 
 
 def test_check_of_a_missing_file_names_the_fix(tmp_path, capsys):
     missing = tmp_path / "nope.md"
-    assert cli.main(["config", "reference", "--check", "--output", str(missing)]) == 2
+    assert commands.main(["config", "reference", "--check", "--output", str(missing)]) == 2
     assert f"{missing} does not exist; regenerate it with make docs" in capsys.readouterr().err
 
 
 def test_without_output_the_reference_goes_to_stdout(capsys):
-    assert cli.main(["config", "reference"]) == 0
+    assert commands.main(["config", "reference"]) == 0
     assert capsys.readouterr().out == configdoc.render()
 
 
@@ -144,4 +145,4 @@ def test_without_output_the_reference_goes_to_stdout(capsys):
 def test_stale_reasons(tmp_path, old, new, reason):
     path = tmp_path / "doc.md"
     path.write_bytes(old.encode())
-    assert config_cli.stale_reason(path, new) == f"{path} {reason}"
+    assert config.stale_reason(path, new) == f"{path} {reason}"

@@ -174,7 +174,7 @@ def test_compose_shares_one_snapshot_volume_and_wires_kafka_and_redis_by_name():
     c = compose()
     for name, service in streamvec_services().items():
         env = compose_env(service)
-        assert f"snapshots:{env['STREAMVEC_SNAPSHOTS']}" in service["volumes"], name
+        assert f"snapshots:{env['STREAMVEC_STORE']}" in service["volumes"], name
         assert env["STREAMVEC_KAFKA"] == "kafka:9092" and env["STREAMVEC_REDIS"].startswith(
             "redis://redis:6379/"), name
     kafka = c["services"]["kafka"]["environment"]
@@ -270,7 +270,7 @@ def test_each_role_has_probes_on_its_health_port_and_the_shared_snapshots():
         assert port_problems(name, container, env) == []
         volumes = {v["name"]: v for v in spec["volumes"]}
         mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
-        claim = mounts[env["STREAMVEC_SNAPSHOTS"]]["persistentVolumeClaim"]["claimName"]
+        claim = mounts[env["STREAMVEC_STORE"]]["persistentVolumeClaim"]["claimName"]
         assert claims[claim]["spec"]["accessModes"] == ["ReadWriteMany"], name
 
 

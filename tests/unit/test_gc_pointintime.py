@@ -7,15 +7,15 @@ import re
 
 import pytest
 
-from indexer.pointintime import (
+from indexer.registry import SegmentRecord
+from ingest.spec import CollectionSpec
+from lifecycle.snapshots import (
     PointInTime,
     PointInTimeError,
     check_label,
     new_id,
     target_spec,
 )
-from indexer.registry import SegmentRecord
-from ingest.spec import CollectionSpec
 
 
 def pit(spec: CollectionSpec) -> PointInTime:

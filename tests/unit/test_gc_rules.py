@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from indexer import gc, gc_scan
-from indexer.gc import GcReport, Rules
-from indexer.gc_scan import MARKER, OTHER, SEGMENT, TEMP, Entry
+from lifecycle import gc, gc_scan
+from lifecycle.gc import GcReport, Rules
+from lifecycle.gc_scan import MARKER, OTHER, SEGMENT, TEMP, Entry
 
 SEG = "c/g0002/p0001/p0001-000000000100-000000000200"
 LIVE = Rules(True, 600.0, active_generation=2, kept_generations=frozenset({0, 1, 2}),

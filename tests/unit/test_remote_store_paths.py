@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from indexer import remote, snapshot, store
+from indexer import remote, segfolder, store
 from indexer.errors import CorruptSegment, RemoteStoreError
 from indexer.segment import SealedRows
 from streamvec.settings import Settings, redact_storage_options
@@ -22,7 +22,7 @@ SECRET = "n0t-a-real-s3cret"  # noqa: S105 - must never show up in text
 
 
 def write_segment(root: Path, partition: int = 1, start: int = 0, end: int = 10
-                  ) -> snapshot.SegmentManifest:
+                  ) -> segfolder.SegmentManifest:
     """Write one small seeded segment folder under `root`."""
     rng = np.random.default_rng(start)
     rows = end - start
@@ -35,7 +35,7 @@ def write_segment(root: Path, partition: int = 1, start: int = 0, end: int = 10
         deleted_ids=np.zeros(0, dtype="S1"))
     index = faiss.IndexFlatL2(DIM)
     index.add(sealed.vectors)
-    return snapshot.write_segment(root, COLLECTION, 0, sealed, index, "Flat", "l2", {})
+    return segfolder.write_segment(root, COLLECTION, 0, sealed, index, "Flat", "l2", {})
 
 
 def files_of(folder: Path) -> dict[str, bytes]:
@@ -134,7 +134,7 @@ def test_fetch_collection_reports_what_it_installed_kept_and_refused(tmp_path: P
     assert (report.fetched, report.kept, report.markers) == ([rels[0]], [rels[1]], 1)
     assert report.refused == {
         rels[2]: "manifest.json: missing (an incomplete upload, or no such folder)"}
-    assert [p.name for p in snapshot.list_segments(other, COLLECTION, 0)] == [
+    assert [p.name for p in segfolder.list_segments(other, COLLECTION, 0)] == [
         made[0].segment_id, made[1].segment_id]
 
 
@@ -142,29 +142,29 @@ def test_readers_fetch_missing_folders_only_from_an_attached_store(tmp_path: Pat
     local = tmp_path / "local"
     manifest = write_segment(local)
     rel = remote.rel_path(manifest)
-    settings = Settings(snapshots=tmp_path / "reader", snapshot_url=f"file://{tmp_path}/b")
+    settings = Settings(store=tmp_path / "reader", store_url=f"file://{tmp_path}/b")
     objects = remote.RemoteStore.from_settings(settings)
     assert objects.push_segment(local, manifest)
-    assert remote.local_folder(settings.snapshots, rel) == settings.snapshots / rel
-    assert not (settings.snapshots / rel).exists()  # nothing attached to this root yet
-    assert objects.fetch(rel, settings.snapshots) == settings.snapshots / rel
-    assert files_of(settings.snapshots / rel) == files_of(local / rel)
-    store.remove(settings.snapshots / rel)
+    assert remote.local_folder(settings.store, rel) == settings.store / rel
+    assert not (settings.store / rel).exists()  # nothing attached to this root yet
+    assert objects.fetch(rel, settings.store) == settings.store / rel
+    assert files_of(settings.store / rel) == files_of(local / rel)
+    store.remove(settings.store / rel)
     assert remote.attach(settings) is not None
-    assert snapshot.verify(remote.local_folder(settings.snapshots, rel)) == manifest
-    assert remote.attach(Settings(snapshots=tmp_path / "plain")) is None
+    assert segfolder.verify(remote.local_folder(settings.store, rel)) == manifest
+    assert remote.attach(Settings(store=tmp_path / "plain")) is None
 
 
 def test_mirroring_pushes_only_where_a_store_is_attached(tmp_path: Path) -> None:
-    settings = Settings(snapshots=tmp_path / "writer", snapshot_url=f"file://{tmp_path}/m")
-    manifest = write_segment(settings.snapshots)
+    settings = Settings(store=tmp_path / "writer", store_url=f"file://{tmp_path}/m")
+    manifest = write_segment(settings.store)
     rel = remote.rel_path(manifest)
     assert not remote.mirror_segment(tmp_path / "elsewhere", manifest)
     objects = remote.attach(settings)
-    assert remote.mirror_segment(settings.snapshots, manifest)
-    assert remote.mirror_marker(settings.snapshots, rel)
+    assert remote.mirror_segment(settings.store, manifest)
+    assert remote.mirror_marker(settings.store, rel)
     assert objects.is_complete(rel) and objects.is_registered(rel)
-    assert not remote.mirror_segment(settings.snapshots, manifest)  # already there
+    assert not remote.mirror_segment(settings.store, manifest)  # already there
 
 
 def test_a_broken_store_fails_with_one_clear_error(tmp_path: Path) -> None:
@@ -185,11 +185,11 @@ def test_settings_read_the_object_store_from_env_and_mask_its_secrets(monkeypatc
                                                                        tmp_path) -> None:
     options = {"endpoint_url": "http://127.0.0.1:9", "key": "AKIA-ID", "secret": SECRET,
                "client_kwargs": {"region_name": "us-east-1", "aws_session_token": SECRET}}
-    monkeypatch.setenv("STREAMVEC_SNAPSHOT_URL", " s3://bucket/prefix ")
-    monkeypatch.setenv("STREAMVEC_SNAPSHOT_STORAGE_OPTIONS", json.dumps(options))
-    settings = Settings(snapshots=tmp_path)
-    assert settings.snapshot_url == "s3://bucket/prefix"
-    assert settings.snapshot_storage_options == options
+    monkeypatch.setenv("STREAMVEC_STORE_URL", " s3://bucket/prefix ")
+    monkeypatch.setenv("STREAMVEC_STORE_OPTIONS", json.dumps(options))
+    settings = Settings(store=tmp_path)
+    assert settings.store_url == "s3://bucket/prefix"
+    assert settings.store_options == options
     text = f"{settings!r} {settings.describe()}"
     assert SECRET not in text and "AKIA-ID" not in text and "http://127.0.0.1:9" in text
     assert redact_storage_options(options) == {
@@ -201,15 +201,15 @@ def test_settings_read_the_object_store_from_env_and_mask_its_secrets(monkeypatc
     for name, value in settings.child_env().items():
         monkeypatch.setenv(name, value)
     child = Settings()
-    assert (child.snapshot_url, child.snapshot_storage_options) == ("s3://bucket/prefix", options)
+    assert (child.store_url, child.store_options) == ("s3://bucket/prefix", options)
 
 
 def test_settings_refuse_a_url_without_protocol_and_options_that_are_no_object(
         monkeypatch) -> None:
-    monkeypatch.delenv("STREAMVEC_SNAPSHOT_URL", raising=False)
-    monkeypatch.delenv("STREAMVEC_SNAPSHOT_STORAGE_OPTIONS", raising=False)
-    assert Settings(snapshot_url="").snapshot_url is None
+    monkeypatch.delenv("STREAMVEC_STORE_URL", raising=False)
+    monkeypatch.delenv("STREAMVEC_STORE_OPTIONS", raising=False)
+    assert Settings(store_url="").store_url is None
     with pytest.raises(ValidationError, match="snapshot URL must name its protocol"):
-        Settings(snapshot_url="bucket/prefix")
+        Settings(store_url="bucket/prefix")
     with pytest.raises(ValidationError, match="snapshot storage options must be a JSON object"):
-        Settings(snapshot_storage_options="[1, 2]")
+        Settings(store_options="[1, 2]")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from indexer import rewrite, snapshot
+from indexer import publish, segfolder
 from indexer.build import build_index
 from indexer.idmap import IdMap
 from indexer.registry import SegmentRecord
@@ -49,15 +49,15 @@ class Chain:
             self.written_at[key] = msg.offset
         return msg
 
-    def seal(self) -> tuple[SegmentRecord, snapshot.LoadedSegment]:
+    def seal(self) -> tuple[SegmentRecord, segfolder.LoadedSegment]:
         sealed = self.growing.seal()
-        sid = snapshot.segment_id(self.partition, sealed.start_offset, sealed.end_offset)
+        sid = segfolder.segment_id(self.partition, sealed.start_offset, sealed.end_offset)
         hides = self.idmap.hides_for(sealed)
         self.idmap.apply(sid, sealed)
         index, factory = build_index(sealed.vectors, metric="l2", index="Flat")
-        manifest = snapshot.write_segment(self.root, COLLECTION, 0, sealed, index, factory, "l2",
+        manifest = segfolder.write_segment(self.root, COLLECTION, 0, sealed, index, factory, "l2",
                                           hides)
-        path = snapshot.segment_path(self.root, COLLECTION, 0, self.partition, sid)
+        path = segfolder.segment_path(self.root, COLLECTION, 0, self.partition, sid)
         rec = SegmentRecord.from_manifest(manifest, path.relative_to(self.root))
         self.growing = GrowingSegment(self.partition, sealed.end_offset, DIM, 0.0)
         return rec, segments.load(self.root, rec)
@@ -268,16 +268,16 @@ def test_replacing_segments_by_a_merge_is_one_swap_without_rewind(tmp_path, stat
     state.apply(tail)
     assert_serves(state, chain)
     segs = [seg for _, seg in installed]
-    sealed = rewrite.rows_of(segs, hidden_rows(segs))
+    sealed = publish.rows_of(segs, hidden_rows(segs))
     assert sealed.rows == len(state_after(chain, 18))  # only the visible rows are kept
-    merged = rewrite.write(tmp_path, COLLECTION, 0, sealed, metric="l2", index="Flat")
+    merged = publish.write(tmp_path, COLLECTION, 0, sealed, metric="l2", index="Flat")
     state.replace({rec.segment_id for rec, _ in installed},
                   [(merged.record, segments.load(tmp_path, merged.record))])
     assert_serves(state, chain)
     assert rewinds == [] and state.positions()[0] == 22
     assert state.served() == {merged.record.segment_id: merged.record.path}
     # A generation switch keeps the ids and moves the paths: the swap follows the path.
-    moved = rewrite.write(tmp_path, COLLECTION, 1, sealed, metric="l2", index="HNSW8")
+    moved = publish.write(tmp_path, COLLECTION, 1, sealed, metric="l2", index="HNSW8")
     state.replace({merged.record.segment_id}, [(moved.record, segments.load(tmp_path,
                                                                            moved.record))])
     assert_serves(state, chain)

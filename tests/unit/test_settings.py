@@ -39,18 +39,18 @@ def test_defaults_point_at_the_local_stack(tmp_path):
     assert settings.redis_url == f"redis://127.0.0.1:{LOCAL_REDIS_PORT}/0"
     assert settings.kafka_options == {}
     assert settings.home == tmp_path / "xdg" / "streamvec" == default_home()
-    assert settings.snapshots == settings.home / "snapshots"
+    assert settings.store == settings.home / "snapshots"
 
 
 def test_env_vars_override_defaults(monkeypatch, tmp_path):
     monkeypatch.setenv("STREAMVEC_KAFKA", "  k1:9092,k2:9092 ")
     monkeypatch.setenv("STREAMVEC_REDIS", "rediss://cache.internal:6380/2")
-    monkeypatch.setenv("STREAMVEC_SNAPSHOTS", str(tmp_path / "snaps"))
+    monkeypatch.setenv("STREAMVEC_STORE", str(tmp_path / "snaps"))
     monkeypatch.setenv("STREAMVEC_HOME", str(tmp_path / "state"))
     settings = Settings()
     assert settings.kafka == "k1:9092,k2:9092"
     assert settings.redis_url == "rediss://cache.internal:6380/2"
-    assert settings.snapshots == tmp_path / "snaps"
+    assert settings.store == tmp_path / "snaps"
     assert settings.home == tmp_path / "state"
 
 
@@ -188,13 +188,13 @@ def test_unit_tests_get_settings_that_reach_no_server(settings, tmp_path):
     # The harness gives unit tests addresses where nothing listens, and starts no server.
     assert settings.kafka == "127.0.0.1:1"
     assert settings.redis_url == "redis://127.0.0.1:1/0"
-    assert settings.snapshots == tmp_path / "snapshots"
+    assert settings.store == tmp_path / "snapshots"
     assert settings.home == tmp_path / "home"
 
 
 def test_child_env_carries_every_connection_and_drops_stray_streamvec_vars(monkeypatch):
     monkeypatch.setenv("STREAMVEC_CRASH_AT", "build")
-    settings = Settings(kafka="k:1", redis="redis://u:pw@h:2/0", snapshots="/snap",
+    settings = Settings(kafka="k:1", redis="redis://u:pw@h:2/0", store="/snap",
                         home="/home-sv", kafka_options={"sasl.password": "s"})
     env = settings.child_env()
     assert "STREAMVEC_CRASH_AT" not in env

@@ -11,7 +11,7 @@ import faiss
 import numpy as np
 import pytest
 
-from indexer import snapshot, store
+from indexer import segfolder, store
 from indexer.errors import CorruptSegment, RebuildError
 from indexer.segment import SealedRows
 
@@ -40,27 +40,27 @@ def flat_index(sealed: SealedRows) -> faiss.Index:
     return index
 
 
-def write(root: Path, sealed: SealedRows, hides: dict | None = None) -> snapshot.SegmentManifest:
-    return snapshot.write_segment(root, COLLECTION, 0, sealed, flat_index(sealed), "Flat", "l2",
+def write(root: Path, sealed: SealedRows, hides: dict | None = None) -> segfolder.SegmentManifest:
+    return segfolder.write_segment(root, COLLECTION, 0, sealed, flat_index(sealed), "Flat", "l2",
                                   hides or {})
 
 
 def sealed_id(sealed: SealedRows) -> str:
-    return snapshot.segment_id(sealed.partition, sealed.start_offset, sealed.end_offset)
+    return segfolder.segment_id(sealed.partition, sealed.start_offset, sealed.end_offset)
 
 
 def folder(root: Path, sealed: SealedRows) -> Path:
-    return snapshot.segment_path(root, COLLECTION, 0, sealed.partition, sealed_id(sealed))
+    return segfolder.segment_path(root, COLLECTION, 0, sealed.partition, sealed_id(sealed))
 
 
 def test_segment_id_is_canonical_and_parses_back() -> None:
-    assert snapshot.segment_id(3, 100, 200) == "p0003-000000000100-000000000200"
-    assert snapshot.parse_segment_id("p0003-000000000100-000000000200") == (3, 100, 200)
+    assert segfolder.segment_id(3, 100, 200) == "p0003-000000000100-000000000200"
+    assert segfolder.parse_segment_id("p0003-000000000100-000000000200") == (3, 100, 200)
     for bad in ("p03-000000000100-000000000200", "p0003-0000000000100-000000000200",
                 "p0003-000000000200-000000000100", ".tmp-p0003-000000000100-000000000200"):
         with pytest.raises(ValueError, match="is not a segment id"):
-            snapshot.parse_segment_id(bad)
-    assert snapshot.segment_path("/r", "c", 2, 3, "x") == Path("/r/c/g0002/p0003/x")
+            segfolder.parse_segment_id(bad)
+    assert segfolder.segment_path("/r", "c", 2, 3, "x") == Path("/r/c/g0002/p0003/x")
 
 
 @pytest.mark.parametrize("mmap", [True, False])
@@ -68,11 +68,11 @@ def test_round_trip(tmp_path: Path, mmap: bool) -> None:
     sealed = make_sealed()
     hides = {"p0001-000000000000-000000000050": [4, 2, 2], "p0001-000000000050-000000000100": []}
     manifest = write(tmp_path, sealed, hides)
-    seg = snapshot.load_segment(folder(tmp_path, sealed), mmap=mmap)
+    seg = segfolder.load_segment(folder(tmp_path, sealed), mmap=mmap)
     assert seg.manifest == manifest and manifest.segment_id == sealed_id(sealed)
     assert manifest.fingerprint == {"dim": DIM, "metric": "l2", "factory": "Flat", "rows": 12,
                                     "start_offset": 100, "end_offset": 120}
-    assert set(manifest.files) == snapshot.FILES
+    assert set(manifest.files) == segfolder.FILES
     assert isinstance(seg.vectors, np.memmap) is mmap
     assert seg.ids.tolist() == sealed.ids.tolist()
     assert seg.vectors.dtype == np.float32 and seg.vectors.tobytes() == sealed.vectors.tobytes()
@@ -95,7 +95,7 @@ def test_segment_of_deletes_only(tmp_path: Path) -> None:
     sealed = SealedRows(0, 5, 9, np.array([], dtype="S1"), np.zeros((0, DIM), np.float32),
                         np.array([], np.int64), np.array([], np.int64), [], np.array([b"x"]))
     manifest = write(tmp_path, sealed)
-    seg = snapshot.load_segment(folder(tmp_path, sealed))
+    seg = segfolder.load_segment(folder(tmp_path, sealed))
     assert (manifest.rows, seg.index.ntotal, seg.deleted_ids.tolist()) == (0, 0, [b"x"])
     assert seg.vectors.shape == (0, DIM) and len(seg.meta_blob) == 0
 
@@ -116,23 +116,23 @@ def test_rewrite_replaces_a_corrupt_segment(tmp_path: Path) -> None:
     path = folder(tmp_path, sealed)
     (path / "offsets.npy").write_bytes(b"garbage")
     write(tmp_path, sealed)
-    assert snapshot.verify(path).segment_id == path.name
+    assert segfolder.verify(path).segment_id == path.name
     assert os.listdir(path.parent) == [path.name]
 
 
 def test_a_writer_that_loses_the_race_returns_the_winner(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     sealed = make_sealed()
-    real = snapshot._write_files
-    winner: list[snapshot.SegmentManifest] = []
+    real = segfolder._write_files
+    winner: list[segfolder.SegmentManifest] = []
 
     def write_then_lose(*args):
         files = real(*args)
-        monkeypatch.setattr(snapshot, "_write_files", real)
+        monkeypatch.setattr(segfolder, "_write_files", real)
         winner.append(write(tmp_path, sealed))  # another owner publishes the same range now
         return files
 
-    monkeypatch.setattr(snapshot, "_write_files", write_then_lose)
+    monkeypatch.setattr(segfolder, "_write_files", write_then_lose)
     assert write(tmp_path, sealed) == winner[0]
     assert os.listdir(folder(tmp_path, sealed).parent) == [winner[0].segment_id]
 
@@ -153,10 +153,10 @@ def test_temp_folders_are_never_listed_and_are_swept(tmp_path: Path) -> None:
     crashed = store.temp_path(parent, "p0001-000000000140-000000000160")
     crashed.mkdir()
     (crashed / "vectors.npy").write_bytes(b"half")  # a writer died before the rename
-    assert snapshot.list_segments(tmp_path, COLLECTION) == [folder(tmp_path, sealed),
+    assert segfolder.list_segments(tmp_path, COLLECTION) == [folder(tmp_path, sealed),
                                                             folder(tmp_path, later)]
-    assert snapshot.list_segments(tmp_path, COLLECTION, generation=1) == []
-    assert snapshot.remove_orphans(tmp_path, COLLECTION, 0, 1, min_start=140) == [crashed]
+    assert segfolder.list_segments(tmp_path, COLLECTION, generation=1) == []
+    assert segfolder.remove_orphans(tmp_path, COLLECTION, 0, 1, min_start=140) == [crashed]
     assert sorted(os.listdir(parent)) == [sealed_id(sealed), sealed_id(later)]
 
 
@@ -165,14 +165,14 @@ def test_remove_orphans_keeps_registered_and_earlier_folders(tmp_path: Path) -> 
                                  make_sealed(start=120, end=140))
     for sealed in (early, registered, orphan):
         write(tmp_path, sealed)
-    marker = snapshot.mark_registered(folder(tmp_path, registered))
+    marker = segfolder.mark_registered(folder(tmp_path, registered))
     assert marker.name == sealed_id(registered) + ".registered"
-    assert snapshot.is_registered(folder(tmp_path, registered))
-    assert not snapshot.is_registered(folder(tmp_path, orphan))
-    assert snapshot.remove_orphans(tmp_path, COLLECTION, 0, 1, 100) == [folder(tmp_path, orphan)]
-    assert snapshot.list_segments(tmp_path, COLLECTION) == [folder(tmp_path, early),
+    assert segfolder.is_registered(folder(tmp_path, registered))
+    assert not segfolder.is_registered(folder(tmp_path, orphan))
+    assert segfolder.remove_orphans(tmp_path, COLLECTION, 0, 1, 100) == [folder(tmp_path, orphan)]
+    assert segfolder.list_segments(tmp_path, COLLECTION) == [folder(tmp_path, early),
                                                             folder(tmp_path, registered)]
-    assert snapshot.remove_orphans(tmp_path, COLLECTION, 0, 7, 0) == []
+    assert segfolder.remove_orphans(tmp_path, COLLECTION, 0, 7, 0) == []
 
 
 def test_write_rejects_inconsistent_input(tmp_path: Path) -> None:
@@ -184,14 +184,14 @@ def test_write_rejects_inconsistent_input(tmp_path: Path) -> None:
     short = faiss.IndexFlatL2(DIM)
     short.add(sealed.vectors[:3])
     with pytest.raises(ValueError, match="index has 3 rows of dim 8, rows are 12 of dim 8"):
-        snapshot.write_segment(tmp_path, COLLECTION, 0, sealed, short, "Flat", "l2", {})
+        segfolder.write_segment(tmp_path, COLLECTION, 0, sealed, short, "Flat", "l2", {})
     with pytest.raises(ValueError, match="metric must be one of"):
-        snapshot.write_segment(tmp_path, COLLECTION, 0, sealed, flat_index(sealed), "Flat",
+        segfolder.write_segment(tmp_path, COLLECTION, 0, sealed, flat_index(sealed), "Flat",
                                "hamming", {})
-    assert snapshot.list_segments(tmp_path, COLLECTION) == []
+    assert segfolder.list_segments(tmp_path, COLLECTION) == []
 
 
-ALL_FILES = sorted(snapshot.FILES | {snapshot.MANIFEST})
+ALL_FILES = sorted(segfolder.FILES | {segfolder.MANIFEST})
 
 
 def corrupted(tmp_path: Path) -> Path:
@@ -202,7 +202,7 @@ def corrupted(tmp_path: Path) -> Path:
 
 def expect_corrupt(path: Path, name: str) -> CorruptSegment:
     with pytest.raises(CorruptSegment) as info:
-        snapshot.verify(path)
+        segfolder.verify(path)
     assert info.value.file == name
     assert f"{path} is corrupt: {name}: " in str(info.value)
     return info.value
@@ -223,7 +223,7 @@ def test_truncated_file_is_detected(tmp_path: Path, name: str) -> None:
     data = (path / name).read_bytes()
     (path / name).write_bytes(data[:-1])
     error = expect_corrupt(path, name)
-    if name != snapshot.MANIFEST:  # a cut manifest is not JSON any more
+    if name != segfolder.MANIFEST:  # a cut manifest is not JSON any more
         assert error.reason == f"{len(data) - 1} bytes, the manifest says {len(data)}"
 
 
@@ -235,21 +235,21 @@ def test_missing_file_is_detected(tmp_path: Path, name: str) -> None:
 
 
 def edit_manifest(path: Path, edit, reseal: bool) -> None:
-    body = json.loads((path / snapshot.MANIFEST).read_bytes())
+    body = json.loads((path / segfolder.MANIFEST).read_bytes())
     edit(body)
     if reseal:  # a forger who also recomputes the manifest checksum
         del body["checksum"]
-        body["checksum"] = snapshot._digest(body)
-    (path / snapshot.MANIFEST).write_text(json.dumps(body))
+        body["checksum"] = segfolder._digest(body)
+    (path / segfolder.MANIFEST).write_text(json.dumps(body))
 
 
 def test_edited_fingerprint_is_detected(tmp_path: Path) -> None:
     path = corrupted(tmp_path)
     edit_manifest(path, lambda b: b["fingerprint"].update(dim=16), reseal=False)
-    assert expect_corrupt(path, snapshot.MANIFEST).reason == (
+    assert expect_corrupt(path, segfolder.MANIFEST).reason == (
         "checksum does not match the manifest's fields")
     edit_manifest(path, lambda b: b["fingerprint"].update(dim=16), reseal=True)
-    assert "contradicts the manifest" in expect_corrupt(path, snapshot.MANIFEST).reason
+    assert "contradicts the manifest" in expect_corrupt(path, segfolder.MANIFEST).reason
 
 
 def test_fingerprint_is_checked_against_the_arrays(tmp_path: Path) -> None:
@@ -266,17 +266,17 @@ def test_load_without_verify_skips_checksums_but_not_the_fingerprint(tmp_path: P
     data = bytearray((path / "vectors.npy").read_bytes())
     data[-1] ^= 0x01
     (path / "vectors.npy").write_bytes(bytes(data))
-    assert snapshot.load_segment(path, verify=False).manifest.rows == 12
+    assert segfolder.load_segment(path, verify=False).manifest.rows == 12
     expect_corrupt(path, "vectors.npy")
 
 
 def chain_folders(tmp_path: Path, spans: list[tuple[int, int, bool]]) -> list[Path]:
     paths = []
     for start, end, marked in spans:
-        path = tmp_path / snapshot.segment_id(0, start, end)
+        path = tmp_path / segfolder.segment_id(0, start, end)
         path.mkdir()
         if marked:
-            snapshot.mark_registered(path)
+            segfolder.mark_registered(path)
         paths.append(path)
     return paths
 

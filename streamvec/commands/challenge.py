@@ -8,10 +8,10 @@ import os
 import socket
 import time
 
-from ingest import challenges
-from ingest.aliases import AliasError
-from ingest.challenges import ROLES
-from streamvec.cliutil import call as _call
+from lifecycle import challenges
+from lifecycle.aliases import AliasError
+from lifecycle.challenges import ROLES
+from streamvec.commands.common import call as _call
 from streamvec.errors import CommandError
 from streamvec.settings import Settings
 
@@ -75,7 +75,7 @@ def _promote(args: argparse.Namespace, settings: Settings) -> int:
 
 def report(settings: Settings, alias: str) -> dict:
     """Judge the pending comparisons, then the latest challenge's figures as a JSON-ready dict."""
-    from monitor.challenge import Evaluator, stats  # local: only reports need numpy and FAISS
+    from lifecycle.evaluation import Evaluator, stats  # local: only reports need numpy and FAISS
 
     client = settings.redis_client()
     found = challenges.latest(client, alias)
@@ -83,7 +83,7 @@ def report(settings: Settings, alias: str) -> dict:
         raise AliasError(f"alias {alias!r} has no challenge, active or ended")
     config, running = found
     consumer = f"report-{socket.gethostname()}-{os.getpid()}"
-    evaluator = Evaluator(client, alias, settings.snapshots, consumer=consumer)
+    evaluator = Evaluator(client, alias, settings.store, consumer=consumer)
     evaluator.run_once()
     _retire(client, evaluator)
     figures = stats(client, alias, config.id)
@@ -94,7 +94,7 @@ def report(settings: Settings, alias: str) -> dict:
 
 def _retire(client, evaluator) -> None:
     """Remove the report's consumer from the group once it holds nothing unacknowledged."""
-    from monitor.challenge import GROUP
+    from lifecycle.evaluation import GROUP
 
     pending = client.xpending_range(evaluator.log_key, GROUP, "-", "+", 1,
                                     consumername=evaluator.consumer)

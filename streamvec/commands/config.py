@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from streamvec import configdoc
-from streamvec.cliutil import write_text_atomic
+from streamvec.commands.common import write_text_atomic
 from streamvec.errors import CommandError
 from streamvec.settings import Settings
 

@@ -17,9 +17,10 @@ from typing import Any
 
 import redis
 
-from ingest import aliases, audit, catalog
-from ingest.aliases import AliasError
+from ingest import audit, catalog
 from ingest.names import CollectionName
+from lifecycle import aliases
+from lifecycle.aliases import AliasError
 
 ROLES = ("champion", "challenger")
 

@@ -6,8 +6,8 @@ import argparse
 import json
 import time
 
-from ingest import aliases
-from streamvec.cliutil import call as _call
+from lifecycle import aliases
+from streamvec.commands.common import call as _call
 from streamvec.errors import CommandError
 from streamvec.settings import Settings
 

@@ -2,7 +2,7 @@
 
 Segment folders are immutable, so recording the registry's records, checkpoints, active
 generation and spec under `sv:{name}:snapshots` pins that state without copying a file; the
-garbage collector (indexer/gc.py) keeps every folder a snapshot names.
+garbage collector (lifecycle/gc.py) keeps every folder a snapshot names.
 
 `restore` makes a new collection whose registry is the snapshot's. Its records point at the
 original collection's folders (no copies), so the restored collection is a read-only view of
@@ -24,11 +24,11 @@ from typing import Any
 import redis
 
 from indexer.errors import IndexerError, RebuildError
-from indexer.lock import LifecycleLock
 from indexer.registry import GenerationInfo, Registry, SegmentRecord
 from ingest import admin, audit, catalog
 from ingest.names import CollectionName
 from ingest.spec import CollectionSpec
+from lifecycle.lock import LifecycleLock
 from streamvec.settings import Settings
 
 FORMAT = 1

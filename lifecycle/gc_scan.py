@@ -1,6 +1,6 @@
 """The snapshot store as found on disk: a collection folder's entries, classified and aged."""
 
-# The garbage collector decides from these entries alone (indexer/gc.py); nothing here
+# The garbage collector decides from these entries alone (lifecycle/gc.py); nothing here
 # deletes except `prune`, which removes only empty folders.
 
 from __future__ import annotations

@@ -16,20 +16,20 @@ from streamvec.settings import Settings
 # Each module exposes `register(subparsers)`; its parsers set `handler(args, settings)`.
 # Listed by name so that `streamvec --help` stays fast and one broken area cannot hide the rest.
 COMMAND_MODULES = (
-    "streamvec.devstack.cli",
-    "ingest.cli",
-    "ingest.produce_cli",
-    "ingest.alias_cli",
-    "indexer.cli",
-    "indexer.registry_cli",
-    "indexer.lifecycle_cli",
-    "indexer.pit_cli",
-    "searcher.cli",
-    "monitor.cli",
-    "monitor.challenge_cli",
+    "streamvec.commands.dev",
+    "streamvec.commands.collection",
+    "streamvec.commands.produce",
+    "streamvec.commands.alias",
+    "streamvec.commands.indexer",
+    "streamvec.commands.registry",
+    "streamvec.commands.generation",
+    "streamvec.commands.snapshot",
+    "streamvec.commands.searcher",
+    "streamvec.commands.monitor",
+    "streamvec.commands.challenge",
     "monitor.status",
-    "streamvec.demo",
-    "streamvec.config_cli",
+    "streamvec.commands.demo",
+    "streamvec.commands.config",
 )
 
 
@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     conn = parser.add_argument_group("connections (flags override STREAMVEC_* env vars)")
     conn.add_argument("--kafka", help="Kafka bootstrap servers [env STREAMVEC_KAFKA]")
     conn.add_argument("--redis", help="Redis URL, redis:// or rediss:// [env STREAMVEC_REDIS]")
-    conn.add_argument("--snapshots", help="snapshot store folder [env STREAMVEC_SNAPSHOTS]")
+    conn.add_argument("--store", "--snapshots", dest="store",
+                      help="segment store folder; --snapshots is its earlier name "
+                           "[env STREAMVEC_STORE]")
     conn.add_argument(
         "--kafka-option",
         action="append",
@@ -62,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Build Settings from the global flags, falling back to env vars and defaults."""
     overrides: dict[str, object] = {}
-    for field in ("kafka", "redis", "snapshots", "actor"):
+    for field in ("kafka", "redis", "store", "actor"):
         value = getattr(args, field, None)
         if value:
             overrides[field] = value

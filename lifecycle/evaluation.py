@@ -22,9 +22,10 @@ import numpy as np
 import redis
 
 from indexer.registry import Registry
-from ingest import aliases, catalog, challenges
-from ingest.challenges import ROLES
+from ingest import catalog
 from ingest.errors import CollectionNotFound
+from lifecycle import aliases, challenges
+from lifecycle.challenges import ROLES
 from monitor.metrics import ChallengeMetrics
 from monitor.recall import recall_at_k
 from monitor.sealed import SealedView, contains, exact_top_k, visible_ids

@@ -200,7 +200,7 @@ def switch(client: redis.Redis, alias: str, target: str, actor: str, action: str
 
 def delete(client: redis.Redis, alias: str, actor: str) -> str:
     """Delete an alias and its history; return the target it had."""
-    from ingest import challenges  # local: challenges builds on this module
+    from lifecycle import challenges
 
     current = get(client, alias)
     if challenges.active(client, alias) is not None:

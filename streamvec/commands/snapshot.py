@@ -7,9 +7,9 @@ import json
 import time
 from collections.abc import Callable
 
-from indexer import gc, pointintime
-from streamvec.cliutil import call as _call
-from streamvec.cliutil import collection_arg as _name
+from lifecycle import gc, snapshots
+from streamvec.commands.common import call as _call
+from streamvec.commands.common import collection_arg as _name
 from streamvec.settings import Settings
 
 _VIEW_NOTE = ("The restored collection references the original's segment folders (nothing is "
@@ -82,7 +82,7 @@ def _register_gc(sub: argparse._SubParsersAction) -> None:
 
 
 def _create(args: argparse.Namespace, settings: Settings) -> int:
-    pit = _call(lambda: pointintime.create(settings, _name(args.name), args.label))
+    pit = _call(lambda: snapshots.create(settings, _name(args.name), args.label))
     if args.json:
         print(json.dumps(pit.summary(), indent=2))
         return 0
@@ -92,7 +92,7 @@ def _create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _list(args: argparse.Namespace, settings: Settings) -> int:
-    found = _call(lambda: pointintime.list_snapshots(settings, _name(args.name)))
+    found = _call(lambda: snapshots.list_snapshots(settings, _name(args.name)))
     if args.json:
         print(json.dumps([p.summary() for p in found], indent=2))
         return 0
@@ -108,7 +108,7 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _restore(args: argparse.Namespace, settings: Settings) -> int:
-    done = _call(lambda: pointintime.restore(settings, _name(args.name), _name(args.as_name),
+    done = _call(lambda: snapshots.restore(settings, _name(args.name), _name(args.as_name),
                                              args.snapshot))
     if args.json:
         print(json.dumps(done.to_json(), indent=2))
@@ -120,7 +120,7 @@ def _restore(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _delete(args: argparse.Namespace, settings: Settings) -> int:
-    pit = _call(lambda: pointintime.delete(settings, _name(args.name), args.snapshot))
+    pit = _call(lambda: snapshots.delete(settings, _name(args.name), args.snapshot))
     print(f"snapshot {pit.snapshot_id} of {pit.collection} deleted; run `streamvec gc` to "
           "free folders only it referenced")
     return 0

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from indexer import compact, reindex
 from indexer.registry import Registry
 from ingest import catalog
-from streamvec.cliutil import call as _call
-from streamvec.cliutil import collection_arg as _name
+from lifecycle import compaction, generations
+from streamvec.commands.common import call as _call
+from streamvec.commands.common import collection_arg as _name
 from streamvec.settings import Settings
 
 
@@ -24,8 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     re_p.add_argument("--collection", required=True, help="collection name")
     re_p.add_argument("--index", required=True,
                       help="'auto' or a FAISS index_factory string, e.g. HNSW32, IVF256,PQ32")
-    re_p.add_argument("--keep", type=_positive, default=reindex.DEFAULT_KEEP,
-                      help=f"generations to keep for rollback (default {reindex.DEFAULT_KEEP})")
+    re_p.add_argument("--keep", type=_positive, default=generations.DEFAULT_KEEP,
+                      help=f"generations to keep for rollback (default {generations.DEFAULT_KEEP})")
     re_p.add_argument("--no-progress", action="store_true", help="no progress bar")
     re_p.add_argument("--json", action="store_true", help="print the report as JSON")
     re_p.set_defaults(handler=_reindex)
@@ -69,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _reindex(args: argparse.Namespace, settings: Settings) -> int:
     name = _name(args.collection)
-    report = _call(lambda: reindex.reindex(settings, name, args.index, keep=args.keep,
+    report = _call(lambda: generations.reindex(settings, name, args.index, keep=args.keep,
                                            progress=not args.no_progress))
     _print_switch(report, args.json, "reindexed")
     return 0
@@ -77,7 +77,7 @@ def _reindex(args: argparse.Namespace, settings: Settings) -> int:
 
 def _rollback(args: argparse.Namespace, settings: Settings) -> int:
     name = _name(args.collection)
-    report = _call(lambda: reindex.rollback(settings, name, to=args.to,
+    report = _call(lambda: generations.rollback(settings, name, to=args.to,
                                             progress=not args.no_progress))
     _print_switch(report, args.json, "rolled back")
     return 0
@@ -108,8 +108,8 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
 def _compact(args: argparse.Namespace, settings: Settings) -> int:
     name = _name(args.collection)
     spec = _call(lambda: catalog.load_spec(settings.redis_client(), name))
-    policy = compact.CompactionPolicy(args.max_rows or 8 * spec.seal_rows, args.max_segments)
-    report = _call(lambda: compact.compact(settings, name, policy, dry_run=args.dry_run))
+    policy = compaction.CompactionPolicy(args.max_rows or 8 * spec.seal_rows, args.max_segments)
+    report = _call(lambda: compaction.compact(settings, name, policy, dry_run=args.dry_run))
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
         return 0
@@ -125,7 +125,7 @@ def _compact(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _print_switch(report: reindex.SwitchReport, as_json: bool, verb: str) -> None:
+def _print_switch(report: generations.SwitchReport, as_json: bool, verb: str) -> None:
     if as_json:
         print(json.dumps(report.to_json(), indent=2))
         return

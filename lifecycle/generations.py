@@ -15,12 +15,12 @@ from dataclasses import dataclass, replace
 
 from tqdm import tqdm
 
-from indexer import build, remote, rewrite
+from indexer import build, publish, remote
 from indexer.errors import BuildError, IndexerError, SwapConflict
-from indexer.lock import LifecycleLock
 from indexer.registry import GenerationInfo, Registry
-from indexer.snapshot import load_segment
+from indexer.segfolder import load_segment
 from ingest import audit, catalog
+from lifecycle.lock import LifecycleLock
 from streamvec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def _materialize(settings: Settings, registry: Registry, spec, target: int, inde
                  previous: int, progress: bool) -> SwitchReport:
     """Make every registered segment live in `target`, switching generations at the first swap."""
     started = time.perf_counter()
-    root = settings.snapshots
+    root = settings.store
     remote.attach(settings)
     built = reused = rows = passes = 0
     build_seconds = 0.0
@@ -124,11 +124,11 @@ def _materialize(settings: Settings, registry: Registry, spec, target: int, inde
         bar = tqdm(total=sum(r.rows for r in todo), unit="rows", disable=not progress,
                    desc=f"{spec.name} g{target} pass {passes}")
         for record in todo:
-            item = rewrite.reuse(root, spec.name, target, record)
+            item = publish.reuse(root, spec.name, target, record)
             if item is None:
                 segment = load_segment(remote.local_folder(root, record.path))
-                sealed = rewrite.rows_of([segment], {})
-                item = rewrite.write(root, spec.name, target, sealed, metric=spec.metric,
+                sealed = publish.rows_of([segment], {})
+                item = publish.write(root, spec.name, target, sealed, metric=spec.metric,
                                      index=index, hides=segment.hides)
             made.append(item)
             bar.update(record.rows)
@@ -138,7 +138,7 @@ def _materialize(settings: Settings, registry: Registry, spec, target: int, inde
         except SwapConflict as exc:  # a segment changed under us: plan again
             log.warning("%s", exc)
             continue
-        rewrite.mark(root, made)
+        publish.mark(root, made)
         built += sum(not m.reused for m in made)
         reused += sum(m.reused for m in made)
         rows += sum(m.rows for m in made)

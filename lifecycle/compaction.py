@@ -12,12 +12,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from indexer import remote, rewrite
-from indexer.lock import LifecycleLock
+from indexer import publish, remote
 from indexer.registry import Registry, SegmentRecord
-from indexer.snapshot import load_segment
+from indexer.segfolder import load_segment
 from indexer.view import hidden_rows
 from ingest import audit, catalog
+from lifecycle.lock import LifecycleLock
 from streamvec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def compact(settings: Settings, collection: str, policy: CompactionPolicy | None
                                                       for g in groups), (), 0, 0,
                                     time.perf_counter() - started, len(records), len(records))
         generation, index = registry.build_target(spec.index)
-        root = settings.snapshots
+        root = settings.store
         written, rows_in = [], 0
         views: dict[int, tuple[dict, dict]] = {}  # partition -> (loaded segments, hidden rows)
         for group in groups:
@@ -121,11 +121,11 @@ def compact(settings: Settings, collection: str, policy: CompactionPolicy | None
                           and r.start_offset >= first.start_offset}
                 views[first.partition] = loaded, hidden_rows(list(loaded.values()))
             loaded, hidden = views[group[0].partition]
-            sealed = rewrite.rows_of([loaded[r.segment_id] for r in group], hidden)
-            item = rewrite.write(root, spec.name, generation, sealed, metric=spec.metric,
+            sealed = publish.rows_of([loaded[r.segment_id] for r in group], hidden)
+            item = publish.write(root, spec.name, generation, sealed, metric=spec.metric,
                                  index=index)
             registry.swap(group, [item.record], kind="compacted")
-            rewrite.mark(root, [item])
+            publish.mark(root, [item])
             written.append(item)
             rows_in += sum(r.rows for r in group)
             log.info('partition="%s[%d]" compacted %d segments (%d rows) into %s (%d rows)',

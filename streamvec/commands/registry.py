@@ -13,7 +13,7 @@ from indexer import remote
 from indexer.errors import IndexerError
 from indexer.rebuild import RebuildReport, plan_rebuild, rebuild
 from indexer.registry import Registry
-from streamvec.cliutil import collection_arg as _name
+from streamvec.commands.common import collection_arg as _name
 from streamvec.errors import CommandError
 from streamvec.settings import Settings
 
@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                            help="replace the registry (otherwise a dry run)")
     rebuild_p.add_argument("--from-remote", action="store_true",
                            help="first copy the collection's folders and markers from the object "
-                                "store (STREAMVEC_SNAPSHOT_URL) into the local snapshot folder")
+                                "store (STREAMVEC_STORE_URL) into the local snapshot folder")
     rebuild_p.set_defaults(handler=_rebuild)
 
 
@@ -77,7 +77,7 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
 
 def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
     name = _name(args.collection)
-    root = settings.snapshots
+    root = settings.store
     if args.generation is None:
         args.generation = _call(settings, lambda: Registry(settings.redis_client(),
                                                            name).active_generation())
@@ -102,9 +102,9 @@ def _fetch_remote(settings: Settings, name: str, generation: int) -> remote.Remo
     """Copy the collection's remote folders (verified) and markers into the local store."""
     store = _call(settings, lambda: remote.RemoteStore.from_settings(settings))
     if store is None:
-        raise CommandError("--from-remote needs an object store: set STREAMVEC_SNAPSHOT_URL "
-                           "(and STREAMVEC_SNAPSHOT_STORAGE_OPTIONS)")
-    fetched = _call(settings, lambda: remote.fetch_collection(store, settings.snapshots, name,
+        raise CommandError("--from-remote needs an object store: set STREAMVEC_STORE_URL "
+                           "(and STREAMVEC_STORE_OPTIONS)")
+    fetched = _call(settings, lambda: remote.fetch_collection(store, settings.store, name,
                                                               generation))
     print(f"from {store.url}: {len(fetched.fetched)} folders fetched, {len(fetched.kept)} "
           f"already here, {fetched.markers} markers copied")

@@ -6,10 +6,10 @@ import argparse
 import logging
 import signal
 
-from indexer.compact import AutoCompactor, CompactionPolicy
 from indexer.ownership import CheckpointOutOfRange
 from indexer.worker import DEFAULT_MAX_HELD_BYTES, Worker
 from ingest.errors import CollectionNotFound
+from lifecycle.compaction import AutoCompactor, CompactionPolicy
 from streamvec.errors import CommandError
 from streamvec.health import Health, redis_check, serve
 from streamvec.settings import Settings

@@ -22,7 +22,11 @@ from tqdm import tqdm
 
 from indexer import remote, store
 from indexer.errors import LifecycleBusy
-from indexer.gc_scan import (
+from indexer.registry import Registry, SegmentRecord
+from ingest import audit, catalog
+from ingest.errors import CollectionNotFound
+from ingest.names import CollectionName
+from lifecycle.gc_scan import (
     MARKER,
     OTHER,
     SEGMENT,
@@ -33,12 +37,8 @@ from indexer.gc_scan import (
     store_names,
     tree_bytes,
 )
-from indexer.lock import LifecycleLock
-from indexer.pointintime import PointInTime, snapshots_key
-from indexer.registry import Registry, SegmentRecord
-from ingest import audit, catalog
-from ingest.errors import CollectionNotFound
-from ingest.names import CollectionName
+from lifecycle.lock import LifecycleLock
+from lifecycle.snapshots import PointInTime, snapshots_key
 from streamvec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def collect(settings: Settings, collection: str | None = None, *,
     if grace_s < 0 or keep_generations < 0:
         raise ValueError("grace and keep-generations must be >= 0")
     client = settings.redis_client()
-    root = Path(settings.snapshots)
+    root = Path(settings.store)
     remote.attach(settings)
     if collection is not None:
         names = [str(CollectionName.parse(collection))]
@@ -140,7 +140,7 @@ def collect(settings: Settings, collection: str | None = None, *,
 
 def collect_dropped(settings: Settings, name: str) -> GcReport:
     """Remove what a dropped collection left in the store, except what others reference."""
-    root = Path(settings.snapshots)
+    root = Path(settings.store)
     remote.attach(settings)
     return _sweep(settings.redis_client(), root, [name] if (root / name).exists() else [], 0.0,
                   DEFAULT_KEEP_GENERATIONS, dry_run=False, progress=False, strict=False)

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer import build, remote, snapshot
+from indexer import build, remote, segfolder
 from indexer.errors import CorruptSegment, IndexerError
 from indexer.registry import SegmentRecord
+from indexer.segfolder import LoadedSegment
 from indexer.segment import SealedRows
-from indexer.snapshot import LoadedSegment
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +78,7 @@ def write(root: Path | str, collection: str, generation: int, sealed: SealedRows
     """Build the index of `sealed` and write its folder into `generation`; return its record."""
     started = time.perf_counter()
     built, factory = build.build_index(sealed.vectors, metric=metric, index=index)
-    manifest = snapshot.write_segment(root, collection, generation, sealed, built, factory,
+    manifest = segfolder.write_segment(root, collection, generation, sealed, built, factory,
                                       metric, hides or {})
     remote.mirror_segment(root, manifest)  # in the object store before anything registers it
     return Written(SegmentRecord.from_manifest(manifest), sealed.rows,
@@ -88,11 +88,11 @@ def write(root: Path | str, collection: str, generation: int, sealed: SealedRows
 def reuse(root: Path | str, collection: str, generation: int,
           source: SegmentRecord) -> Written | None:
     """The verified folder of `source`'s range already in `generation`, if one is there."""
-    path = snapshot.segment_path(root, collection, generation, source.partition,
+    path = segfolder.segment_path(root, collection, generation, source.partition,
                                  source.segment_id)
     try:
         path = remote.local_folder(root, path.relative_to(root))
-        manifest = snapshot.verify(path)
+        manifest = segfolder.verify(path)
     except (CorruptSegment, OSError, IndexerError):  # gone or damaged: rebuilt, never served
         return None
     return Written(SegmentRecord.from_manifest(manifest), manifest.rows, 0.0, True,
@@ -102,11 +102,11 @@ def reuse(root: Path | str, collection: str, generation: int,
 def mark(root: Path | str, written: list[Written]) -> None:
     """Write the registration markers of folders a swap has just registered."""
     for item in written:
-        snapshot.mark_registered(Path(root) / item.record.path)
+        segfolder.mark_registered(Path(root) / item.record.path)
         remote.mirror_marker(root, item.record.path)
 
 
-def _nbytes(manifest: snapshot.SegmentManifest) -> int:
+def _nbytes(manifest: segfolder.SegmentManifest) -> int:
     return sum(f["bytes"] for f in manifest.files.values())
 
 

@@ -1,0 +1,1 @@
+"""The model lifecycle: aliases, challenges, generations, compaction, snapshots, gc, the lock."""
