@@ -19,8 +19,10 @@ from indexer.registry import Registry
 from ingest import admin
 from ingest.producer import Producer
 from ingest.spec import CollectionSpec
+from lifecycle import collections
 from searcher.client import Client
 from streamvec.settings import Settings
+from streamvec.synthetic import Clusters
 
 TUNED_SEARCHER = Path(__file__).resolve().parent / "_searcher.py"
 # Log lines that say a role is at work: a worker owns a partition, a searcher reads its stream
@@ -59,13 +61,13 @@ def scratch_collection(base: Settings, prefix: str, **spec_fields) -> Iterator[
         tuple[Settings, CollectionSpec, Path]]:
     """A new collection with its own snapshot folder, dropped (with its topics) afterwards."""
     with tempfile.TemporaryDirectory(prefix="sv-bench-") as tmp:
-        settings = base.model_copy(update={"snapshots": Path(tmp)})
+        settings = base.model_copy(update={"store": Path(tmp)})
         spec = CollectionSpec(f"{prefix}-{uuid.uuid4().hex[:6]}", **spec_fields)
         admin.create_collection(settings, spec)
         try:
             yield settings, spec, Path(tmp)
         finally:
-            admin.drop_collection(settings, spec.name)
+            collections.drop_collection(settings, spec.name)
 
 
 def start_role(settings: Settings, role: str, collection: str, log_dir: Path, *,
@@ -105,16 +107,14 @@ def running(settings: Settings, role: str, collection: str, log_dir: Path,
         started.stop()
 
 
-def clustered(rng: np.random.Generator, n: int, dim: int, clusters: int = 64) -> np.ndarray:
-    """n float32 rows around `clusters` random centres: structure for an index to find."""
-    centers = rng.standard_normal((clusters, dim)).astype(np.float32) * 3
-    return (centers[rng.integers(0, clusters, n)] + rng.standard_normal((n, dim))).astype(
-        np.float32)
+def clustered(n: int, dim: int) -> np.ndarray:
+    """n float32 rows around 64 seeded centres: structure for an index to find."""
+    return Clusters(dim, 64, seed=0, scale=3.0).draw(n)[0]
 
 
 def rows_and_queries(rows: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """`rows` clustered rows, and QUERY_POOL queries drawn fresh from the same clusters."""
-    data = clustered(np.random.default_rng(0), rows + QUERY_POOL, dim)
+    data = clustered(rows + QUERY_POOL, dim)
     return data[:rows], data[rows:]
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._machine import machine_facts, machine_line
-from streamvec.commands.common import write_text_atomic
+from streamvec import files
 
 SCHEMA = 1
 SCALES = ("small", "full")
@@ -164,7 +164,8 @@ class Result:
         """Write results/<name>.json atomically (temp file, then rename); return its path."""
         self.results_dir.mkdir(parents=True, exist_ok=True)
         path = self.results_dir / f"{self.name}.json"
-        write_text_atomic(path, json.dumps(self.as_dict(), indent=1, allow_nan=False) + "\n")
+        files.write_atomic(path, json.dumps(self.as_dict(), indent=1, allow_nan=False) + "\n",
+                           durable=False)
         print(f"# result: {_shown(path)}")
         return path
 

@@ -33,7 +33,7 @@ from bench.common import Result, machine_info, parse_scaled, percentile
 from ingest import record
 from ingest.producer import Producer
 from searcher.client import Client
-from searcher.tail_reader import CONSUMER_CONFIG
+from searcher.tail import CONSUMER_CONFIG
 from streamvec.settings import Settings
 
 DEFAULTS = {
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_scaled(parser, DEFAULTS, argv)
     base = Settings()
     result = Result("freshness", "Freshness: produce to searchable", args, base)
-    data = clustered(np.random.default_rng(0), args.rows, args.dim)
+    data = clustered(args.rows, args.dim)
     probes = np.random.default_rng(7).standard_normal((args.samples, args.dim)).astype(
         np.float32) * 10
     with serving(base, "bench-fresh", data, partitions=4, seal_seconds=5.0) as (

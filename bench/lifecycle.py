@@ -39,6 +39,7 @@ from bench.common import (
     raw_faiss_build,
 )
 from indexer.registry import Registry
+from indexer.store import SegmentStore
 from indexer.view import load_registered
 from lifecycle import generations
 from searcher.client import Client
@@ -92,7 +93,8 @@ def _builds(settings: Settings, name: str, index: str, repeats: int
 
     Returns the best seconds of each and the last reindex's report.
     """
-    segments = load_registered(Registry(settings.redis_client(), name), settings.store)
+    segments = load_registered(Registry(settings.redis_client(), name),
+                               SegmentStore.from_settings(settings))
     vectors = [np.array(s.vectors, dtype=np.float32) for s in segments if s.manifest.rows]
     del segments
     raw, ours = [], []

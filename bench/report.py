@@ -22,7 +22,7 @@ from typing import Any
 
 from bench import _plots, _render
 from bench._machine import machine_line
-from streamvec.commands.common import write_text_atomic
+from streamvec import files
 
 BENCH = Path(__file__).resolve().parent
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -106,7 +106,7 @@ def replace_block(text: str, block: str) -> str:
 def write_text(path: Path, text: str) -> None:
     """Write through a temp file and a rename, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, text)
+    files.write_atomic(path, text, durable=False)
 
 
 def _common_machine(results: Sequence[Mapping[str, Any]]) -> str:

@@ -28,6 +28,7 @@ from bench._stack import rows_and_queries, sealed, start_role
 from bench.common import Result, machine_info, parse_scaled, print_table
 from indexer.build import HNSW_EF_SEARCH
 from indexer.registry import Registry
+from indexer.store import SegmentStore
 from indexer.view import load_registered
 from streamvec.settings import Settings
 
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
                 seal_rows=args.rows, seal_seconds=3.0) as (settings, spec, tmp):
         truth = exact_ids(data, queries, K)
         segments = load_registered(Registry(settings.redis_client(), spec.name),
-                                   settings.store)
+                                   SegmentStore.from_settings(settings))
         sweep = [_point(settings, spec.name, tmp, segments, queries, truth, param, v, args)
                  for v in values]
     _record(result, sweep, param, len(segments), args)

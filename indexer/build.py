@@ -53,19 +53,23 @@ def faiss_metric(metric: str) -> int:
 def prepare(vectors: np.ndarray, metric: str) -> np.ndarray:
     """Vectors as FAISS wants them: C-contiguous float32; for cosine an L2-normalised copy.
 
-    Queries go through the same function, which makes cosine an inner product. Zero vectors
-    stay zero (they match nothing) instead of turning into NaN.
+    Queries go through the same function, which makes cosine an inner product.
     """
     faiss_metric(metric)
     x = np.asarray(vectors, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"vectors must be 2-D (rows, dim), got shape {x.shape}")
-    if metric != "cosine":
-        return np.ascontiguousarray(x)
-    out = np.array(x, dtype=np.float32, order="C", copy=True)
-    norms = np.linalg.norm(out, axis=1, keepdims=True)
-    np.divide(out, norms, out=out, where=norms > 0)
-    return out
+    x = np.ascontiguousarray(x)
+    return normalize(x) if metric == "cosine" else x
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of `x` with every row (last axis) scaled to unit length, same dtype.
+
+    Zero rows stay zero (they match nothing) instead of turning into NaN.
+    """
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return np.divide(x, norms, out=np.zeros(x.shape, dtype=x.dtype), where=norms > 0)
 
 
 def build_index(vectors: np.ndarray, *, metric: str, index: str) -> tuple[faiss.Index, str]:
@@ -96,25 +100,6 @@ def build_index(vectors: np.ndarray, *, metric: str, index: str) -> tuple[faiss.
     except RuntimeError as exc:
         raise BuildError(f"index {factory!r} cannot add {rows} rows: {exc}") from None
     return built, factory
-
-
-def search_exact(
-    vectors: np.ndarray, queries: np.ndarray, k: int, metric: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force k nearest rows: (scores, rows), each (len(queries), k).
-
-    Scores are squared L2 distances (ascending) or inner products (descending; cosine
-    similarity for cosine). When k exceeds the row count the tail is padded with row -1.
-    """
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    base, xq = prepare(vectors, metric), prepare(queries, metric)
-    if base.shape[1] != xq.shape[1]:
-        raise ValueError(f"queries have dim {xq.shape[1]}, vectors have dim {base.shape[1]}")
-    flat = faiss.IndexFlat(base.shape[1], faiss_metric(metric))
-    flat.add(base)
-    scores, rows = flat.search(xq, k)
-    return scores, rows
 
 
 def check_factory(index: str, dim: int, metric: str) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from streamvec.errors import Conflict, InvalidInput, StreamvecError, Unavailable
 
-class IndexerError(Exception):
+
+class IndexerError(StreamvecError):
     """Base class of every error the indexer package raises on purpose."""
 
 
@@ -11,11 +13,11 @@ class InvalidStoredOffset(IndexerError):
     """A message offset at or before one a growing segment has already seen."""
 
 
-class WrongDimension(IndexerError, ValueError):
+class WrongDimension(IndexerError, InvalidInput, ValueError):
     """A batch whose vectors do not have the segment's dimension."""
 
 
-class BuildError(IndexerError):
+class BuildError(IndexerError, InvalidInput):
     """A FAISS index that cannot be made from its spec (bad factory string, failed add)."""
 
 
@@ -33,13 +35,13 @@ class RebuildError(IndexerError):
     """The snapshot store cannot be turned back into a registry (a gap, an ambiguity, a race)."""
 
 
-class SwapConflict(IndexerError):
+class SwapConflict(IndexerError, Conflict):
     """A segment swap refused because the registry changed since the swap was planned."""
 
 
-class LifecycleBusy(IndexerError):
-    """Another reindex, compaction, restore or garbage collection holds the collection's lock."""
-
-
-class RemoteStoreError(IndexerError):
+class RemoteStoreError(IndexerError, Unavailable):
     """The object store of the snapshots failed (unreachable, denied, missing bucket)."""
+
+
+class CheckpointOutOfRange(IndexerError):
+    """A partition's checkpoint points below the log start: retention deleted unindexed records."""

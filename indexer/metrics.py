@@ -8,19 +8,17 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
-NAMESPACE = "streamvec"
-SUBSYSTEM = "indexer"
+from streamvec.metrics import CollectionMetrics, factory, full_name
+
+ROLE = "indexer"
 
 
-class IndexerMetrics:
+class IndexerMetrics(CollectionMetrics):
     """Every indexer metric, registered on one registry; label values fixed per collection."""
 
     def __init__(self, registry: CollectorRegistry, collection: str) -> None:
-        def make(kind, name, doc, labels=(), **kw):
-            return kind(name, doc, ["collection", *labels], namespace=NAMESPACE,
-                        subsystem=SUBSYSTEM, registry=registry, **kw)
-
-        self.collection = collection
+        super().__init__(collection)
+        make = factory(registry, ROLE)
         self.consumed_rows = make(Counter, "consumed_rows", "Rows decoded from Kafka.")
         self.consumed_messages = make(Counter, "consumed_messages", "Kafka messages consumed.")
         self.dlq_messages = make(Counter, "dlq_messages", "Messages sent to the dead-letter "
@@ -35,18 +33,12 @@ class IndexerMetrics:
                                    "Bytes written to the snapshot store.")
         self.registrations = make(Counter, "registrations", "Segment registrations, by outcome.",
                                   ("status",))
-        self.checkpoint_lag = make(Gauge, "checkpoint_lag_messages", "Log end offset minus the "
-                                   "registry checkpoint, per partition.", ("partition",))
         self.out_of_range = make(Gauge, "checkpoint_out_of_range", "1 when a partition's "
                                  "checkpoint is no longer in the log (retention ran past it).",
                                  ("partition",))
         self.paused = make(Gauge, "paused", "1 while consumption is paused for back-pressure.")
         self.last_seal = LastSealAge(collection)
         registry.register(self.last_seal)
-
-    def labels(self, metric, *values: str):
-        """Return `metric` with the collection label (and any others) applied."""
-        return metric.labels(self.collection, *values)
 
 
 class LastSealAge:
@@ -63,7 +55,7 @@ class LastSealAge:
     def collect(self) -> Iterator[GaugeMetricFamily]:
         """Yield the age gauge, computed at scrape time."""
         family = GaugeMetricFamily(
-            f"{NAMESPACE}_{SUBSYSTEM}_last_seal_age_seconds",
+            full_name(ROLE, "last_seal_age_seconds"),
             "Seconds since the partition last sealed a segment.",
             labels=["collection", "partition"],
         )

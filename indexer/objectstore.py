@@ -1,18 +1,13 @@
-"""Segment folders in an object store (fsspec: s3://...), addressed like the local store."""
+"""Transfers to and from an object store (fsspec: s3://...): segment folders and small files."""
 
-# The local snapshot folder stays the working copy; the object store is what other machines
-# read. Upload order makes completeness visible: data files first, manifest.json last, and
-# the `.registered` marker only after the registry accepted the segment. A download lands in
-# a temp folder, has every sha256 verified, and only then is renamed into place, so a corrupt
-# or incomplete remote folder never reaches a reader.
+# This is the transfer layer only: it copies what the segment store (indexer/store.py) asks
+# for, under paths relative to the store root that the store has already checked. Uploads
+# make completeness visible: data files first, manifest.json last, so a folder without its
+# manifest is an incomplete upload; removals take the manifest away first for the same reason.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import re
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -20,32 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 import fsspec
 
-from indexer import segfolder, store
+from indexer import segfolder
 from indexer.errors import CorruptSegment, IndexerError, RemoteStoreError
+from streamvec import files
 
 if TYPE_CHECKING:
     from streamvec.settings import Settings
 
 log = logging.getLogger(__name__)
-
-_NUMBERED = re.compile(r"([gp])(\d{4,})")
-
-
-def check_rel_path(rel_path: str | os.PathLike[str]) -> str:
-    """Return a registry path (relative to the store root) as posix text; ValueError if unsafe."""
-    text = Path(rel_path).as_posix() if isinstance(rel_path, os.PathLike) else str(rel_path)
-    parts = PurePosixPath(text).parts
-    # Paths come from the registry: one that climbs out would read or write beside the store.
-    if (not parts or text.startswith("/") or "\\" in text
-            or any(p in ("", ".", "..") for p in text.split("/"))):
-        raise ValueError(f"{text!r} is not a path relative to the snapshot store root")
-    return "/".join(parts)
-
-
-def rel_path(manifest: segfolder.SegmentManifest) -> str:
-    """The store-relative path of the folder that holds the segment `manifest` describes."""
-    return segfolder.segment_path(Path(), manifest.collection, manifest.generation,
-                                 manifest.partition, manifest.segment_id).as_posix()
 
 
 class RemoteStore:
@@ -75,11 +52,11 @@ class RemoteStore:
     def __repr__(self) -> str:
         return f"RemoteStore({self.url!r})"
 
-    def key(self, rel: str | os.PathLike[str]) -> str:
-        """The object-store path of a store-relative path."""
-        return f"{self.base}/{check_rel_path(rel)}"
+    def key(self, rel: str) -> str:
+        """The object-store path of a (checked) store-relative path."""
+        return f"{self.base}/{rel}"
 
-    def push(self, local_folder: Path | str, rel: str | os.PathLike[str]) -> bool:
+    def push(self, local_folder: Path | str, rel: str) -> bool:
         """Upload a finished segment folder, manifest last; False if the same one was there."""
         folder = Path(local_folder)
         manifest = (folder / segfolder.MANIFEST).read_bytes()
@@ -100,107 +77,12 @@ class RemoteStore:
         log.info("segment=%s pushed to %s", folder.name, self.url)
         return True
 
-    def push_segment(self, local_root: Path | str, manifest: segfolder.SegmentManifest) -> bool:
-        """Upload the local folder of the segment `manifest` describes (see `push`)."""
-        rel = rel_path(manifest)
-        return self.push(Path(local_root) / rel, rel)
+    def download(self, rel: str, into: Path) -> None:
+        """Copy the files of a remote folder into the empty folder `into`, fsynced.
 
-    def push_marker(self, rel: str | os.PathLike[str]) -> bool:
-        """Write the registration marker beside a pushed folder; False (logged) if that failed.
-
-        A missing remote marker is recoverable: `registry rebuild` bridges unmarked folders
-        between marked ones, so a failed upload here must not stop the indexer.
+        Raises CorruptSegment when the manifest or a data file is missing; the copy is not
+        verified here (the caller checks every sha256 before installing it).
         """
-        dest = self.key(rel)
-        body = json.dumps({"segment_id": PurePosixPath(dest).name, "at": time.time()}).encode()
-        try:
-            with self._io(f"marking {rel}"):
-                self.fs.pipe_file(dest + store.MARKER_SUFFIX, body)
-        except RemoteStoreError as exc:
-            log.warning("%s", exc)
-            return False
-        return True
-
-    def is_complete(self, rel: str | os.PathLike[str]) -> bool:
-        """Whether a remote folder holds its manifest (uploaded last)."""
-        with self._io(f"checking {rel}"):
-            return bool(self.fs.exists(f"{self.key(rel)}/{segfolder.MANIFEST}"))
-
-    def is_registered(self, rel: str | os.PathLike[str]) -> bool:
-        """Whether a remote folder carries its registration marker."""
-        with self._io(f"checking {rel}"):
-            return bool(self.fs.exists(self.key(rel) + store.MARKER_SUFFIX))
-
-    def fetch(self, rel: str | os.PathLike[str], local_root: Path | str) -> Path:
-        """Download a remote folder into the local store, verified; return its local path.
-
-        Raises CorruptSegment for an incomplete or corrupt remote folder, which then never
-        appears locally. A valid local folder already there is kept.
-        """
-        rel = check_rel_path(rel)
-        final = Path(local_root) / rel
-        store.makedirs(final.parent)
-        holder = store.temp_path(final.parent, final.name)  # swept as an orphan after a crash
-        tmp = holder / final.name  # the manifest names its folder: keep the name while checking
-        tmp.mkdir(parents=True)
-        try:
-            self._download(rel, tmp)
-            try:
-                segfolder.verify(tmp)
-            except CorruptSegment as exc:
-                raise CorruptSegment(f"{self.url}/{rel}", exc.file, exc.reason) from None
-            if store.publish(tmp, final, verified):
-                log.info("segment=%s fetched from %s", final.name, self.url)
-        finally:
-            store.remove(holder)
-        return final
-
-    def fetch_marker(self, rel: str | os.PathLike[str], local_root: Path | str) -> bool:
-        """Copy the remote registration marker of a folder beside its local copy, if it has one."""
-        local = Path(local_root) / check_rel_path(rel)
-        with self._io(f"reading the marker of {rel}"):
-            body = self._read_or_none(self.key(rel) + store.MARKER_SUFFIX)
-        if body is None:
-            return False
-        marker = local.parent / (local.name + store.MARKER_SUFFIX)
-        tmp = store.temp_path(local.parent, marker.name)
-        store.write_file(tmp, body)
-        os.replace(tmp, marker)
-        store.fsync_dir(local.parent)
-        return True
-
-    def list_segments(self, collection: str, generation: int | None = None) -> list[str]:
-        """Store-relative paths of a collection's remote segment folders, complete or not."""
-        found = []
-        with self._io(f"listing {collection}"):
-            gens = [generation] if generation is not None else self._numbered(collection, "g")
-            for gen in gens:
-                gen_rel = f"{collection}/g{gen:04d}"
-                for part in self._numbered(gen_rel, "p"):
-                    part_rel = f"{gen_rel}/p{part:04d}"
-                    for name in self._children(part_rel, directories=True):
-                        try:
-                            ident = segfolder.parse_segment_id(name)
-                        except ValueError:
-                            continue
-                        found.append(((gen, ident), f"{part_rel}/{name}"))
-        return [rel for _, rel in sorted(found)]
-
-    def remove(self, rel: str | os.PathLike[str]) -> None:
-        """Delete a remote folder and its marker: marker first, then manifest, then the rest."""
-        dest = self.key(rel)
-        with self._io(f"removing {rel}"):
-            for key in (dest + store.MARKER_SUFFIX, f"{dest}/{segfolder.MANIFEST}"):
-                try:
-                    self.fs.rm_file(key)
-                except FileNotFoundError:
-                    pass
-            if self.fs.exists(dest):
-                self.fs.rm(dest, recursive=True)
-        log.info("segment=%s removed from %s", PurePosixPath(dest).name, self.url)
-
-    def _download(self, rel: str, tmp: Path) -> None:
-        """Copy the files of a remote folder into `tmp`, fsynced; CorruptSegment if one lacks."""
         src = self.key(rel)
         with self._io(f"downloading {rel}"):
             present = set(self._children(rel, directories=False))
@@ -211,28 +93,55 @@ class RemoteStore:
             if missing:
                 raise CorruptSegment(f"{self.url}/{rel}", missing[0], "missing")
             names = sorted(segfolder.FILES) + [segfolder.MANIFEST]
-            self.fs.get([f"{src}/{n}" for n in names], [str(tmp / n) for n in names])
+            self.fs.get([f"{src}/{n}" for n in names], [str(into / n) for n in names])
         for name in names:
-            store.fsync_file(tmp / name)
-        store.fsync_dir(tmp)
+            files.fsync_file(into / name)
+        files.fsync_dir(into)
+
+    def write_bytes(self, rel: str, body: bytes) -> None:
+        """Store a small file (a marker) at a store-relative path."""
+        with self._io(f"writing {rel}"):
+            self.fs.pipe_file(self.key(rel), body)
+
+    def read_bytes(self, rel: str) -> bytes | None:
+        """The content of a small file at a store-relative path, or None if there is none."""
+        with self._io(f"reading {rel}"):
+            return self._read_or_none(self.key(rel))
+
+    def exists(self, rel: str) -> bool:
+        """Whether a file or folder exists at a store-relative path."""
+        with self._io(f"checking {rel}"):
+            return bool(self.fs.exists(self.key(rel)))
+
+    def children(self, rel: str, *, directories: bool) -> list[str]:
+        """Names of the folders (or files) directly under a store-relative path, sorted."""
+        with self._io(f"listing {rel}"):
+            return self._children(rel, directories=directories)
+
+    def remove_file(self, rel: str) -> None:
+        """Delete one file; one already gone is fine."""
+        with self._io(f"removing {rel}"):
+            try:
+                self.fs.rm_file(self.key(rel))
+            except FileNotFoundError:
+                pass
+
+    def remove_folder(self, rel: str) -> None:
+        """Delete a remote segment folder: its manifest first, so it is never taken as whole."""
+        dest = self.key(rel)
+        self.remove_file(f"{rel}/{segfolder.MANIFEST}")
+        with self._io(f"removing {rel}"):
+            if self.fs.exists(dest):
+                self.fs.rm(dest, recursive=True)
+        log.info("segment=%s removed from %s", PurePosixPath(dest).name, self.url)
 
     def _children(self, rel: str, *, directories: bool) -> list[str]:
-        """Names of the folders (or files) directly under a store-relative path."""
         try:
             entries = self.fs.ls(self.key(rel), detail=True)
         except FileNotFoundError:
             return []
         want = "directory" if directories else "file"
         return sorted(PurePosixPath(e["name"]).name for e in entries if e.get("type") == want)
-
-    def _numbered(self, rel: str, letter: str) -> list[int]:
-        """Numbers of the `g0000` / `p0003` folders directly under a store-relative path."""
-        out = []
-        for name in self._children(rel, directories=True):
-            match = _NUMBERED.fullmatch(name)
-            if match and match[1] == letter:
-                out.append(int(match[2]))
-        return sorted(out)
 
     def _read_or_none(self, key: str) -> bytes | None:
         try:
@@ -249,12 +158,3 @@ class RemoteStore:
             raise
         except Exception as exc:  # s3fs, aiohttp and botocore each raise their own types
             raise RemoteStoreError(f"{what} at {self.url} failed: {exc!r}") from exc
-
-
-def verified(path: Path) -> bool:
-    """Whether a local segment folder passes every check (sha256, fingerprint)."""
-    try:
-        segfolder.verify(path)
-    except CorruptSegment:
-        return False
-    return True

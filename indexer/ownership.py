@@ -6,21 +6,16 @@ import logging
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from indexer import remote, segfolder
-from indexer.errors import IndexerError
+from indexer.errors import CheckpointOutOfRange
 from indexer.idmap import IdMap
 from indexer.registry import Registry
 from indexer.segment import GrowingSegment
+from indexer.store import SegmentStore
 
 log = logging.getLogger(__name__)
-
-
-class CheckpointOutOfRange(IndexerError):
-    """A partition's checkpoint points below the log start: retention deleted unindexed records."""
 
 
 @dataclass(slots=True)
@@ -52,7 +47,7 @@ def take_over(
     *,
     registry: Registry,
     idmap: IdMap,
-    root: Path,
+    store: SegmentStore,
     collection: str,
     generation: int,
     dim: int,
@@ -72,22 +67,23 @@ def take_over(
             "they were indexed. Refusing to skip them silently: raise the topic's retention, "
             "restore the records, or rebuild the collection deliberately."
         )
-    removed = segfolder.remove_orphans(root, collection, generation, partition, checkpoint)
+    removed = store.remove_orphans(collection, generation, partition, checkpoint)
     if removed:
         log.info('partition="%s[%d]" removed %s unregistered segment folder(s)',
                  collection, partition, removed)
-    load_hides(partition, registry=registry, idmap=idmap, root=root)
+    load_hides(partition, registry=registry, idmap=idmap, store=store)
     log.info('partition="%s[%d]" taken over epoch=%d offset="%d"',
              collection, partition, epoch, checkpoint)
     return PartitionState(partition, epoch, checkpoint,
                           GrowingSegment(partition, checkpoint, dim, now))
 
 
-def load_hides(partition: int, *, registry: Registry, idmap: IdMap, root: Path) -> None:
+def load_hides(partition: int, *, registry: Registry, idmap: IdMap,
+               store: SegmentStore) -> None:
     """Rebuild the id map of `partition` from its registered segments, oldest first."""
     idmap.drop_partition(partition)
     for rec in registry.segments(partition=partition):
-        folder = remote.local_folder(root, rec.path)  # fetched if only the object store has it
+        folder = store.folder(rec.path)  # fetched if only the object store has it
         ids = np.load(folder / "ids.npy", allow_pickle=False)
         deleted = np.load(folder / "deleted_ids.npy", allow_pickle=False)
         idmap.load(rec.segment_id, ids, deleted, partition=partition)

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import redis
 
-from indexer import segfolder, store
+from indexer import segfolder
 from indexer.errors import RebuildError
 from indexer.registry import Registry, SegmentRecord
+from indexer.segment import parse_segment_id
+from indexer.store import SegmentStore, coverage_chain, is_registered, segment_rel
 from ingest.names import CollectionName
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,7 @@ class RebuildReport:
         return {p.partition: p.checkpoint for p in self.partitions if p.segments}
 
 
-def plan_rebuild(root: Path | str, collection: str, generation: int = 0) -> RebuildReport:
+def plan_rebuild(store: SegmentStore, collection: str, generation: int = 0) -> RebuildReport:
     """Derive a collection's registry from the snapshot store alone, writing nothing.
 
     Marked folders chain per partition from offset 0. A hole between two is filled only by the
@@ -52,14 +54,14 @@ def plan_rebuild(root: Path | str, collection: str, generation: int = 0) -> Rebu
     """
     CollectionName.parse(collection)
     by_partition: dict[int, list[Path]] = {}
-    for path in segfolder.list_segments(root, collection, generation):
-        by_partition.setdefault(segfolder.parse_segment_id(path.name)[0], []).append(path)
+    for path in store.list_segments(collection, generation):
+        by_partition.setdefault(parse_segment_id(path.name)[0], []).append(path)
     parts, records, ignored, recovered = [], [], [], []
     for partition, paths in sorted(by_partition.items()):
-        chain = store.coverage_chain(partition, paths)
+        chain = coverage_chain(partition, paths)
         chain_ids = {p.name for p in chain}
         ignored += [p.name for p in paths if p.name not in chain_ids]
-        recovered += [p.name for p in chain if not segfolder.is_registered(p)]
+        recovered += [p.name for p in chain if not is_registered(p)]
         found = [_checked(path, collection, generation) for path in chain]
         records += [SegmentRecord.from_manifest(m) for m in found]
         parts.append(PartitionReport(partition, len(found), sum(m.rows for m in found),
@@ -68,18 +70,22 @@ def plan_rebuild(root: Path | str, collection: str, generation: int = 0) -> Rebu
                          tuple(recovered))
 
 
-def rebuild(client: redis.Redis, root: Path | str, collection: str,
-            generation: int = 0) -> RebuildReport:
-    """Replace a collection's registry with the one derived from the snapshot store."""
+def rebuild(client: redis.Redis, store: SegmentStore, collection: str, generation: int = 0,
+            *, mirror_markers: bool = False) -> RebuildReport:
+    """Replace a collection's registry with the one derived from the snapshot store.
+
+    The markers of recovered folders are written locally, and with `mirror_markers` in the
+    object store too: for folders that were fetched from it.
+    """
     registry = Registry(client, collection)
     before = registry.version()
-    report = plan_rebuild(root, collection, generation)
+    report = plan_rebuild(store, collection, generation)
     version = registry.replace_all(list(report.records), report.checkpoints, before)
     for seg_id in report.recovered:
-        segfolder.mark_registered(segfolder.segment_path(
-            root, collection, generation, segfolder.parse_segment_id(seg_id)[0], seg_id))
+        store.mark_registered(segment_rel(collection, generation, parse_segment_id(seg_id)[0],
+                                          seg_id), mirror=mirror_markers)
     log.info("collection=%s registry rebuilt from %s: %d segments, version %d",
-             collection, root, len(report.records), version)
+             collection, store.root, len(report.records), version)
     return replace(report, version=version)
 
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import redis
 
-from indexer import segfolder
+from indexer import segfolder, store
 from indexer.errors import RebuildError, SwapConflict
 from indexer.registry_scripts import REGISTER as _REGISTER
 from indexer.registry_scripts import SWAP as _SWAP
+from indexer.segment import segment_id
 from ingest.names import CollectionName
 
 log = logging.getLogger(__name__)
@@ -36,11 +38,9 @@ class SegmentRecord:
     def from_manifest(cls, manifest: segfolder.SegmentManifest,
                       path: Path | str | None = None) -> SegmentRecord:
         """The record of a written segment; `path` defaults to its place under the store root."""
-        rel = Path(path) if path is not None else segfolder.segment_path(
-            Path(), manifest.collection, manifest.generation, manifest.partition,
-            manifest.segment_id)
+        rel = Path(path).as_posix() if path is not None else store.rel_path(manifest)
         return cls(manifest.segment_id, manifest.partition, manifest.start_offset,
-                   manifest.end_offset, manifest.rows, manifest.generation, rel.as_posix(),
+                   manifest.end_offset, manifest.rows, manifest.generation, rel,
                    manifest.factory, manifest.created_at)
 
     @classmethod
@@ -112,7 +112,7 @@ class Registry:
 
     def register(self, record: SegmentRecord, epoch: int) -> RegisterResult:
         """Register a segment iff `epoch` owns its partition and it starts at the checkpoint."""
-        expected = segfolder.segment_id(record.partition, record.start_offset, record.end_offset)
+        expected = segment_id(record.partition, record.start_offset, record.end_offset)
         if record.segment_id != expected:
             raise ValueError(f"segment id {record.segment_id!r} should be {expected!r}")
         event = _event("registered", record)
@@ -151,6 +151,30 @@ class Registry:
         return {int(g): GenerationInfo.from_json(v)
                 for g, v in self.client.hgetall(self.generations_key).items()}
 
+    def state(self, *, records: bool = True) -> RegistryState:
+        """Version, active generation, checkpoints, generations and records at one instant.
+
+        One transaction reads them all; `records=False` leaves the records out (a large hash).
+        """
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.get(self.version_key)
+            pipe.get(self.generation_key)
+            pipe.hgetall(self.ckpt_key)
+            pipe.hgetall(self.generations_key)
+            if records:
+                pipe.hgetall(self.segments_key)
+            version, gen, ckpts, gens, *segments = pipe.execute()
+        found = [SegmentRecord.from_json(k.decode(), v)
+                 for k, v in (segments[0] if segments else {}).items()]
+        return RegistryState(
+            int(version or 0), int(gen or 0), {int(p): int(c) for p, c in ckpts.items()},
+            {int(g): GenerationInfo.from_json(v) for g, v in gens.items()},
+            tuple(sorted(found, key=lambda r: (r.partition, r.start_offset))))
+
+    def segment_count(self) -> int:
+        """How many segments are registered."""
+        return int(self.client.hlen(self.segments_key))
+
     def build_target(self, default_index: str) -> tuple[int, str]:
         """The active generation and the index spec it builds with, read in one round trip.
 
@@ -167,6 +191,10 @@ class Registry:
     def record_generation(self, info: GenerationInfo) -> None:
         """Store or update what is known of one generation."""
         self.client.hset(self.generations_key, str(info.generation), info.to_json())
+
+    def set_active_generation(self, generation: int) -> None:
+        """Set the generation new segments go into, outside a swap: for a registry being made."""
+        self.client.set(self.generation_key, generation)
 
     def forget_generation(self, generation: int) -> None:
         """Drop a generation's record (its folders are the garbage collector's)."""
@@ -248,6 +276,28 @@ class GenerationInfo:
     def to_json(self) -> str:
         """The canonical JSON stored in the generations hash."""
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryState:
+    """A collection's registry as read at one instant (`Registry.state`)."""
+
+    version: int
+    generation: int  # the active one
+    checkpoints: dict[int, int]
+    generations: dict[int, GenerationInfo]
+    records: tuple[SegmentRecord, ...]  # by (partition, start offset); empty if not read
+
+
+def records_of(client: redis.Redis, collections: Iterable[str]) -> dict[str, list[SegmentRecord]]:
+    """The registered segments of several collections, read in one round trip."""
+    names = list(collections)
+    with client.pipeline(transaction=False) as pipe:  # one slot per collection: no transaction
+        for name in names:
+            pipe.hgetall(Registry(client, name).segments_key)
+        replies = pipe.execute() if names else []
+    return {name: [SegmentRecord.from_json(k.decode(), v) for k, v in reply.items()]
+            for name, reply in zip(names, replies, strict=True)}
 
 
 def check_same_coverage(removed: list[SegmentRecord], added: list[SegmentRecord]) -> None:

@@ -71,17 +71,6 @@ class Stale:
         return None
 
 
-@dataclass(frozen=True, slots=True)
-class Forced:
-    """Seal whatever has seen a message, for an explicit reason (shutdown, an operator)."""
-
-    name: str
-
-    def reason(self, stats: SegmentStats) -> str | None:
-        """Always the policy's name."""
-        return self.name
-
-
 def full_rows(max_rows: int) -> FullRows:
     """A policy that seals at `max_rows` rows."""
     if max_rows < 1:
@@ -101,18 +90,6 @@ def stale(max_age_s: float) -> Stale:
     if not max_age_s > 0:
         raise ValueError(f"max_age_s must be > 0, got {max_age_s}")
     return Stale(float(max_age_s))
-
-
-def forced(reason: str) -> Forced:
-    """A policy that seals every segment that has seen a message, giving `reason`."""
-    if not reason:
-        raise ValueError("a forced seal needs a reason")
-    return Forced(reason)
-
-
-def on_shutdown() -> Forced:
-    """The forced seal a worker runs when it stops cleanly."""
-    return Forced("shutdown")
 
 
 def policies_for(spec: CollectionSpec) -> tuple[SealPolicy, ...]:

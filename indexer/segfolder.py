@@ -14,18 +14,9 @@ from typing import Any
 import faiss
 import numpy as np
 
-from indexer import store
 from indexer.errors import CorruptSegment
-from indexer.segment import SealedRows
-from indexer.store import (  # noqa: F401  (the layout lives in store; re-exported for callers)
-    is_registered,
-    list_segments,
-    mark_registered,
-    parse_segment_id,
-    remove_orphans,
-    segment_id,
-    segment_path,
-)
+from indexer.segment import SealedRows, parse_segment_id, segment_id
+from streamvec import files as fs
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +26,7 @@ METRICS = ("l2", "ip", "cosine")
 # A manifest must list exactly these, so a tampered one cannot point outside its folder.
 FILES = frozenset({"index.faiss", "vectors.npy", "ids.npy", "offsets.npy", "event_time.npy",
                    "meta_offsets.npy", "meta.bin", "deleted_ids.npy", "hides.json"})
+_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,18 +85,22 @@ class LoadedSegment:
 
 
 def write_segment(
-    root: Path | str, collection: str, generation: int, sealed: SealedRows, index: Any,
+    final: Path, collection: str, generation: int, sealed: SealedRows, index: Any,
     factory: str, metric: str, hides: dict[str, Any],
 ) -> SegmentManifest:
-    """Persist `sealed` and its built `index` as one immutable folder; idempotent per range."""
+    """Persist `sealed` and its built `index` as the immutable folder `final`; idempotent.
+
+    `final` is named after the segment's id (the store decides the folder it lies in).
+    """
     hides = _check_inputs(sealed, index, factory, metric, hides)
     sid = segment_id(sealed.partition, sealed.start_offset, sealed.end_offset)
-    final = segment_path(root, collection, generation, sealed.partition, sid)
+    if final.name != sid:
+        raise ValueError(f"the folder of segment {sid} must be named after it, not {final.name}")
     existing = _verified_or_none(final)
     if existing is not None:
         return existing
-    store.makedirs(final.parent)
-    tmp = store.temp_path(final.parent, sid)
+    fs.makedirs(final.parent)
+    tmp = fs.temp_path(final)
     tmp.mkdir()
     try:
         files = _write_files(tmp, sealed, index, hides)
@@ -115,13 +111,13 @@ def write_segment(
             FORMAT_VERSION, sid, collection, generation, sealed.partition, sealed.start_offset,
             sealed.end_offset, sealed.rows, sealed.dim, metric, factory, fingerprint,
             round(time.time(), 3), files)
-        store.write_file(tmp / MANIFEST, manifest.to_json())  # last: its presence means complete
-        store.fsync_dir(tmp)
-        if store.publish(tmp, final, lambda p: _verified_or_none(p) is not None):
+        fs.write_new(tmp / MANIFEST, manifest.to_json())  # last: its presence means complete
+        fs.fsync_dir(tmp)
+        if fs.install_dir(tmp, final, lambda p: _verified_or_none(p) is not None):
             return manifest
         return read_manifest(final)
     finally:
-        store.remove(tmp)
+        fs.remove(tmp)
 
 
 def read_manifest(path: Path | str) -> SegmentManifest:
@@ -214,12 +210,12 @@ def _write_files(tmp: Path, sealed: SealedRows, index: Any, hides: dict[str, lis
               "meta_offsets.npy": meta_offsets, "deleted_ids.npy": sealed.deleted_ids}
     for name, array in arrays.items():
         np.save(tmp / name, array, allow_pickle=False)
-        store.fsync_file(tmp / name)
-    store.write_file(tmp / "meta.bin", b"".join(sealed.metadata))
-    store.write_file(tmp / "hides.json", json.dumps(hides, sort_keys=True).encode())
+        fs.fsync_file(tmp / name)
+    fs.write_new(tmp / "meta.bin", b"".join(sealed.metadata))
+    fs.write_new(tmp / "hides.json", json.dumps(hides, sort_keys=True).encode())
     faiss.write_index(index, str(tmp / "index.faiss"))
-    store.fsync_file(tmp / "index.faiss")
-    return {name: {"sha256": store.sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
+    fs.fsync_file(tmp / "index.faiss")
+    return {name: {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
             for name in sorted(FILES)}
 
 
@@ -232,7 +228,7 @@ def _check_files(path: Path, manifest: SegmentManifest) -> None:
             raise CorruptSegment(path, name, "missing") from None
         if size != info["bytes"]:
             raise CorruptSegment(path, name, f"{size} bytes, the manifest says {info['bytes']}")
-        if store.sha256_file(path / name) != info["sha256"]:
+        if _sha256(path / name) != info["sha256"]:
             raise CorruptSegment(path, name, "sha256 does not match the manifest")
 
 
@@ -292,6 +288,15 @@ def _verified_or_none(path: Path) -> SegmentManifest | None:
     except CorruptSegment as exc:
         log.warning("%s", exc)
         return None
+
+
+def _sha256(path: Path) -> str:
+    """The hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _digest(body: dict[str, Any]) -> str:

@@ -1,8 +1,9 @@
-"""Growing segments: the append-only per-partition buffer that a seal turns into `SealedRows`."""
+"""Segments: their ids, and the append-only per-partition buffer a seal turns into `SealedRows`."""
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,31 @@ _MIN_CAPACITY = 64
 _ID_WIDTH_STEP = 8
 # Batch.meta is the decoded (offsets, blob) metadata section, None when the message has none.
 _NO_SECTION = object()
+_SEGMENT_ID = re.compile(r"p(\d{4,})-(\d{12,})-(\d{12,})")
+
+
+def segment_id(partition: int, start: int, end: int) -> str:
+    """Return the id of the segment covering offsets [start, end) of `partition`."""
+    return f"p{partition:04d}-{start:012d}-{end:012d}"
+
+
+def parse_segment_id(text: str) -> tuple[int, int, int]:
+    """Return (partition, start, end) of a segment id; raise ValueError if `text` is not one."""
+    match = _SEGMENT_ID.fullmatch(text)
+    parts = (int(match[1]), int(match[2]), int(match[3])) if match else None
+    # Extra zero padding would give one range two folder names; only the canonical form counts.
+    if parts is None or segment_id(*parts) != text or parts[1] >= parts[2]:
+        raise ValueError(f"{text!r} is not a segment id such as p0003-000000000100-000000000200")
+    return parts
+
+
+def is_segment_id(text: str) -> bool:
+    """Whether `text` is a canonical segment id (see `parse_segment_id`)."""
+    try:
+        parse_segment_id(text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)

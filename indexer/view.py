@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
-import numpy as np
-
-from indexer import remote
 from indexer.registry import Registry
 from indexer.segfolder import LoadedSegment, load_segment
+from indexer.store import SegmentStore
 
 
-@dataclass(frozen=True, slots=True)
-class LiveRow:
-    """One visible row: where it lives and what it holds."""
-
-    segment_id: str
-    row: int
-    offset: int
-    vector: np.ndarray
-
-
-def load_registered(registry: Registry, root: Path, *, verify: bool = True) -> list[LoadedSegment]:
+def load_registered(registry: Registry, store: SegmentStore, *,
+                    verify: bool = True) -> list[LoadedSegment]:
     """Load every registered segment, oldest first per partition."""
-    return [load_segment(remote.local_folder(root, rec.path), verify=verify)
+    return [load_segment(store.folder(rec.path), verify=verify)
             for rec in registry.segments()]
 
 
@@ -48,19 +34,3 @@ def hidden_rows(segments: list[LoadedSegment]) -> dict[str, set[int]]:
             latest[(m.partition, key)] = (m.segment_id, row)
     return hidden
 
-
-def live_rows(segments: list[LoadedSegment]) -> dict[str, LiveRow]:
-    """Return id -> visible row; raise ValueError if an id is visible twice (a coverage bug)."""
-    hidden = hidden_rows(segments)
-    live: dict[str, LiveRow] = {}
-    for seg in segments:
-        seg_id = seg.manifest.segment_id
-        gone = hidden.get(seg_id, set())
-        for row, raw in enumerate(seg.ids.tolist()):
-            if row in gone:
-                continue
-            key = raw.decode()
-            if key in live:
-                raise ValueError(f"id {key!r} is visible in {live[key].segment_id} and {seg_id}")
-            live[key] = LiveRow(seg_id, row, int(seg.offsets[row]), np.asarray(seg.vectors[row]))
-    return live

@@ -5,19 +5,23 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from indexer import faults, publish, remote, seal, segfolder
+from indexer import faults, publish, seal
 from indexer.dlq import DeadLetters
+from indexer.errors import CheckpointOutOfRange
 from indexer.idmap import IdMap
 from indexer.metrics import IndexerMetrics
-from indexer.ownership import CheckpointOutOfRange, PartitionState, Pending, take_over
+from indexer.ownership import PartitionState, Pending, take_over
 from indexer.registry import Registry
-from indexer.segment import GrowingSegment, SealedRows
+from indexer.segment import GrowingSegment, SealedRows, segment_id
+from indexer.store import SegmentStore
 from ingest import catalog, record
 from ingest.errors import RecordError
+from streamvec.health import TurnHook
 from streamvec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,14 +40,16 @@ class Worker:
     def __init__(self, settings: Settings, collection: str, *, group_id: str | None = None,
                  metrics_registry: CollectorRegistry = REGISTRY,
                  max_held_bytes: int = DEFAULT_MAX_HELD_BYTES,
-                 generation: int | None = None) -> None:
+                 generation: int | None = None, turn_hook: TurnHook | None = None) -> None:
         self.settings = settings
+        # The worker subscribes before its first turn, so a finished turn means it consumes.
+        self._turn = turn_hook("consume") if turn_hook else nullcontext()
         self.spec = catalog.load_spec(settings.redis_client(), collection)
         self.topic = self.spec.collection.topic
         self.generation = generation  # None: follow the registry's active generation
         self.max_held_bytes = max_held_bytes
         self.registry = Registry(settings.redis_client(), collection)
-        remote.attach(settings)  # builds and markers are mirrored to the object store, if any
+        self.store = SegmentStore.from_settings(settings)  # mirrored to its object store, if any
         self.policies = seal.policies_for(self.spec)
         self.metrics = IndexerMetrics(metrics_registry, collection)
         self.idmap = IdMap()
@@ -75,7 +81,8 @@ class Worker:
             while self._running and self._fatal is None:
                 if deadline is not None and time.monotonic() >= deadline:
                     break
-                self.step()
+                with self._turn:
+                    self.step()
         finally:
             self._shutdown()
         if self._fatal is not None:
@@ -138,9 +145,9 @@ class Worker:
     def _seal(self, partition: int, reason: str, now: float) -> None:
         state = self.parts[partition]
         sealed = state.growing.seal()
-        segment_id = segfolder.segment_id(partition, sealed.start_offset, sealed.end_offset)
+        sid = segment_id(partition, sealed.start_offset, sealed.end_offset)
         hides = self.idmap.hides_for(sealed)
-        self.idmap.apply(segment_id, sealed)
+        self.idmap.apply(sid, sealed)
         state.growing = GrowingSegment(partition, sealed.end_offset, self.spec.dim, now)
         generation, index = self._target()
         future = self._builder.submit(self._build, sealed, hides, generation, index)
@@ -148,7 +155,7 @@ class Worker:
         self.metrics.labels(self.metrics.seals, reason.split(":", 1)[0]).inc()
         self.metrics.last_seal.mark(partition)
         log.info('seal partition="%s[%d]" segment=%s rows=%d deletes=%d reason="%s"', self.topic,
-                 partition, segment_id, sealed.rows, len(sealed.deleted_ids), reason)
+                 partition, sid, sealed.rows, len(sealed.deleted_ids), reason)
 
     def _target(self) -> tuple[int, str]:
         """The generation a new segment goes into and the index spec it is built with.
@@ -164,7 +171,7 @@ class Worker:
                index_spec: str) -> publish.Written:
         """Build the FAISS index, write the snapshot and mirror it; runs on the builder thread."""
         faults.crash_point("build")
-        written = publish.write(self.settings.store, self.spec.name, generation, sealed,
+        written = publish.write(self.store, self.spec.name, generation, sealed,
                                 metric=self.spec.metric, index=index_spec, hides=hides)
         faults.crash_point("after_snapshot")
         self.metrics.labels(self.metrics.build_seconds).observe(written.build_seconds)
@@ -193,7 +200,7 @@ class Worker:
         if not result.ok:
             self._reset_partition(state, result)
             return False
-        publish.mark(self.settings.store, [written])
+        publish.mark(self.store, [written])
         faults.crash_point("after_register")
         state.inflight.popleft()
         state.checkpoint = written.record.end_offset
@@ -230,7 +237,7 @@ class Worker:
                                                      timeout=10)
         try:
             return take_over(partition, registry=self.registry, idmap=self.idmap,
-                             root=self.settings.store, collection=self.spec.name,
+                             store=self.store, collection=self.spec.name,
                              generation=self._target()[0], dim=self.spec.dim,
                              low_watermark=low, now=now)
         except CheckpointOutOfRange:

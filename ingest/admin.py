@@ -1,4 +1,7 @@
-"""Collection administration: create, list, describe and drop topics, specs and snapshots."""
+"""Collection administration on Kafka and the catalog: topics and specs, created and described.
+
+A collection as a whole (aliases, segment folders, dropping) is lifecycle/collections.py's.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,6 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from ingest import audit, catalog
 from ingest.errors import CollectionExists, IngestError
 from ingest.spec import CollectionSpec
-from lifecycle import aliases
 from streamvec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,26 +39,14 @@ def create_collection(
     *,
     replication: int | None = None,
     timeout: float = 30.0,
-    adopt_store: bool = False,
 ) -> bool:
     """Create a collection's topics and register its spec; return False if it already existed.
 
-    A new collection refuses a name whose snapshot folder still holds segment folders (kept
-    because a restored collection references them, or left from before): its workers would
-    take those folders for their own. `adopt_store` is for rebuilding a lost registry from
-    them on purpose (`streamvec registry rebuild`).
+    Nothing here looks at aliases or the segment store: lifecycle/collections.py does, then
+    calls this.
     """
     _check_index_spec(spec)
     client = settings.redis_client()
-    aliases.refuse_collection_name(client, spec.name)  # an alias already answers to the name
-    if not adopt_store and not client.exists(catalog.spec_key(spec.name)):
-        leftovers = _segment_folders(settings, spec.name)
-        if leftovers:
-            raise CollectionExists(
-                f"the snapshot store {settings.store} still holds {leftovers} segment "
-                f"folder(s) of an earlier collection named {spec.name!r} (a restored collection "
-                "may reference them); choose another name, or pass --adopt-store to rebuild "
-                "its registry from them")
     created = catalog.claim_spec(client, spec)
     try:
         _ensure_topics(settings, spec, replication=replication, timeout=timeout)
@@ -68,12 +58,6 @@ def create_collection(
         audit.record(client, "collection.create", spec.name, asdict(spec), settings.actor)
     log.info("collection=%s %s", spec.name, "created" if created else "already exists")
     return created
-
-
-def _segment_folders(settings: Settings, name: str) -> int:
-    """How many segment folders `<snapshots>/<name>/g*/p*/` holds (markers and temps aside)."""
-    base = settings.store / name
-    return sum(1 for f in base.glob("g*/p*/p*-*-*") if f.is_dir()) if base.is_dir() else 0
 
 
 def list_collections(settings: Settings) -> list[CollectionSpec]:
@@ -90,7 +74,6 @@ def describe_collection(settings: Settings, name: str, timeout: float = 10.0) ->
         "topic": spec.collection.topic,
         "dlq_topic": spec.collection.dlq_topic,
         "partitions": partition_offsets(settings, spec.collection.topic, timeout=timeout),
-        "snapshots": str(settings.store / spec.name),
     }
 
 
@@ -132,25 +115,13 @@ def _watermarks(consumer, tp: TopicPartition, deadline: float) -> tuple[int, int
             time.sleep(0.1)  # back off before asking the broker again
 
 
-def drop_collection(settings: Settings, name: str, timeout: float = 30.0) -> None:
-    """Delete a collection's topics, Redis keys (snapshots too) and unreferenced folders.
-
-    Folders that a restored collection still references stay (lifecycle/gc.py).
-    """
-    client = settings.redis_client()
-    spec = catalog.load_spec(client, name)
+def delete_topics(settings: Settings, spec: CollectionSpec, timeout: float = 30.0) -> list[str]:
+    """Delete a collection's topic and dead-letter topic (one already gone is fine); name them."""
     admin = AdminClient(settings.kafka_config())
     topics = [spec.collection.topic, spec.collection.dlq_topic]
     _settle(admin.delete_topics(topics, operation_timeout=timeout), timeout,
             KafkaError.UNKNOWN_TOPIC_OR_PART, "delete")
-    catalog.forget(client, name)
-    # Which folders others still reference is indexer's knowledge; imported here, not at the
-    # top, so that ingest still loads without indexer.
-    from lifecycle import gc
-
-    gc.collect_dropped(settings, spec.name)
-    audit.record(client, "collection.drop", spec.name, {"topics": topics}, settings.actor)
-    log.info("collection=%s dropped", name)
+    return topics
 
 
 def _ensure_topics(

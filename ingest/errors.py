@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from streamvec.errors import Conflict, InvalidInput, NotFound, StreamvecError, Unavailable
 
-class IngestError(Exception):
+
+class IngestError(StreamvecError):
     """Base class of every error the ingest package raises on purpose."""
 
 
-class RecordError(IngestError):
+class RecordError(IngestError, InvalidInput):
     """A payload that cannot be decoded or does not validate; `reason` is a stable code."""
 
     def __init__(self, reason: str, message: str) -> None:
@@ -16,17 +18,21 @@ class RecordError(IngestError):
         self.message = message
 
 
-class InvalidName(IngestError, ValueError):
+class InvalidName(IngestError, InvalidInput, ValueError):
     """A collection or version name that breaks the naming rules."""
 
 
-class CollectionExists(IngestError):
+class SpecError(IngestError, InvalidInput, ValueError):
+    """A collection spec with a field out of range."""
+
+
+class CollectionExists(IngestError, Conflict):
     """A collection of that name exists with another spec."""
 
 
-class CollectionNotFound(IngestError):
+class CollectionNotFound(IngestError, NotFound):
     """No collection of that name is registered."""
 
 
-class DeliveryError(IngestError):
+class DeliveryError(IngestError, Unavailable):
     """Kafka did not accept every message the producer sent."""

@@ -84,10 +84,6 @@ class Batch:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def id_list(self) -> list[str]:
-        """Ids as str (bytes that are not UTF-8, in a batch not validated, as surrogate escapes)."""
-        return [raw.decode("utf-8", "surrogateescape") for raw in self.rows["id"].tolist()]
-
     def metadata(self, i: int) -> dict | None:
         """Row i's metadata, parsed on each call; None when the row has none."""
         i = range(len(self.rows))[i]  # IndexError out of range, as a list would

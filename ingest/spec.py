@@ -6,17 +6,13 @@ import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-from ingest.errors import IngestError
+from ingest.errors import SpecError
 from ingest.names import CollectionName
 from ingest.record import MAX_DIM  # a collection's vectors must fit the wire format
 
 Metric = Literal["l2", "ip", "cosine"]
 METRICS: tuple[str, ...] = ("l2", "ip", "cosine")
 MAX_PARTITIONS = 1024
-
-
-class SpecError(IngestError, ValueError):
-    """A collection spec with a field out of range."""
 
 
 @dataclass(frozen=True, slots=True)

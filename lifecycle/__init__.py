@@ -1,1 +1,1 @@
-"""The model lifecycle: aliases, challenges, generations, compaction, snapshots, gc, the lock."""
+"""The model lifecycle: collections, aliases, challenges, generations, compaction, snapshots, gc."""

@@ -1,11 +1,11 @@
 """Aliases: a stable name (`products`) that points at one collection and switches atomically.
 
-An alias has the grammar of a collection base name (no `@version`) and never equals a
-collection's name. Its keys share the alias's hash tag: `sv:{ALIAS}:alias` holds the current
-target as JSON {target, since, actor}; `sv:{ALIAS}:alias:history` lists past switches, newest
-first, each JSON {from, to, at, actor, action}. `sv:aliases` lists every alias. A switch is
-one Lua script that checks the state it was computed from, sets the target and pushes the
-history entry, so readers see the old target or the new one and nothing in between.
+An alias never equals a collection's name. Its key names and the stored value are the query
+protocol's (searcher/routing.py), since every client reads them; this module does every write.
+`sv:{ALIAS}:alias:history` lists past switches, newest first, each JSON {from, to, at, actor,
+action}; `sv:aliases` lists every alias. A switch is one Lua script that checks the state it
+was computed from, sets the target and pushes the history entry, so readers see the old
+target or the new one and nothing in between.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import redis
 from ingest import audit, catalog
 from ingest.errors import IngestError
 from ingest.names import CollectionName
+from lifecycle.errors import AliasConflict, AliasError, AliasNotFound
+from searcher.routing import ALIASES_KEY, Alias, alias_key, alias_name, challenge_key, history_key
 
-ALIASES_KEY = "sv:aliases"
 HISTORY_MAX = 100  # switches kept per alias; rollback needs only the latest
 # Retries of a switch whose state moved between the read and the script (another operator).
 SWITCH_ATTEMPTS = 5
@@ -38,29 +39,6 @@ redis.call('LPUSH', KEYS[2], ARGV[4])
 redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[5]) - 1)
 return 'ok'
 """
-
-
-class AliasError(IngestError, ValueError):
-    """An alias operation that cannot be done; the message says why."""
-
-
-class AliasNotFound(AliasError):
-    """No alias of that name exists."""
-
-
-@dataclass(frozen=True, slots=True)
-class Alias:
-    """An alias and the collection it points at now."""
-
-    name: str
-    target: str
-    since: float
-    actor: str
-
-    def to_json(self) -> dict[str, Any]:
-        """The alias as a JSON-ready dict."""
-        return {"name": self.name, "target": self.target, "since": self.since,
-                "actor": self.actor}
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,53 +60,33 @@ class Switch:
 def check_name(alias: str) -> CollectionName:
     """Validate an alias name: a collection base name without `@version`."""
     try:
-        parsed = CollectionName.parse(alias)
+        return alias_name(alias)
     except IngestError as exc:
-        raise AliasError(str(exc).replace("collection name", "alias")) from None
-    if parsed.version is not None:
-        raise AliasError(f"invalid alias {alias!r}: an alias has no '@version' part; "
-                         "it points at a versioned collection instead")
-    return parsed
-
-
-def alias_key(alias: str) -> str:
-    """The key holding an alias's current target: `sv:{ALIAS}:alias`."""
-    return check_name(alias).key("alias")
-
-
-def history_key(alias: str) -> str:
-    """The list of an alias's past switches, newest first: `sv:{ALIAS}:alias:history`."""
-    return check_name(alias).key("alias:history")
+        raise AliasError(str(exc)) from None
 
 
 def refuse_collection_name(client: redis.Redis, name: str) -> None:
     """Raise AliasError if a collection may not be created as `name` because an alias has it."""
     parsed = CollectionName.parse(name)
-    if parsed.version is None and client.exists(parsed.key("alias")):
-        raise AliasError(f"cannot create collection {name!r}: an alias of that name exists "
+    if parsed.version is None and client.exists(alias_key(parsed)):
+        raise AliasConflict(f"cannot create collection {name!r}: an alias of that name exists "
                          f"(delete it first with `streamvec alias delete {name}`)")
-
-
-def parse_value(alias: str, raw: bytes | str) -> Alias:
-    """An Alias from the JSON stored at `sv:{ALIAS}:alias`."""
-    doc = json.loads(raw)
-    return Alias(alias, str(doc["target"]), float(doc["since"]), str(doc["actor"]))
 
 
 def get(client: redis.Redis, alias: str) -> Alias:
     """The alias's current target; raise AliasNotFound if there is no such alias."""
-    raw = client.get(alias_key(alias))
+    raw = client.get(alias_key(check_name(alias)))
     if raw is None:
         raise AliasNotFound(f"alias {alias!r} does not exist")
-    return parse_value(alias, raw)
+    return Alias.from_value(alias, raw)
 
 
 def resolve(client: redis.Redis, name: str) -> str:
     """The collection a name stands for: an alias's target, else the name itself."""
     if "@" in name:
         return name  # a versioned name is never an alias
-    raw = client.get(alias_key(name))
-    return name if raw is None else parse_value(name, raw).target
+    raw = client.get(alias_key(check_name(name)))
+    return name if raw is None else Alias.from_value(name, raw).target
 
 
 def list_aliases(client: redis.Redis) -> list[Alias]:
@@ -138,14 +96,15 @@ def list_aliases(client: redis.Redis) -> list[Alias]:
         for name in names:
             pipe.get(alias_key(name))
         values = pipe.execute() if names else []
-    return [parse_value(n, raw) for n, raw in zip(names, values, strict=True) if raw is not None]
+    return [Alias.from_value(n, raw) for n, raw in zip(names, values, strict=True)
+            if raw is not None]
 
 
 def history(client: redis.Redis, alias: str, limit: int = HISTORY_MAX) -> list[Switch]:
     """The alias's past switches, newest first."""
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
-    return [_switch(raw) for raw in client.lrange(history_key(alias), 0, limit - 1)]
+    return [_switch(raw) for raw in client.lrange(history_key(check_name(alias)), 0, limit - 1)]
 
 
 def set_alias(client: redis.Redis, alias: str, target: str, actor: str) -> str | None:
@@ -162,6 +121,7 @@ def set_alias(client: redis.Redis, alias: str, target: str, actor: str) -> str |
 
 def rollback(client: redis.Redis, alias: str, actor: str) -> tuple[str, str]:
     """Return the alias to its target before the last switch; return (from, to)."""
+    check_name(alias)
     for _ in range(SWITCH_ATTEMPTS):
         current, head = _state(client, alias)
         if current is None:
@@ -172,12 +132,12 @@ def rollback(client: redis.Redis, alias: str, actor: str) -> tuple[str, str]:
         if not client.exists(catalog.spec_key(last.source)):
             raise AliasError(f"cannot roll alias {alias!r} back to {last.source!r}: that "
                              "collection no longer exists")
-        now = parse_value(alias, current).target
+        now = Alias.from_value(alias, current).target
         if _run(client, alias, current, head, last.source, actor, "rollback"):
             audit.record(client, "alias.rollback", alias, {"target": last.source,
                                                            "previous": now}, actor)
             return now, last.source
-    raise AliasError(f"alias {alias!r} kept changing; try the rollback again")
+    raise AliasConflict(f"alias {alias!r} kept changing; try the rollback again")
 
 
 def switch(client: redis.Redis, alias: str, target: str, actor: str, action: str) -> str | None:
@@ -189,26 +149,28 @@ def switch(client: redis.Redis, alias: str, target: str, actor: str, action: str
     check_name(alias)
     for _ in range(SWITCH_ATTEMPTS):
         current, head = _state(client, alias)
-        previous = None if current is None else parse_value(alias, current).target
+        previous = None if current is None else Alias.from_value(alias, current).target
         if previous == target:
             return previous
         if _run(client, alias, current, head, target, actor, action):
             client.sadd(ALIASES_KEY, alias)
             return previous
-    raise AliasError(f"alias {alias!r} kept changing; try again")
+    raise AliasConflict(f"alias {alias!r} kept changing; try again")
 
 
 def delete(client: redis.Redis, alias: str, actor: str) -> str:
-    """Delete an alias and its history; return the target it had."""
-    from lifecycle import challenges
-
+    """Delete an alias, its history and its ended challenges; return the target it had."""
     current = get(client, alias)
-    if challenges.active(client, alias) is not None:
-        raise AliasError(f"alias {alias!r} has an active challenge; stop it first with "
+    if client.exists(challenge_key(alias)):
+        raise AliasConflict(f"alias {alias!r} has an active challenge; stop it first with "
                          f"`streamvec challenge stop {alias}`")
     client.delete(alias_key(alias), history_key(alias))
     client.srem(ALIASES_KEY, alias)
-    challenges.forget(client, alias)
+    # Every challenge key of an alias (configs, log, stats) starts with `challenge` under its
+    # hash tag; none means anything once the alias is gone.
+    keys = list(client.scan_iter(match=check_name(alias).key("challenge*"), count=500))
+    if keys:
+        client.delete(*keys)
     audit.record(client, "alias.delete", alias, {"target": current.target}, actor)
     return current.target
 
@@ -226,15 +188,15 @@ def _run(client: redis.Redis, alias: str, current: bytes | None, head: bytes | N
          target: str, actor: str, action: str) -> bool:
     """Run the switch script; True if it switched, False if the state moved meanwhile."""
     now = round(time.time(), 3)
-    previous = None if current is None else parse_value(alias, current).target
-    value = json.dumps({"target": target, "since": now, "actor": actor}, sort_keys=True)
+    previous = None if current is None else Alias.from_value(alias, current).target
+    value = Alias(alias, target, now, actor).value()
     entry = json.dumps(Switch(previous, target, now, actor, action).to_json(), sort_keys=True)
     outcome = client.register_script(_SWITCH)(
         keys=[alias_key(alias), history_key(alias), catalog.spec_key(alias)],
         args=[current or b"", head or b"", value, entry, HISTORY_MAX])
     outcome = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
     if outcome == "collection":
-        raise AliasError(f"{alias!r} is the name of a collection; an alias needs a name of "
+        raise AliasConflict(f"{alias!r} is the name of a collection; an alias needs a name of "
                          "its own")
     return outcome == "ok"
 

@@ -1,26 +1,26 @@
-"""Champion-challenger configs of aliases: start, stop and promote, and the keys they use.
+"""Champion-challenger configs of aliases: start, stop and promote, and the stats keys.
 
-While a challenge is active, `sv:{ALIAS}:challenge` holds it as JSON {id, alias, champion,
-challenger, share, started_at, actor}; clients that search the alias shadow a share of their
-requests to the challenger and append each comparison to `sv:{ALIAS}:challenge:log`. Stopping
-or promoting moves the config to `sv:{ALIAS}:challenge:last`, so it can still be reported.
+While a challenge is active, `sv:{ALIAS}:challenge` holds it; clients that search the alias
+shadow a share of their requests to the challenger and append each comparison to
+`sv:{ALIAS}:challenge:log`. Those key names and the stored config are the query protocol's
+(searcher/routing.py); this module does every write to them. Stopping or promoting moves the
+config to `sv:{ALIAS}:challenge:last`, so it can still be reported.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import uuid
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict
 
 import redis
 
 from ingest import audit, catalog
 from ingest.names import CollectionName
 from lifecycle import aliases
-from lifecycle.aliases import AliasError
+from lifecycle.errors import AliasConflict, AliasError, ChallengeNotFound
+from searcher.routing import Challenge, challenge_key, last_key
 
 ROLES = ("champion", "challenger")
 
@@ -32,46 +32,6 @@ redis.call('SET', KEYS[2], ARGV[1])
 redis.call('DEL', KEYS[1])
 return 1
 """
-
-
-@dataclass(frozen=True, slots=True)
-class Challenge:
-    """A challenger collection shadow-queried beside an alias's champion."""
-
-    id: str
-    alias: str
-    champion: str
-    challenger: str
-    share: float
-    started_at: float
-    actor: str
-
-    def to_json(self) -> str:
-        """The canonical JSON stored in Redis."""
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, raw: bytes | str) -> Challenge:
-        """Parse a stored config."""
-        doc: dict[str, Any] = json.loads(raw)
-        return cls(str(doc["id"]), str(doc["alias"]), str(doc["champion"]),
-                   str(doc["challenger"]), float(doc["share"]), float(doc["started_at"]),
-                   str(doc["actor"]))
-
-
-def challenge_key(alias: str) -> str:
-    """The active challenge of an alias: `sv:{ALIAS}:challenge`."""
-    return aliases.check_name(alias).key("challenge")
-
-
-def last_key(alias: str) -> str:
-    """The alias's most recently ended challenge: `sv:{ALIAS}:challenge:last`."""
-    return aliases.check_name(alias).key("challenge:last")
-
-
-def log_key(alias: str) -> str:
-    """The stream of shadow comparisons: `sv:{ALIAS}:challenge:log`."""
-    return aliases.check_name(alias).key("challenge:log")
 
 
 def stats_key(alias: str, challenge_id: str) -> str:
@@ -88,13 +48,14 @@ def latency_key(alias: str, challenge_id: str, role: str) -> str:
 
 def active(client: redis.Redis, alias: str) -> Challenge | None:
     """The alias's active challenge, or None."""
-    raw = client.get(challenge_key(alias))
+    raw = client.get(challenge_key(aliases.check_name(alias)))
     return None if raw is None else Challenge.from_json(raw)
 
 
 def latest(client: redis.Redis, alias: str) -> tuple[Challenge, bool] | None:
     """The active challenge, else the last ended one, with True when it is active."""
-    now, last = client.mget([challenge_key(alias), last_key(alias)])
+    name = aliases.check_name(alias)
+    now, last = client.mget([challenge_key(name), last_key(name)])
     if now is not None:
         return Challenge.from_json(now), True
     return None if last is None else (Challenge.from_json(last), False)
@@ -109,13 +70,13 @@ def start(client: redis.Redis, alias: str, challenger: str, share: float,
     if not (isinstance(share, (int, float)) and math.isfinite(share) and 0 <= share <= 1):
         raise AliasError(f"share must be a fraction in [0, 1], got {share!r}")
     if challenger == current.target:
-        raise AliasError(f"{challenger!r} is already the champion of alias {alias!r}")
+        raise AliasConflict(f"{challenger!r} is already the champion of alias {alias!r}")
     config = Challenge(uuid.uuid4().hex[:12], alias, current.target, challenger, float(share),
                        round(time.time(), 3), actor)
     if not client.set(challenge_key(alias), config.to_json(), nx=True):
         running = active(client, alias)
         what = f" ({running.id}: {running.challenger})" if running else ""
-        raise AliasError(f"alias {alias!r} already has an active challenge{what}; stop it "
+        raise AliasConflict(f"alias {alias!r} already has an active challenge{what}; stop it "
                          f"first with `streamvec challenge stop {alias}`")
     audit.record(client, "challenge.start", alias, asdict(config), actor)
     return config
@@ -133,7 +94,7 @@ def promote(client: redis.Redis, alias: str, actor: str) -> tuple[Challenge, str
     """Switch the alias to the challenger and end the challenge; return it and the old target."""
     config = active(client, alias)
     if config is None:
-        raise AliasError(f"alias {alias!r} has no active challenge to promote")
+        raise ChallengeNotFound(f"alias {alias!r} has no active challenge to promote")
     catalog.load_spec(client, config.challenger)
     previous = aliases.switch(client, alias, config.challenger, actor, "promote")
     _end(client, alias)
@@ -143,21 +104,15 @@ def promote(client: redis.Redis, alias: str, actor: str) -> tuple[Challenge, str
     return config, previous
 
 
-def forget(client: redis.Redis, alias: str) -> int:
-    """Delete every challenge key of an alias (configs, log, stats); return how many went."""
-    pattern = aliases.check_name(alias).key("challenge*")
-    keys = list(client.scan_iter(match=pattern, count=500))
-    return client.delete(*keys) if keys else 0
-
-
 def _end(client: redis.Redis, alias: str) -> Challenge:
     """Move the active config to `last` if nobody changed it meanwhile."""
+    name = aliases.check_name(alias)
     for _ in range(aliases.SWITCH_ATTEMPTS):
-        raw = client.get(challenge_key(alias))
+        raw = client.get(challenge_key(name))
         if raw is None:
-            raise AliasError(f"alias {alias!r} has no active challenge")
-        ended = client.register_script(_END)(keys=[challenge_key(alias), last_key(alias)],
+            raise ChallengeNotFound(f"alias {alias!r} has no active challenge")
+        ended = client.register_script(_END)(keys=[challenge_key(name), last_key(name)],
                                              args=[raw])
         if ended:
             return Challenge.from_json(raw)
-    raise AliasError(f"the challenge of alias {alias!r} kept changing; try again")
+    raise AliasConflict(f"the challenge of alias {alias!r} kept changing; try again")

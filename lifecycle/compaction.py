@@ -12,11 +12,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from indexer import publish, remote
+from indexer import publish
 from indexer.registry import Registry, SegmentRecord
 from indexer.segfolder import load_segment
+from indexer.store import SegmentStore
 from indexer.view import hidden_rows
 from ingest import audit, catalog
+from lifecycle import rewrite
 from lifecycle.lock import LifecycleLock
 from streamvec.settings import Settings
 
@@ -98,7 +100,7 @@ def compact(settings: Settings, collection: str, policy: CompactionPolicy | None
     spec = catalog.load_spec(client, collection)
     policy = policy or CompactionPolicy.for_seal_rows(spec.seal_rows)
     registry = Registry(client, collection)
-    remote.attach(settings)
+    store = SegmentStore.from_settings(settings)
     started = time.perf_counter()
     with LifecycleLock(client, collection, "compact"):
         records = registry.segments()
@@ -108,7 +110,6 @@ def compact(settings: Settings, collection: str, policy: CompactionPolicy | None
                                                       for g in groups), (), 0, 0,
                                     time.perf_counter() - started, len(records), len(records))
         generation, index = registry.build_target(spec.index)
-        root = settings.store
         written, rows_in = [], 0
         views: dict[int, tuple[dict, dict]] = {}  # partition -> (loaded segments, hidden rows)
         for group in groups:
@@ -116,16 +117,16 @@ def compact(settings: Settings, collection: str, policy: CompactionPolicy | None
                 # Only later writes hide a row: segments before a partition's first group
                 # cannot change what its groups keep, so they are not read (nor verified).
                 first = group[0]
-                loaded = {r.segment_id: load_segment(remote.local_folder(root, r.path))
+                loaded = {r.segment_id: load_segment(store.folder(r.path))
                           for r in records if r.partition == first.partition
                           and r.start_offset >= first.start_offset}
                 views[first.partition] = loaded, hidden_rows(list(loaded.values()))
             loaded, hidden = views[group[0].partition]
-            sealed = publish.rows_of([loaded[r.segment_id] for r in group], hidden)
-            item = publish.write(root, spec.name, generation, sealed, metric=spec.metric,
+            sealed = rewrite.rows_of([loaded[r.segment_id] for r in group], hidden)
+            item = publish.write(store, spec.name, generation, sealed, metric=spec.metric,
                                  index=index)
             registry.swap(group, [item.record], kind="compacted")
-            publish.mark(root, [item])
+            publish.mark(store, [item])
             written.append(item)
             rows_in += sum(r.rows for r in group)
             log.info('partition="%s[%d]" compacted %d segments (%d rows) into %s (%d rows)',

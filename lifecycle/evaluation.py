@@ -14,14 +14,15 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import redis
+from prometheus_client import CollectorRegistry
 
 from indexer.registry import Registry
+from indexer.store import SegmentStore
 from ingest import catalog
 from ingest.errors import CollectionNotFound
 from lifecycle import aliases, challenges
@@ -29,7 +30,9 @@ from lifecycle.challenges import ROLES
 from monitor.metrics import ChallengeMetrics
 from monitor.recall import recall_at_k
 from monitor.sealed import SealedView, contains, exact_top_k, visible_ids
+from searcher import routing
 from searcher.shadow import ShadowRecord, decode_record
+from streamvec.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ BATCH = 64
 LATENCY_SAMPLES = 10_000  # per role and challenge, the latest kept for percentiles
 # A record an evaluator took but never acknowledged (it died) is taken over after this long.
 CLAIM_IDLE_MS = 60_000
+WATCH_EVERY_S = 10.0  # seconds between the monitor's passes over the shadow logs
 
 # KEYS: stats hash, champion latency list, challenger latency list, log stream.
 # ARGV: group, entry id, samples cap, champion ms, challenger ms ('' = none), then
@@ -87,9 +91,9 @@ class Judgement:
 class Truth:
     """Per-query recall@k against exact search over a collection's registered segments."""
 
-    def __init__(self, client: redis.Redis, snapshots: Path | str) -> None:
+    def __init__(self, client: redis.Redis, store: SegmentStore) -> None:
         self.client = client
-        self.snapshots = Path(snapshots)
+        self.store = store
         self._views: dict[str, tuple[str, SealedView]] = {}
 
     def recalls(self, collection: str, queries: np.ndarray, got: list[list[str]],
@@ -101,7 +105,7 @@ class Truth:
             except CollectionNotFound:
                 return [None] * len(got)  # dropped since the search: nothing to judge against
             self._views[collection] = (metric, SealedView(Registry(self.client, collection),
-                                                          self.snapshots))
+                                                          self.store))
         metric, view = self._views[collection]
         parts = view.parts()
         return per_query_recall(got, exact_top_k(parts, queries, k, metric), visible_ids(parts),
@@ -136,12 +140,12 @@ def judge(record: ShadowRecord, truth: Truth) -> Judgement:
 class Evaluator:
     """Judges one alias's shadow log through the consumer group and accumulates the totals."""
 
-    def __init__(self, client: redis.Redis, alias: str, snapshots: Path | str, *,
+    def __init__(self, client: redis.Redis, alias: str, store: SegmentStore, *,
                  metrics: ChallengeMetrics | None = None, consumer: str | None = None) -> None:
         self.client = client
         self.alias = alias
-        self.log_key = challenges.log_key(alias)
-        self.truth = Truth(client, snapshots)
+        self.log_key = routing.log_key(aliases.check_name(alias))
+        self.truth = Truth(client, store)
         self.metrics = metrics
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self._apply = client.register_script(_APPLY)
@@ -272,10 +276,10 @@ def _means(f: dict[str, float]) -> tuple[float | None, dict[str, float | None]]:
 class ChallengeWatch:
     """The monitor's task: evaluate the shadow log of every alias that has one."""
 
-    def __init__(self, client: redis.Redis, snapshots: Path | str,
+    def __init__(self, client: redis.Redis, store: SegmentStore,
                  metrics: ChallengeMetrics) -> None:
         self.client = client
-        self.snapshots = snapshots
+        self.store = store
         self.metrics = metrics
         self._evaluators: dict[str, Evaluator] = {}
 
@@ -283,10 +287,18 @@ class ChallengeWatch:
         """One pass over the aliases; the number of records judged."""
         done = 0
         for alias in aliases.list_aliases(self.client):
-            if not self.client.exists(challenges.log_key(alias.name)):
+            if not self.client.exists(routing.log_key(alias.name)):
                 continue
             if alias.name not in self._evaluators:
-                self._evaluators[alias.name] = Evaluator(self.client, alias.name, self.snapshots,
+                self._evaluators[alias.name] = Evaluator(self.client, alias.name, self.store,
                                                          metrics=self.metrics)
             done += self._evaluators[alias.name].run_once()
         return done
+
+
+def monitor_task(settings: Settings, registry: CollectorRegistry,
+                 every: float = WATCH_EVERY_S) -> tuple[str, float, Callable[[], int]]:
+    """The monitor's periodic evaluation of every shadow log, as a (name, seconds, fn) task."""
+    watch = ChallengeWatch(settings.redis_client(), SegmentStore.from_settings(settings),
+                           ChallengeMetrics(registry))
+    return "challenges", every, watch.run_once

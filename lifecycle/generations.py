@@ -15,11 +15,14 @@ from dataclasses import dataclass, replace
 
 from tqdm import tqdm
 
-from indexer import build, publish, remote
-from indexer.errors import BuildError, IndexerError, SwapConflict
+from indexer import build, publish
+from indexer.errors import BuildError, SwapConflict
 from indexer.registry import GenerationInfo, Registry
 from indexer.segfolder import load_segment
+from indexer.store import SegmentStore
 from ingest import audit, catalog
+from lifecycle import rewrite
+from lifecycle.errors import GenerationConflict, GenerationError, GenerationNotFound
 from lifecycle.lock import LifecycleLock
 from streamvec.settings import Settings
 
@@ -27,10 +30,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_KEEP = 3
 MAX_PASSES = 5
-
-
-class GenerationError(IndexerError):
-    """A generation that cannot be switched to (unknown, the active one, a bad index spec)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,12 +93,12 @@ def rollback(settings: Settings, collection: str, *, to: int | None = None,
             to = info.source if info is not None and info.source is not None else (
                 max(older) if older else None)
             if to is None:
-                raise GenerationError(f"{collection} has no generation before {current} to "
+                raise GenerationNotFound(f"{collection} has no generation before {current} to "
                                       "roll back to")
         if to == current:
-            raise GenerationError(f"generation {to} of {collection} is already active")
+            raise GenerationConflict(f"generation {to} of {collection} is already active")
         if to not in known:
-            raise GenerationError(f"{collection} has no generation {to}; kept: "
+            raise GenerationNotFound(f"{collection} has no generation {to}; kept: "
                                   f"{sorted(known) or 'none'}")
         index = known[to].index
         report = _materialize(settings, registry, spec, to, index, current, progress)
@@ -112,8 +111,7 @@ def _materialize(settings: Settings, registry: Registry, spec, target: int, inde
                  previous: int, progress: bool) -> SwitchReport:
     """Make every registered segment live in `target`, switching generations at the first swap."""
     started = time.perf_counter()
-    root = settings.store
-    remote.attach(settings)
+    store = SegmentStore.from_settings(settings)
     built = reused = rows = passes = 0
     build_seconds = 0.0
     for passes in range(1, MAX_PASSES + 1):  # noqa: B007 - the count goes into the report
@@ -124,11 +122,11 @@ def _materialize(settings: Settings, registry: Registry, spec, target: int, inde
         bar = tqdm(total=sum(r.rows for r in todo), unit="rows", disable=not progress,
                    desc=f"{spec.name} g{target} pass {passes}")
         for record in todo:
-            item = publish.reuse(root, spec.name, target, record)
+            item = rewrite.reuse(store, spec.name, target, record)
             if item is None:
-                segment = load_segment(remote.local_folder(root, record.path))
-                sealed = publish.rows_of([segment], {})
-                item = publish.write(root, spec.name, target, sealed, metric=spec.metric,
+                segment = load_segment(store.folder(record.path))
+                sealed = rewrite.rows_of([segment], {})
+                item = publish.write(store, spec.name, target, sealed, metric=spec.metric,
                                      index=index, hides=segment.hides)
             made.append(item)
             bar.update(record.rows)
@@ -138,7 +136,7 @@ def _materialize(settings: Settings, registry: Registry, spec, target: int, inde
         except SwapConflict as exc:  # a segment changed under us: plan again
             log.warning("%s", exc)
             continue
-        publish.mark(root, made)
+        publish.mark(store, made)
         built += sum(not m.reused for m in made)
         reused += sum(m.reused for m in made)
         rows += sum(m.rows for m in made)
@@ -146,7 +144,7 @@ def _materialize(settings: Settings, registry: Registry, spec, target: int, inde
         log.info("collection=%s generation %d: pass %d swapped %d segments (%d rebuilt)",
                  spec.name, target, passes, len(made), sum(not m.reused for m in made))
     if registry.active_generation() != target:  # every pass lost its swap: nothing switched
-        raise GenerationError(f"the registry of {spec.name} kept changing during {passes} "
+        raise GenerationConflict(f"the registry of {spec.name} kept changing during {passes} "
                               f"passes; generation {target} was not switched to, try again")
     return SwitchReport(spec.name, target, previous, index, built, reused, rows, build_seconds,
                         time.perf_counter() - started, passes)

@@ -12,8 +12,8 @@ import threading
 
 import redis
 
-from indexer.errors import LifecycleBusy
 from ingest.names import CollectionName
+from lifecycle.errors import LifecycleBusy
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,9 @@
 """Point-in-time snapshots of a collection: its registry at one instant, restorable by name.
 
 Segment folders are immutable, so recording the registry's records, checkpoints, active
-generation and spec under `sv:{name}:snapshots` pins that state without copying a file; the
-garbage collector (lifecycle/gc.py) keeps every folder a snapshot names.
+generation and spec under `sv:{name}:snapshots` (lifecycle/pointintime.py) pins that state
+without copying a file; the garbage collector (lifecycle/gc.py) keeps every folder a snapshot
+names.
 
 `restore` makes a new collection whose registry is the snapshot's. Its records point at the
 original collection's folders (no copies), so the restored collection is a read-only view of
@@ -23,93 +24,24 @@ from typing import Any
 
 import redis
 
-from indexer.errors import IndexerError, RebuildError
-from indexer.registry import GenerationInfo, Registry, SegmentRecord
-from ingest import admin, audit, catalog
+from indexer.errors import RebuildError
+from indexer.registry import GenerationInfo, Registry
+from ingest import audit, catalog
 from ingest.names import CollectionName
 from ingest.spec import CollectionSpec
+from lifecycle import collections
+from lifecycle.errors import (
+    PointInTimeError,
+    RestoreTargetExists,
+    SnapshotExists,
+    SnapshotNotFound,
+)
 from lifecycle.lock import LifecycleLock
+from lifecycle.pointintime import PointInTime, snapshots_key
 from streamvec.settings import Settings
 
-FORMAT = 1
 LATEST = "latest"
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-
-
-class PointInTimeError(IndexerError):
-    """A snapshot action that cannot be done as asked (bad label, version clash, busy target)."""
-
-
-class SnapshotNotFound(PointInTimeError):
-    """No snapshot of that id exists for the collection."""
-
-
-class SnapshotExists(PointInTimeError):
-    """A snapshot of that id (label) already exists for the collection."""
-
-
-class RestoreTargetExists(PointInTimeError):
-    """The name to restore as is taken by a collection or by registry keys left behind."""
-
-
-@dataclass(frozen=True, slots=True)
-class PointInTime:
-    """One point-in-time snapshot: the registry state of a collection and where it came from."""
-
-    snapshot_id: str
-    collection: str
-    created_at: float
-    actor: str
-    version: int  # the registry version read
-    generation: int  # the active generation then
-    spec: dict[str, Any]
-    checkpoints: dict[int, int]
-    records: tuple[SegmentRecord, ...]
-    generation_info: dict[str, Any] | None = None
-
-    @property
-    def segments(self) -> int:
-        """Number of segment records."""
-        return len(self.records)
-
-    @property
-    def rows(self) -> int:
-        """Rows in the recorded segments, rows hidden by later writes included."""
-        return sum(r.rows for r in self.records)
-
-    def summary(self) -> dict[str, Any]:
-        """What listings show: everything but the records themselves."""
-        return {"id": self.snapshot_id, "collection": self.collection,
-                "created_at": self.created_at, "actor": self.actor, "version": self.version,
-                "generation": self.generation, "segments": self.segments, "rows": self.rows,
-                "checkpoints": {str(p): c for p, c in sorted(self.checkpoints.items())}}
-
-    def to_json(self) -> str:
-        """The JSON stored as the snapshot's field value."""
-        body = {"format": FORMAT, "collection": self.collection, "created_at": self.created_at,
-                "actor": self.actor, "version": self.version, "generation": self.generation,
-                "spec": self.spec, "generation_info": self.generation_info,
-                "checkpoints": {str(p): c for p, c in sorted(self.checkpoints.items())},
-                "segments": {r.segment_id: json.loads(r.to_json()) for r in self.records}}
-        return json.dumps(body, sort_keys=True, separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, snapshot_id: str, text: str | bytes) -> PointInTime:
-        """Parse a stored snapshot; raise PointInTimeError if it is not one this version reads."""
-        try:
-            body = json.loads(text)
-            if body.get("format") != FORMAT:
-                raise ValueError(f"unknown format {body.get('format')!r}")
-            records = tuple(sorted(
-                (SegmentRecord.from_json(sid, json.dumps(rec))
-                 for sid, rec in body["segments"].items()),
-                key=lambda r: (r.partition, r.start_offset)))
-            return cls(snapshot_id, body["collection"], float(body["created_at"]),
-                       body["actor"], int(body["version"]), int(body["generation"]),
-                       body["spec"], {int(p): int(c) for p, c in body["checkpoints"].items()},
-                       records, body.get("generation_info"))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise PointInTimeError(f"snapshot {snapshot_id!r} is unreadable: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,11 +61,6 @@ class Restored:
         return {"collection": self.collection, "source": self.source,
                 "snapshot": self.snapshot_id, "segments": self.segments, "rows": self.rows,
                 "generation": self.generation, "version": self.version}
-
-
-def snapshots_key(collection: str) -> str:
-    """The Redis hash of a collection's snapshots: snapshot id -> JSON."""
-    return CollectionName.parse(collection).key("snapshots")
 
 
 def create(settings: Settings, collection: str, label: str | None = None, *,
@@ -211,12 +138,13 @@ def restore(settings: Settings, collection: str, as_name: str, snapshot_id: str 
         pit = get(settings, source, snapshot_id)
         spec = target_spec(pit, target)
         _check_free(client, target)
-        if not admin.create_collection(settings.model_copy(update={"actor": actor}), spec):
+        if not collections.create_collection(settings.model_copy(update={"actor": actor}),
+                                             spec):
             raise RestoreTargetExists(f"collection {target} was created by someone else "
                                       "meanwhile; nothing was restored")
         registry = Registry(client, target)
         # Set before the records appear, so the first registry version a reader sees is whole.
-        client.set(registry.generation_key, pit.generation)
+        registry.set_active_generation(pit.generation)
         if pit.generation_info is not None:
             registry.record_generation(GenerationInfo.from_json(json.dumps(pit.generation_info)))
         try:
@@ -265,22 +193,11 @@ def new_id(now: float) -> str:
 def _read(client: redis.Redis, name: str, snapshot_id: str, spec: CollectionSpec,
           actor: str) -> PointInTime:
     """Read records, checkpoints, version and generation in one transaction: one instant."""
-    registry = Registry(client, name)
-    with client.pipeline(transaction=True) as pipe:
-        pipe.hgetall(registry.ckpt_key)
-        pipe.hgetall(registry.segments_key)
-        pipe.get(registry.version_key)
-        pipe.get(registry.generation_key)
-        pipe.hgetall(registry.generations_key)
-        ckpts, segments, version, gen, gens = pipe.execute()
-    generation = int(gen or 0)
-    info = gens.get(str(generation).encode())
-    records = sorted((SegmentRecord.from_json(k.decode(), v) for k, v in segments.items()),
-                     key=lambda r: (r.partition, r.start_offset))
-    return PointInTime(snapshot_id, name, round(time.time(), 3), actor, int(version or 0),
-                       generation, json.loads(spec.to_json()),
-                       {int(p): int(c) for p, c in ckpts.items()}, tuple(records),
-                       None if info is None else json.loads(info))
+    state = Registry(client, name).state()
+    info = state.generations.get(state.generation)
+    return PointInTime(snapshot_id, name, round(time.time(), 3), actor, state.version,
+                       state.generation, json.loads(spec.to_json()), state.checkpoints,
+                       state.records, None if info is None else json.loads(info.to_json()))
 
 
 def _check_free(client: redis.Redis, target: str) -> None:
@@ -289,7 +206,7 @@ def _check_free(client: redis.Redis, target: str) -> None:
         raise RestoreTargetExists(f"collection {target} already exists; restore under a new "
                                   "name or drop it first")
     registry = Registry(client, target)
-    if registry.version() or client.hlen(registry.segments_key):
+    if registry.version() or registry.segment_count():
         raise RestoreTargetExists(f"{target} is not a collection but its registry keys remain "
                                   f"(version {registry.version()}); pick another name")
 

@@ -30,7 +30,8 @@ from ingest.producer import Producer
 from ingest.spec import CollectionSpec
 from monitor.metrics import MonitorMetrics
 from monitor.summary import Samples, Summary
-from searcher.client import Client, SearchError, SearchTimeout
+from searcher.client import Client
+from searcher.errors import SearchError, SearchTimeout
 from searcher.execute import CANARY_FIELD, CANARY_PREFIX
 from streamvec.settings import Settings
 

@@ -15,13 +15,13 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 from prometheus_client.core import GaugeMetricFamily
 
 from indexer.registry import SegmentRecord
-from monitor.metrics import NAMESPACE, SUBSYSTEM
+from monitor.metrics import ROLE
+from streamvec.metrics import full_name
 from streamvec.settings import Settings
 
 log = logging.getLogger(__name__)
 
 WATERMARK_TIMEOUT_S = 5.0
-_PREFIX = f"{NAMESPACE}_{SUBSYSTEM}_"
 
 Watermarks = dict[int, tuple[int, int]]  # partition -> (log start, log end)
 
@@ -116,5 +116,5 @@ class CollectionCollector:
             "oldest_segment_age_seconds": ("Seconds since the oldest registered segment was "
                                            "written.", ["collection"]),
         }
-        return {key: GaugeMetricFamily(_PREFIX + key, doc, labels=labels)
+        return {key: GaugeMetricFamily(full_name(ROLE, key), doc, labels=labels)
                 for key, (doc, labels) in docs.items()}

@@ -4,29 +4,21 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-NAMESPACE = "streamvec"
-SUBSYSTEM = "monitor"
+from streamvec.metrics import CollectionMetrics, factory
+
+ROLE = "monitor"
 # Produce -> visible spans the searcher's tail poll (tens of ms) up to a stalled pipeline.
 FRESHNESS_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 DRIFT_STATES = {"ok": 0, "warning": 1, "drift": 2}
 CANARY_FAILURE_REASONS = ("produce", "search", "timeout", "delete")
 
 
-def _maker(registry: CollectorRegistry, first_label: str):
-    """A function that makes one metric of this role on `registry`, `first_label` first."""
-    def make(kind, name, doc, labels=(), **kw):
-        return kind(name, doc, [first_label, *labels], namespace=NAMESPACE, subsystem=SUBSYSTEM,
-                    registry=registry, **kw)
-
-    return make
-
-
-class MonitorMetrics:
+class MonitorMetrics(CollectionMetrics):
     """Every monitor metric on one registry; call `labels(metric, ...)` to get a child."""
 
     def __init__(self, registry: CollectorRegistry, collection: str) -> None:
-        make = _maker(registry, "collection")
-        self.collection = collection
+        super().__init__(collection)
+        make = factory(registry, ROLE)
         self.drift_mean_cosine_distance = make(
             Gauge, "drift_mean_cosine_distance", "1 - cosine of the reference and current "
             "windows' mean embeddings.")
@@ -54,10 +46,6 @@ class MonitorMetrics:
         for reason in CANARY_FAILURE_REASONS:
             self.labels(self.canary_failures, reason)  # exported at 0 before the first failure
 
-    def labels(self, metric, *values: str):
-        """Return `metric` with the collection label (and any others) applied."""
-        return metric.labels(self.collection, *values)
-
     def observe_drift(self, report) -> None:
         """Set every drift gauge from a `monitor.drift.DriftReport`."""
         self.labels(self.drift_mean_cosine_distance).set(report.mean_cosine_distance)
@@ -77,7 +65,7 @@ class ChallengeMetrics:
     """Champion-challenger metrics, labelled by alias: `streamvec_monitor_challenge_*`."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        make = _maker(registry, "alias")
+        make = factory(registry, ROLE, "alias")
         self.queries = make(Counter, "challenge_queries", "Query vectors of shadowed searches "
                             "the evaluator compared.")
         self.shadow_errors = make(Counter, "challenge_shadow_errors", "Shadowed searches the "

@@ -15,11 +15,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 
 from indexer.registry import Registry
+from indexer.store import SegmentStore
 from ingest.spec import CollectionSpec
 from monitor.metrics import MonitorMetrics
 from monitor.sealed import SealedView, contains, exact_top_k, visible_ids
@@ -58,13 +58,13 @@ def recall_at_k(got: Sequence[Sequence[str | None]], exact: Sequence[Sequence[st
 class RecallProbe:
     """Measures recall@k of one collection's searchers."""
 
-    def __init__(self, spec: CollectionSpec, registry: Registry, snapshots: Path,
+    def __init__(self, spec: CollectionSpec, registry: Registry, store: SegmentStore,
                  window: SlidingWindow, metrics: MonitorMetrics, client: Client, *,
                  k: int = DEFAULT_K, queries: int = DEFAULT_QUERIES,
                  summary: Summary | None = None, latencies: Samples | None = None,
                  seed: int | None = None) -> None:
         self.spec = spec
-        self.view = SealedView(registry, snapshots)
+        self.view = SealedView(registry, store)
         self.window = window
         self.metrics = metrics
         self.client = client

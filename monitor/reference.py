@@ -16,13 +16,14 @@ import numpy as np
 import redis
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from indexer import remote
 from indexer.registry import Registry
+from indexer.store import SegmentStore
 from ingest import audit, catalog, record
 from ingest.errors import RecordError
 from ingest.names import CollectionName
 from ingest.spec import CollectionSpec
 from monitor import drift
+from monitor.errors import PinError
 from monitor.sealed import SealedView, latest_rows
 from monitor.windows import window_mask
 from streamvec.settings import Settings
@@ -35,10 +36,6 @@ SOURCES = ("auto", "segments", "topic")
 FIRST_SPAN = 64
 READ_TIMEOUT_S = 30.0
 _DTYPE = np.dtype("<f4")
-
-
-class PinError(ValueError):
-    """A reference that cannot be pinned, or a stored one that cannot be read back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,11 +102,11 @@ def pin_latest(settings: Settings, collection: str, rows: int = DEFAULT_ROWS,
     if rows < drift.MIN_ROWS:
         raise PinError(f"a reference needs at least {drift.MIN_ROWS} rows, got {rows}")
     client = settings.redis_client()
-    remote.attach(settings)  # pinning from segments may fetch them from the object store
     spec = catalog.load_spec(client, collection)
     picked, used = np.zeros((0, spec.dim), dtype=np.float32), source
     if source in ("auto", "segments"):
-        view = SealedView(Registry(client, spec.name), settings.store)
+        # Pinning from segments may fetch them from the object store.
+        view = SealedView(Registry(client, spec.name), SegmentStore.from_settings(settings))
         picked, used = latest_rows(view.parts(), rows), "segments"
     if source == "topic" or (source == "auto" and len(picked) < rows):
         from_topic = latest_from_topic(settings, spec, rows)

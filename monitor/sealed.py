@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from indexer import remote
-from indexer.build import search_exact
 from indexer.registry import Registry
 from indexer.segfolder import LoadedSegment, load_segment
+from indexer.store import SegmentStore
 from indexer.view import hidden_rows
 from searcher import search
 from searcher.execute import CANARY_PREFIX
@@ -43,9 +41,9 @@ class SealedPart:
 class SealedView:
     """The visible rows of a collection's registered segments, reloaded on registry changes."""
 
-    def __init__(self, registry: Registry, root: Path | str) -> None:
+    def __init__(self, registry: Registry, store: SegmentStore) -> None:
         self.registry = registry
-        self.root = Path(root)
+        self.store = store
         self._lock = threading.Lock()
         self._loaded: dict[str, LoadedSegment] = {}
         self._version: int | None = None
@@ -66,7 +64,7 @@ class SealedView:
         segments = []
         for rec in records:
             if rec.segment_id not in self._loaded:
-                folder = remote.local_folder(self.root, rec.path)  # fetched if missing here
+                folder = self.store.folder(rec.path)  # fetched if missing here
                 segment = load_segment(folder, verify=True)
                 segment.index = None
                 self._loaded[rec.segment_id] = segment
@@ -105,8 +103,9 @@ def exact_top_k(parts: list[SealedPart], queries: np.ndarray, k: int,
     for part in parts:
         if not len(part.rows):
             continue
-        scores, local = search_exact(part.vectors(), queries, min(k, len(part.rows)), metric)
-        pieces.append((scores.astype(np.float64), np.where(local >= 0, local + base, -1)))
+        scores, local = search.search(search.Source(part.vectors()), queries,
+                                      min(k, len(part.rows)), metric)
+        pieces.append((scores, np.where(local >= 0, local + base, -1)))
         names.append(part.ids)
         base += len(part.rows)
     if not pieces:

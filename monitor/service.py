@@ -1,32 +1,33 @@
 """The monitor process: drift, canary, recall and scrape-time collectors for some collections."""
 
 # One reader thread per collection fills the drift windows; each periodic task (drift, canary,
-# recall, query rate) runs on its own thread, so a canary waiting out its deadline never delays
-# a drift verdict. A task that raises is logged and tried again at its next turn: a monitor
-# must outlive the outages it reports.
+# recall, query rate, and whatever the caller adds) runs on its own thread, so a canary waiting
+# out its deadline never delays a drift verdict. A task that raises is logged and tried again
+# at its next turn: a monitor must outlive the outages it reports.
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from indexer import remote
 from indexer.registry import Registry
+from indexer.store import SegmentStore
 from ingest import catalog
-from lifecycle import evaluation
 from monitor import recall, reference
 from monitor.canary import Canary
 from monitor.collectors import CollectionCollector, KafkaWatermarks
-from monitor.metrics import ChallengeMetrics, MonitorMetrics
+from monitor.metrics import MonitorMetrics
 from monitor.summary import QueryRate, Samples, Summary
 from monitor.tracker import DriftTracker
 from monitor.windows import FirstRows, SlidingWindow, WindowReader
 from searcher.client import Client
+from streamvec.health import TurnHook
 from streamvec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,9 @@ RATE_EVERY_S = 10.0
 SUMMARY_MIN_TTL_S = 300.0
 JOIN_TIMEOUT_S = 60.0
 
+# A periodic task: its name, the seconds between its turns (0 turns it off), what it runs.
+Task = tuple[str, float, Callable[[], object]]
+
 
 @dataclass(frozen=True, slots=True)
 class MonitorOptions:
@@ -44,7 +48,6 @@ class MonitorOptions:
     drift: float = 60.0
     canary: float = 10.0
     recall: float = 60.0
-    challenge: float = 10.0  # judging the shadow logs of aliases under a challenge
     window_rows: int = 1000
     reference_rows: int = reference.DEFAULT_ROWS
 
@@ -53,13 +56,12 @@ class CollectionMonitor:
     """Every probe, window and collector of one collection."""
 
     def __init__(self, settings: Settings, collection: str, registry: CollectorRegistry,
-                 options: MonitorOptions, stop: threading.Event) -> None:
+                 options: MonitorOptions, stop: threading.Event, store: SegmentStore) -> None:
         client = settings.redis_client()
         self.spec = catalog.load_spec(client, collection)
         name = self.spec.name
         self.metrics = MonitorMetrics(registry, name)
         segments = Registry(client, name)
-        remote.attach(settings)  # the recall probe reads segments from the object store too
         registry.register(CollectionCollector(
             name, segments, KafkaWatermarks(settings, self.spec.collection.topic)))
         ttl = max(SUMMARY_MIN_TTL_S, 3 * max(options.drift, options.canary, options.recall))
@@ -73,7 +75,8 @@ class CollectionMonitor:
         self.search_client = Client(settings=settings)
         self.canary = Canary(settings, self.spec, self.metrics, self.search_client,
                              summary=self.summary, latencies=self.latencies, stop=stop)
-        self.recall = recall.RecallProbe(self.spec, segments, settings.store, self.current,
+        # The recall probe reads segments through the store (from its object store too).
+        self.recall = recall.RecallProbe(self.spec, segments, store, self.current,
                                          self.metrics, self.search_client, summary=self.summary,
                                          latencies=self.latencies)
         self.rate = QueryRate(client, name)
@@ -81,8 +84,8 @@ class CollectionMonitor:
                   ("canary", options.canary, self.canary.run_once),
                   ("recall", options.recall, self.recall.run_once),
                   ("rates", RATE_EVERY_S, self.sample_rates)]
-        # (name, interval, callable) of every periodic task that is switched on.
-        self.tasks: list[tuple[str, float, Callable[[], object]]] = [
+        # Every periodic task that is switched on.
+        self.tasks: list[Task] = [
             (f"{name}-{n}", s, fn) for n, s, fn in wanted if s > 0]
 
     def sample_rates(self) -> None:
@@ -104,20 +107,28 @@ class CollectionMonitor:
 
 
 class Service:
-    """Runs the monitor of some collections until `stop()`."""
+    """Runs the monitor of some collections, and the caller's own periodic tasks, until `stop()`.
+
+    `tasks` are (name, seconds, fn) run beside the collections' own, each on its own thread,
+    such as the evaluation of champion-challenger logs (lifecycle/evaluation.py).
+    """
 
     def __init__(self, settings: Settings, collections: list[str], *,
                  registry: CollectorRegistry = REGISTRY,
-                 options: MonitorOptions = MonitorOptions()) -> None:
+                 options: MonitorOptions = MonitorOptions(), tasks: Sequence[Task] = (),
+                 turn_hook: TurnHook | None = None) -> None:
         if not collections:
             raise ValueError("the monitor needs at least one collection")
         self.options = options
         self._stop = threading.Event()
-        self.monitors = [CollectionMonitor(settings, name, registry, options, self._stop)
+        store = SegmentStore.from_settings(settings)
+        self.monitors = [CollectionMonitor(settings, name, registry, options, self._stop, store)
                          for name in dict.fromkeys(collections)]
+        # Each collection task reports its turns: the monitor is ready once each has run once.
+        self._turns = {name: turn_hook(name) for m in self.monitors
+                       for name, _, _ in m.tasks} if turn_hook else {}
         self._threads: list[threading.Thread] = []
-        self.challenges = evaluation.ChallengeWatch(settings.redis_client(), settings.store,
-                                                   ChallengeMetrics(registry))
+        self.tasks: list[Task] = [(n, s, fn) for n, s, fn in tasks if s > 0]
 
     def stop(self) -> None:
         """Ask every thread to finish its current cycle and return."""
@@ -129,12 +140,8 @@ class Service:
         """Start the reader and task threads."""
         for monitor in self.monitors:
             self._spawn(f"sv-monitor-{monitor.spec.name}-reader", monitor.reader.run)
-            for name, every, fn in monitor.tasks:
-                self._spawn(f"sv-monitor-{name}", lambda every=every, fn=fn, name=name:
-                            self._every(name, every, fn))
-        if self.options.challenge > 0:
-            self._spawn("sv-monitor-challenges", lambda: self._every(
-                "challenges", self.options.challenge, self.challenges.run_once))
+            self._start_tasks(monitor.tasks)
+        self._start_tasks(self.tasks)
 
     def run(self, max_seconds: float | None = None) -> None:
         """Start, then block until `stop()` (or `max_seconds`), then shut down."""
@@ -154,6 +161,12 @@ class Service:
         for monitor in self.monitors:
             monitor.close()
 
+    def _start_tasks(self, tasks: list[Task]) -> None:
+        """Start one thread per periodic task."""
+        for name, every, fn in tasks:
+            self._spawn(f"sv-monitor-{name}", lambda every=every, fn=fn, name=name:
+                        self._every(name, every, fn))
+
     def _spawn(self, name: str, target: Callable[[], object]) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
@@ -164,7 +177,8 @@ class Service:
         while not self._stop.is_set():
             started = time.monotonic()
             try:
-                fn()
+                with self._turns.get(name) or nullcontext():
+                    fn()
             except Exception:
                 log.exception("monitor task %s failed; retrying in %gs", name, seconds)
             self._stop.wait(max(0.0, seconds - (time.monotonic() - started)))

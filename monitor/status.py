@@ -1,31 +1,24 @@
-"""`streamvec status`: one terminal table over every collection, optionally refreshed.
+"""The status table over every collection: collecting its rows and rendering them as text.
 
 Rows, segments and lag come from the registry and Kafka at the moment of printing; drift,
 recall, freshness, query rate and probe latency come from the summary a running monitor keeps
-in `sv:{NAME}:monitor` (monitor/summary.py). Whatever is unknown prints as `-`.
+in `sv:{NAME}:monitor` (monitor/summary.py). Whatever is unknown prints as `-`. The
+`streamvec status` command (streamvec/commands/status.py) prints it.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-import time
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaException
-from redis.exceptions import RedisError
 
 from indexer.registry import Registry
 from ingest import catalog
-from ingest.errors import IngestError
 from monitor import summary
 from monitor.collectors import KafkaWatermarks
-from streamvec.errors import CommandError
 from streamvec.settings import Settings
 
 WATERMARK_TIMEOUT_S = 3.0
-DEFAULT_WATCH_S = 2.0
-_CLEAR = "\x1b[H\x1b[2J"
 COLUMNS = (("COLLECTION", "<", 24), ("ROWS", ">", 10), ("SEGS", ">", 5), ("LAG", ">", 8),
            ("QPS", ">", 8), ("P99 MS", ">", 8), ("DRIFT", "<", 8), ("RECALL", "<", 10),
            ("FRESH P99", ">", 9))
@@ -48,19 +41,6 @@ class StatusRow:
     recall: float | None
     recall_k: int | None
     freshness_p99_s: float | None
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the `status` command to the top-level parser."""
-    p = sub.add_parser("status", help="a table of every collection's health",
-                       description="Rows, segments, lag, query rate, drift, recall and freshness "
-                       "of every collection (live figures need `streamvec monitor` running).")
-    p.add_argument("--collection", action="append",
-                   help="show only this collection (repeatable)")
-    p.add_argument("--watch", nargs="?", type=float, const=DEFAULT_WATCH_S, default=None,
-                   metavar="SECONDS", help=f"refresh every SECONDS (default {DEFAULT_WATCH_S:g})"
-                   " until Ctrl-C")
-    p.set_defaults(handler=_status)
 
 
 def collect(settings: Settings, names: list[str] | None = None) -> list[StatusRow]:
@@ -127,21 +107,3 @@ def _cell(value: object, align: str, width: int) -> str:
     text = "-" if value is None else str(value)
     return f"{text:{align}{width}}"
 
-
-def _status(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        while True:
-            table = render(collect(settings, args.collection))
-            if args.watch is None:
-                print(table)
-                return 0
-            sys.stdout.write(_CLEAR + time.strftime("%H:%M:%S ") + "streamvec status\n"
-                             + table + "\n")
-            sys.stdout.flush()
-            time.sleep(max(args.watch, 0.1))  # the refresh period the user asked for
-    except IngestError as exc:
-        raise CommandError(str(exc)) from None
-    except RedisError as exc:
-        raise CommandError(f"Redis failed: {exc}") from None
-    except KeyboardInterrupt:
-        return 0

@@ -8,9 +8,9 @@ __all__ = ["Client", "SearchError", "SearchResult", "SearchTimeout"]
 
 _EXPORTS = {
     "Client": "searcher.client",
-    "SearchError": "searcher.client",
+    "SearchError": "searcher.errors",
     "SearchResult": "searcher.client",
-    "SearchTimeout": "searcher.client",
+    "SearchTimeout": "searcher.errors",
 }
 
 

@@ -15,9 +15,10 @@ from ingest import catalog
 from ingest.catalog import spec_key
 from ingest.errors import CollectionNotFound
 from ingest.names import CollectionName
-from lifecycle.challenges import Challenge
-from searcher import protocol, shadow
-from searcher.query import MAX_K, Consistency, Filter, QueryAnswer, QueryError, QueryRequest
+from searcher import protocol, routing, shadow
+from searcher.errors import QueryError, SearchError, SearchTimeout
+from searcher.query import MAX_K, Consistency, Filter, QueryAnswer, QueryRequest
+from searcher.routing import Challenge
 from streamvec.settings import Settings
 
 # Waited beyond the request's own timeout: a searcher answers a consistency timeout only once
@@ -37,14 +38,6 @@ return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 2))
 
 _CONSISTENCY_FORMS = ("'eventual', 'strong', {'bounded_ms': N} or "
                       "{'session': {partition: offset}} (what Producer.flush() returns)")
-
-
-class SearchError(QueryError):
-    """The searcher answered with an error: `code` is one of query.ERROR_CODES."""
-
-
-class SearchTimeout(TimeoutError):
-    """No reply came back in time: no searcher is serving the collection, or all are stuck."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,9 +91,9 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _resolve(self, name: str) -> shadow.Route:
+    def _resolve(self, name: str) -> routing.Route:
         """Where a search of `name` goes: an alias's target and active challenge, else the name."""
-        return shadow.route(self._redis, str(CollectionName.parse(name)))
+        return routing.route(self._redis, str(CollectionName.parse(name)))
 
     def search(self, collection_or_alias: str, vectors: Any, k: int = 10,
                filter: Mapping[str, Any] | None = None,

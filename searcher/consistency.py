@@ -10,7 +10,8 @@ import math
 from confluent_kafka import KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from searcher.query import Consistency, QueryError
+from searcher.errors import QueryError
+from searcher.query import Consistency
 from streamvec.settings import Settings
 
 WATERMARK_TIMEOUT_S = 5.0

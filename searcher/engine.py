@@ -7,16 +7,17 @@ import time
 
 from confluent_kafka.admin import AdminClient
 
-from indexer import remote
 from indexer.registry import Registry
+from indexer.store import SegmentStore
 from ingest import catalog
 from searcher import execute
 from searcher.consistency import Watermarks
 from searcher.consistency import reached as level_met
+from searcher.errors import QueryError
 from searcher.metrics import SearcherMetrics
-from searcher.query import Consistency, QueryAnswer, QueryError, QueryRequest
+from searcher.query import Consistency, QueryAnswer, QueryRequest
 from searcher.state import ServingState
-from searcher.tail_reader import TailReader
+from searcher.tail import TailReader
 from searcher.watcher import SegmentWatcher
 from streamvec.settings import Settings
 
@@ -41,7 +42,8 @@ class Engine:
         self.spec = catalog.load_spec(client, collection)
         self.topic = self.spec.collection.topic
         self.registry = Registry(client, collection)
-        remote.attach(settings)  # segment folders missing locally come from the object store
+        # Segment folders missing locally come from the store's object store, if it has one.
+        self.store = SegmentStore.from_settings(settings)
         self.state: ServingState | None = None
         self._watcher: SegmentWatcher | None = None
         self._reader: TailReader | None = None
@@ -52,7 +54,7 @@ class Engine:
         partitions = self._partitions()
         self.state = ServingState(self.spec.dim, partitions, self.metrics)
         self._watermarks = Watermarks(self.settings, self.topic, partitions)
-        self._watcher = SegmentWatcher(self.registry, self.settings.store, self.state,
+        self._watcher = SegmentWatcher(self.registry, self.store, self.state,
                                        self.reconcile_s)
         self._watcher.subscribe()
         self._watcher.reconcile()  # the tail starts where the loaded segments end

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from searcher import search
-from searcher.query import MAX_K, Filter, QueryAnswer, QueryError, QueryRequest
+from searcher.errors import QueryError
+from searcher.query import MAX_K, Filter, QueryAnswer, QueryRequest
 from searcher.search import Source
 
 log = logging.getLogger(__name__)

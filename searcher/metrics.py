@@ -4,20 +4,18 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-NAMESPACE = "streamvec"
-SUBSYSTEM = "searcher"
+from streamvec.metrics import CollectionMetrics, factory
+
+ROLE = "searcher"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
-class SearcherMetrics:
+class SearcherMetrics(CollectionMetrics):
     """Every searcher metric on one registry; call `labels(metric, ...)` to get a child."""
 
     def __init__(self, registry: CollectorRegistry, collection: str) -> None:
-        def make(kind, name, doc, labels=(), **kw):
-            return kind(name, doc, ["collection", *labels], namespace=NAMESPACE,
-                        subsystem=SUBSYSTEM, registry=registry, **kw)
-
-        self.collection = collection
+        super().__init__(collection)
+        make = factory(registry, ROLE)
         self.queries = make(Counter, "queries", "Query requests answered (errors included).")
         self.errors = make(Counter, "errors", "Error replies, by code.", ("code",))
         self.queue_wait = make(Histogram, "queue_wait_seconds", "From the client's send to the "
@@ -37,7 +35,3 @@ class SearcherMetrics:
         self.refused_segments = make(Counter, "refused_segments", "Segments refused at load "
                                      "(checksum or format).")
         self.swaps = make(Counter, "swaps", "Segment-set changes applied.")
-
-    def labels(self, metric, *values: str):
-        """Return `metric` with the collection label (and any others) applied."""
-        return metric.labels(self.collection, *values)

@@ -12,15 +12,8 @@ import numpy as np
 
 from ingest.names import CollectionName
 from ingest.spec import MAX_DIM, MAX_PARTITIONS
-from searcher.query import (
-    ERROR_CODES,
-    MAX_K,
-    Consistency,
-    Filter,
-    QueryAnswer,
-    QueryError,
-    QueryRequest,
-)
+from searcher.errors import ERROR_CODES, QueryError
+from searcher.query import MAX_K, Consistency, Filter, QueryAnswer, QueryRequest
 
 VERSION = "1"
 QUEUE_MAXLEN = 100_000  # approximate (MAXLEN ~): old requests fall off a stream nobody reads

@@ -1,4 +1,4 @@
-"""The query model shared by the protocol, the server and the engine: requests, answers, errors."""
+"""The query model shared by the protocol, the server and the engine: requests and answers."""
 
 from __future__ import annotations
 
@@ -9,28 +9,7 @@ import numpy as np
 
 MAX_K = 1000
 
-# Stable error codes of a query reply; clients switch on these, humans read the message.
-ERROR_CODES = frozenset({
-    "wrong_dim",            # query vectors do not have the collection's dimension
-    "not_finite",           # a query vector holds NaN or Inf
-    "bad_k",                # k outside 1..MAX_K
-    "unknown_collection",   # no collection or alias of that name
-    "consistency_timeout",  # the consistency level could not be reached before the timeout
-    "malformed",            # the request cannot be parsed (fields, types, sizes, filter)
-    "internal",             # the searcher failed; the message says how
-})
-
 Level = Literal["eventual", "bounded", "session", "strong"]
-
-
-class QueryError(Exception):
-    """A query that gets an error reply: `code` is one of ERROR_CODES."""
-
-    def __init__(self, code: str, message: str) -> None:
-        assert code in ERROR_CODES, code
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,9 +2,11 @@
 
 # Pure functions over numpy arrays and FAISS indexes; nothing here does I/O or takes a lock.
 #
-# Every candidate a FAISS index returns is rescored exactly (float64, from the raw vectors), so
-# scores are exact whatever the index and the merge never depends on float32 rounding. Rows
-# hidden by later writes are handled in one of two ways per segment:
+# A search takes candidates from a source, then rescores them exactly (float64, from the raw
+# vectors), so scores are exact whatever the index and the merge never depends on float32
+# rounding. A source without an index is the exact search: its candidates come from a float32
+# scan, one BLAS pass over the raw vectors, in blocks of rows. Rows hidden by later writes are
+# handled in one of two ways per segment with an index:
 #
 # - over-fetch (the default): ask FAISS for k + hidden + margin rows and drop hidden ones. It
 #   works for every index type (IndexPQ refuses search parameters) and, with few hidden rows,
@@ -25,8 +27,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from indexer.build import prepare
-from searcher import scan
+from indexer.build import normalize, prepare
 
 # FAISS ranks in float32; rows whose float32 and exact order differ sit next to each other,
 # so fetching this many rows beyond what is needed keeps the exact top-k among candidates.
@@ -39,13 +40,19 @@ GROWTH = 4
 # FAISS call costs ~20 us single-threaded and over 1 ms when OpenMP meets busy cores, which
 # made a batch over 1000 small segments take 2 s; their visible rows scan in milliseconds.
 SCAN_MAX_VISIBLE = 4096
+# (query, row) pairs scored per block of an exact scan: 16 MiB of float32 costs, so a scan over
+# a large segment (the recall probe's ground truth) takes bounded memory.
+SCAN_BLOCK_PAIRS = 1 << 22
 
 Accept = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(slots=True)
 class Source:
-    """Rows to search: raw vectors, the rows not to return and, for a segment, its index."""
+    """Rows to search: raw vectors, the rows not to return and, for a segment, its index.
+
+    Without an index, a search scans the rows exactly.
+    """
 
     vectors: np.ndarray
     hidden: np.ndarray | None = None
@@ -100,19 +107,6 @@ def cost(scores: np.ndarray, metric: str) -> np.ndarray:
     return scores if metric == "l2" else -scores
 
 
-def exact_scores(vectors: np.ndarray, queries: np.ndarray, metric: str) -> np.ndarray:
-    """Every (query, row) score in float64: squared L2, inner product or cosine similarity."""
-    v = np.asarray(vectors, dtype=np.float64)
-    q = np.asarray(queries, dtype=np.float64)
-    if metric == "cosine":
-        v, q = _normalized(v), _normalized(q)
-    dots = q @ v.T
-    if metric != "l2":
-        return dots
-    out = (q * q).sum(axis=1)[:, None] - 2.0 * dots + (v * v).sum(axis=1)[None, :]
-    return np.maximum(out, 0.0, out=out)
-
-
 def rescore(vectors: np.ndarray, rows: np.ndarray, queries: np.ndarray, metric: str) -> np.ndarray:
     """Exact scores of candidate `rows` (nq, m; -1 = none) for each query; none -> worst."""
     if rows.size == 0:
@@ -125,7 +119,7 @@ def rescore(vectors: np.ndarray, rows: np.ndarray, queries: np.ndarray, metric: 
     elif metric == "ip":
         scores = (picked * q).sum(axis=2)
     else:
-        scores = (_normalized(picked) * _normalized(q)).sum(axis=2)
+        scores = (normalize(picked) * normalize(q)).sum(axis=2)
     scores[rows < 0] = worst(metric)
     return scores
 
@@ -159,25 +153,28 @@ def merge(parts: Sequence[tuple[np.ndarray, np.ndarray]], nq: int, k: int,
 
 def search(src: Source, queries: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
     """The k best visible rows of `src` per query: (exact scores, rows), -1 padded."""
-    if src.index is None:
-        rows = scan.candidates(src.vectors, src.hidden, queries, metric, k + MARGIN)
-    else:
-        rows, _ = fetch(src, prepare(queries, metric), k + MARGIN)
+    rows, _ = candidates(src, prepare(queries, metric), metric, k + MARGIN)
     return top_k(rescore(src.vectors, rows, queries, metric), rows, k, metric)
 
 
-def fetch(src: Source, prepared: np.ndarray, want: int) -> tuple[np.ndarray, bool]:
-    """Up to `want` visible candidates per query in FAISS order: (rows, -1 = none; complete)."""
-    # complete: every visible row was a candidate, so an exact index gave an exact answer.
-    visible = src.rows - src.hidden_count
+def candidates(src: Source, prepared: np.ndarray, metric: str,
+               want: int) -> tuple[np.ndarray, bool]:
+    """Up to `want` visible rows per query, best first: (rows, -1 = none; complete).
+
+    `prepared` holds the queries through `indexer.build.prepare`. The order is the index's, or
+    a float32 scan's without one. complete: every visible row was a candidate, so an exact
+    ranking gave an exact answer.
+    """
     nq = prepared.shape[0]
-    if visible <= 0 or want <= 0:
+    if src.visible <= 0 or want <= 0:
         return np.full((nq, 0), -1, dtype=np.int64), True
+    if src.index is None:
+        return _scan(src, prepared, metric, want), want >= src.visible
     if src.hidden_count >= max(SELECTOR_MIN_HIDDEN, SELECTOR_K_FACTOR * want):
-        k = min(visible, want)
+        k = min(src.visible, want)
         rows = _search_selected(src, prepared, k)
         if rows is not None:
-            return rows, k == visible
+            return rows, k == src.visible
     k = min(src.rows, want + src.hidden_count)
     _, rows = src.index.search(prepared, k)
     return _hide(rows.astype(np.int64, copy=False), src.hidden), k == src.rows
@@ -189,8 +186,6 @@ def search_filtered(src: Source, queries: np.ndarray, k: int, metric: str,
     # A query stops once k accepted rows are among its certain candidates (all but the last
     # MARGIN) or every visible row was a candidate: it returns k rows whenever k exist.
     memo = _Memo(accept)
-    if src.index is None:
-        return _scan_filtered(src, queries, k, metric, memo)
     prepared = prepare(queries, metric)
     nq = len(queries)
     out_scores = np.full((nq, k), worst(metric))
@@ -198,7 +193,7 @@ def search_filtered(src: Source, queries: np.ndarray, k: int, metric: str,
     active = np.arange(nq)
     want = GROWTH * k + MARGIN
     while len(active):
-        rows, complete = fetch(src, prepared[active], want)
+        rows, complete = candidates(src, prepared[active], metric, want)
         found = np.zeros(len(active), dtype=np.int64)
         done = np.zeros(len(active), dtype=bool)
         for j, i in enumerate(active):
@@ -216,31 +211,6 @@ def search_filtered(src: Source, queries: np.ndarray, k: int, metric: str,
             rate = max(int(found[~done].min()), 1) / want
             want = max(want * GROWTH, math.ceil((k + MARGIN) / rate * 1.5))
         active = active[~done]
-    return out_scores, out_rows
-
-
-def _scan_filtered(src: Source, queries: np.ndarray, k: int, metric: str,
-                   memo: _Memo) -> tuple[np.ndarray, np.ndarray]:
-    """Filtered search of an exact source: walk each query's rows best first until k pass."""
-    scores = exact_scores(src.vectors, queries, metric)
-    order_cost = cost(scores, metric).copy()
-    if src.hidden is not None:
-        order_cost[:, src.hidden] = math.inf
-    nq = len(queries)
-    out_scores = np.full((nq, k), worst(metric))
-    out_rows = np.full((nq, k), -1, dtype=np.int64)
-    visible = src.rows - src.hidden_count
-    for i in range(nq):
-        order = np.argsort(order_cost[i], kind="stable")[:visible]
-        hits: list[int] = []
-        for lo in range(0, len(order), max(k, 64)):
-            chunk = order[lo : lo + max(k, 64)]
-            hits.extend(chunk[memo(chunk)].tolist())
-            if len(hits) >= k:
-                break
-        hits = hits[:k]
-        out_rows[i, : len(hits)] = hits
-        out_scores[i, : len(hits)] = scores[i, hits]
     return out_scores, out_rows
 
 
@@ -283,7 +253,54 @@ def _search_selected(src: Source, prepared: np.ndarray, k: int) -> np.ndarray | 
     return rows.astype(np.int64, copy=False)
 
 
-def _normalized(x: np.ndarray) -> np.ndarray:
-    """Unit rows along the last axis; zero rows stay zero, as indexer.build.prepare does."""
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+def _scan(src: Source, prepared: np.ndarray, metric: str, want: int) -> np.ndarray:
+    """The `want` best visible rows per query by float32 cost, best first (-1 = none).
+
+    One sgemm per block of rows over the raw vectors replaces a float64 copy of every row per
+    batch; the caller rescores these candidates exactly, and a margin in `want` absorbs float32
+    rounding. Each block's best rows are merged into the best so far, as a heap would.
+    """
+    nq, m = prepared.shape[0], min(src.rows, want)
+    step = max(m, SCAN_BLOCK_PAIRS // max(nq, 1))
+    kept_costs = np.zeros((nq, 0), dtype=np.float32)
+    kept_rows = np.zeros((nq, 0), dtype=np.int64)
+    for lo in range(0, src.rows, step):
+        costs = _costs(src, prepared, metric, lo, min(src.rows, lo + step))
+        best = _lowest(costs, m)
+        kept_costs = np.hstack([kept_costs, np.take_along_axis(costs, best, 1)])
+        kept_rows = np.hstack([kept_rows, best + lo])
+        best = _lowest(kept_costs, m)
+        kept_costs = np.take_along_axis(kept_costs, best, 1)
+        kept_rows = np.take_along_axis(kept_rows, best, 1)
+    order = np.lexsort((kept_rows, kept_costs), axis=1)  # ties: the earlier row first
+    rows = np.take_along_axis(kept_rows, order, 1)
+    rows[np.take_along_axis(kept_costs, order, 1) == math.inf] = -1
+    return rows
+
+
+def _costs(src: Source, prepared: np.ndarray, metric: str, lo: int, hi: int) -> np.ndarray:
+    """Ascending float32 costs of every (query, row) pair for rows lo..hi-1; hidden: +inf."""
+    # Only the order within a query's row matters, so the query's own norm is left out.
+    v = np.asarray(src.vectors[lo:hi], dtype=np.float32)
+    dots = prepared @ v.T
+    if metric == "ip":
+        costs = np.negative(dots, out=dots)
+    elif metric == "cosine":
+        norms = np.sqrt(np.einsum("ij,ij->i", v, v))
+        dots /= np.maximum(norms, np.finfo(np.float32).tiny)[None, :]
+        costs = np.negative(dots, out=dots)
+    else:
+        costs = dots
+        costs *= -2.0
+        costs += np.einsum("ij,ij->i", v, v)[None, :]
+    if src.hidden is not None:
+        costs[:, src.hidden[lo:hi]] = math.inf
+    return costs
+
+
+def _lowest(costs: np.ndarray, m: int) -> np.ndarray:
+    """Column indices of each row's `m` lowest costs, in no order (every column if <= m)."""
+    nq, n = costs.shape
+    if n <= m:
+        return np.broadcast_to(np.arange(n, dtype=np.int64), (nq, n))
+    return np.argpartition(costs, m - 1, axis=1)[:, :m]

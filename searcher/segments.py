@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from indexer import remote
 from indexer.errors import CorruptSegment
 from indexer.registry import SegmentRecord
 from indexer.segfolder import LoadedSegment, load_segment
+from indexer.store import SegmentStore
 from searcher.search import Source
 
 log = logging.getLogger(__name__)
@@ -26,12 +25,12 @@ _ROW_BITS = 32
 _ROW_MASK = (1 << _ROW_BITS) - 1
 
 
-def load(root: Path, record: SegmentRecord) -> LoadedSegment | None:
+def load(store: SegmentStore, record: SegmentRecord) -> LoadedSegment | None:
     """Open a registered segment with every checksum verified; None (logged) if it is refused."""
     try:
         # A folder missing here is fetched (and verified) from the object store, if one is set.
-        segment = load_segment(remote.local_folder(root, record.path), verify=True)
-    except CorruptSegment as exc:
+        segment = load_segment(store.folder(record.path), verify=True)
+    except (CorruptSegment, ValueError) as exc:  # ValueError: a path that leaves the store
         log.error('partition="%d" segment=%s refused: %s', record.partition,
                   record.segment_id, exc)
         return None

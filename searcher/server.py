@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,8 +13,10 @@ import redis
 
 from ingest.names import CollectionName
 from searcher import protocol
+from searcher.errors import QueryError
 from searcher.metrics import SearcherMetrics
-from searcher.query import QueryAnswer, QueryError, QueryRequest
+from searcher.query import QueryAnswer, QueryRequest
+from streamvec.health import TurnHook
 from streamvec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,8 +74,9 @@ class Server:
 
     def __init__(self, settings: Settings, collection: str, engine: Any, *, consumer: str,
                  metrics: SearcherMetrics, batch_max: int = 64, block_ms: int = 20,
-                 claim_idle_ms: int = 2000) -> None:
+                 claim_idle_ms: int = 2000, turn_hook: TurnHook | None = None) -> None:
         self.collection = CollectionName.parse(collection)
+        self._turn = turn_hook("serve") if turn_hook else nullcontext()
         self.engine, self.consumer, self.metrics = engine, consumer, metrics
         self.batch_max, self.block_ms, self.claim_idle_ms = batch_max, block_ms, claim_idle_ms
         self.redis = settings.redis_client()
@@ -95,7 +99,8 @@ class Server:
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         while not self._stop.is_set() and (deadline is None or time.monotonic() < deadline):
             try:
-                self.step()
+                with self._turn:
+                    self.step()
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("stream=%s redis unavailable (%s); retrying", self.stream, exc)
                 self._stop.wait(RETRY_PAUSE_S)

@@ -1,5 +1,6 @@
-"""Alias routing and shadow queries: a sampled share of an alias's searches also asks the
-challenger, off the caller's thread, and each comparison is appended to the challenge log.
+"""Shadow queries: a sampled share of an alias's searches also asks the challenger, off the
+caller's thread, and each comparison is appended to the challenge log (searcher/routing.py
+says which searches are under a challenge).
 
 A log record (`sv:{ALIAS}:challenge:log`, a capped stream) has the fields `v` (1),
 `challenge` (id), `request` (the champion request's id), `at_ms`, `k`, `champion` and
@@ -25,8 +26,8 @@ from typing import Any
 import numpy as np
 import redis
 
-from lifecycle import aliases, challenges
-from lifecycle.challenges import Challenge
+from searcher import routing
+from searcher.routing import Challenge
 
 log = logging.getLogger(__name__)
 
@@ -36,29 +37,6 @@ DEFAULT_WORKERS = 4
 # Shadows waiting or running at once; beyond this a sampled search is not shadowed (counted
 # in Shadow.dropped), so a dead challenger can never pile up work behind the caller.
 MAX_PENDING = 256
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """Where a search goes: the collection that answers, and the alias's active challenge."""
-
-    target: str
-    challenge: Challenge | None = None
-
-
-def route(client: redis.Redis, name: str) -> Route:
-    """Resolve a name in one round trip: an alias's target and challenge, else the name."""
-    if "@" in name:
-        return Route(name)  # a versioned name is never an alias
-    alias_raw, challenge_raw = client.mget([aliases.alias_key(name),
-                                            challenges.challenge_key(name)])
-    if alias_raw is None:
-        return Route(name)
-    target = aliases.parse_value(name, alias_raw).target
-    challenge = None if challenge_raw is None else Challenge.from_json(challenge_raw)
-    if challenge is not None and challenge.challenger == target:
-        challenge = None  # the alias already points at the challenger: nothing to compare
-    return Route(target, challenge)
 
 
 def sampled(request_id: str, share: float) -> bool:
@@ -198,7 +176,7 @@ class Shadow:
     def _run(self, job: Ask) -> None:
         try:
             record = compare(job)
-            self.client.xadd(challenges.log_key(job.challenge.alias), encode_record(record),
+            self.client.xadd(routing.log_key(job.challenge.alias), encode_record(record),
                              maxlen=LOG_MAXLEN, approximate=True)
         except Exception:  # a shadow must never take the client down; say why and go on
             log.exception("alias=%s challenge=%s shadow comparison not logged",

@@ -17,8 +17,7 @@ from indexer.segfolder import LoadedSegment
 from searcher.execute import Searchable
 from searcher.metrics import SearcherMetrics
 from searcher.segments import Entry, SegmentSet
-from searcher.tail import TailBuffer
-from searcher.tail_reader import TailMessage
+from searcher.tail import TailBuffer, TailMessage
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from pathlib import Path
 from typing import Protocol
 
 from indexer.registry import Registry, SegmentRecord
 from indexer.segfolder import LoadedSegment
+from indexer.store import SegmentStore
 from searcher import segments
 
 log = logging.getLogger(__name__)
@@ -34,10 +34,10 @@ class WatcherSink(Protocol):
 class SegmentWatcher:
     """Loads newly registered segments and releases unregistered ones, on its own thread."""
 
-    def __init__(self, registry: Registry, root: Path, sink: WatcherSink,
+    def __init__(self, registry: Registry, store: SegmentStore, sink: WatcherSink,
                  reconcile_s: float) -> None:
         self.registry = registry
-        self.root = Path(root)
+        self.store = store
         self.sink = sink
         self.reconcile_s = reconcile_s
         self._pubsub = registry.client.pubsub(ignore_subscribe_messages=True)
@@ -73,7 +73,7 @@ class SegmentWatcher:
         gone = {sid for sid, path in served.items() if current.get(sid) != path}
         fresh = [r for r in records if served.get(r.segment_id) != r.path]
         if gone or fresh:
-            self.sink.replace(gone, [(r, segments.load(self.root, r)) for r in fresh])
+            self.sink.replace(gone, [(r, segments.load(self.store, r)) for r in fresh])
 
     def _run(self) -> None:
         due = time.monotonic() + self.reconcile_s

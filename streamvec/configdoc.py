@@ -67,10 +67,9 @@ def env_name(settings_cls: type[Settings], field: str) -> str:
     return f"{prefix}{field}".upper()
 
 
-def describe_settings(settings_cls: type[Settings] = Settings,
-                      parser: argparse.ArgumentParser | None = None) -> list[SettingDoc]:
-    """One SettingDoc per field of `settings_cls`, in declaration order."""
-    parser = parser or _default_parser()
+def describe_settings(parser: argparse.ArgumentParser,
+                      settings_cls: type[Settings] = Settings) -> list[SettingDoc]:
+    """One SettingDoc per field of `settings_cls`, in declaration order, flags from `parser`."""
     docs = []
     with neutral_environment():
         for name, field in settings_cls.model_fields.items():
@@ -83,10 +82,9 @@ def describe_settings(settings_cls: type[Settings] = Settings,
     return docs
 
 
-def extra_variables(settings_cls: type[Settings] = Settings,
-                    parser: argparse.ArgumentParser | None = None) -> list[ExtraVariable]:
-    """Env vars named in flag help texts that are not Settings fields, sorted by name."""
-    parser = parser or _default_parser()
+def extra_variables(parser: argparse.ArgumentParser,
+                    settings_cls: type[Settings] = Settings) -> list[ExtraVariable]:
+    """Env vars named in `parser`'s flag help texts that are not Settings fields, by name."""
     known = {env_name(settings_cls, name) for name in settings_cls.model_fields}
     prefix = settings_cls.model_config.get("env_prefix", "") or "STREAMVEC_"
     pattern = re.compile(rf"\[env ({re.escape(prefix)}[A-Z0-9_]+)")
@@ -99,12 +97,10 @@ def extra_variables(settings_cls: type[Settings] = Settings,
             for env, matches in sorted(found.items())]
 
 
-def render(settings_cls: type[Settings] = Settings,
-           parser: argparse.ArgumentParser | None = None) -> str:
-    """The whole configuration reference as Markdown."""
-    parser = parser or _default_parser()
-    settings = describe_settings(settings_cls, parser)
-    extras = extra_variables(settings_cls, parser)
+def render(parser: argparse.ArgumentParser, settings_cls: type[Settings] = Settings) -> str:
+    """The whole configuration reference as Markdown, for the command line `parser` builds."""
+    settings = describe_settings(parser, settings_cls)
+    extras = extra_variables(parser, settings_cls)
     lines = [*_HEADER, "", "| setting | env var | flag | type | default | description |",
              "|---|---|---|---|---|---|"]
     lines += [_row(f"`{s.name}`", f"`{s.env}`", "<br>".join(s.flags) or "-",
@@ -165,12 +161,6 @@ _SECRET_TEXT = {
     "masked keys": "the values of secret-looking keys (passwords, tokens, keys) are printed "
                    "and logged as `***`.",
 }
-
-
-def _default_parser() -> argparse.ArgumentParser:
-    from streamvec.commands import build_parser  # local: the CLI imports this module's command
-
-    return build_parser()
 
 
 def _flags_for(parser: argparse.ArgumentParser, field: str, env: str) -> list[str]:

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from streamvec.errors import CommandError
+from streamvec.errors import EmbedderUnavailable
+from streamvec.synthetic import Clusters
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,6 @@ _ERF_A = tuple(
 _GELU_BLOCK = 1 << 16
 # Two members of one fallback cluster then sit near cosine 0.5, like same-topic sentences.
 _FALLBACK_SPREAD = 1.0
-
-
-class EmbedderUnavailable(CommandError):
-    """The sentence model cannot be loaded here; the message names the install that fixes it."""
 
 
 _Pair = tuple[np.ndarray, np.ndarray]
@@ -288,12 +285,5 @@ def load_encoder_or_none(model_dir: str | Path | None = None) -> SentenceEncoder
 
 def fallback_vectors(n: int, dim: int = 384, clusters: int = 16, seed: int = 0) -> np.ndarray:
     """Return n seeded, clustered, unit-norm float32 vectors to stand in for real embeddings."""
-    if n < 0 or dim < 1 or clusters < 1:
-        raise ValueError(f"need n >= 0, dim >= 1 and clusters >= 1, got {n}, {dim}, {clusters}")
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((clusters, dim))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    labels = rng.integers(0, clusters, size=n)
-    points = centres[labels] + rng.standard_normal((n, dim)) * (_FALLBACK_SPREAD / math.sqrt(dim))
-    points /= np.linalg.norm(points, axis=1, keepdims=True)
-    return points.astype(np.float32)
+    spread = _FALLBACK_SPREAD / math.sqrt(max(dim, 1))
+    return Clusters(dim, clusters, seed, spread=spread, unit=True).draw(n)[0]

@@ -2,25 +2,25 @@
 
     GET /metrics  Prometheus exposition of the default registry
     GET /healthz  liveness: 200 unless the process failed or one turn runs past `stall_after_s`
-    GET /readyz   readiness: 200 once `ready()` was said, every wrapped loop finished a first
-                  turn and every check passes; both answer {"component", "status", "reason"}
+    GET /readyz   readiness: 200 once `ready()` was said, every registered loop finished a
+                  first turn and every check passes; both answer {"component", "status", "reason"}
 
 `python -m streamvec.probe` asks a local server, for container health checks.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import socketserver
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -30,7 +30,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from streamvec.errors import CommandError
+from streamvec.errors import ListenError
 from streamvec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,9 @@ DEFAULT_STALL_S = 600.0
 # A probe answers within the prober's timeout (1 s by default in Kubernetes).
 CHECK_TIMEOUT_S = 0.8
 
-P = ParamSpec("P")
-T = TypeVar("T")
+# What a loop is handed to report its turns: called once with the loop's name, it registers
+# the loop and returns the context manager that brackets each of its turns.
+TurnHook = Callable[[str], AbstractContextManager[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +63,8 @@ class Health:
     """What a process says about itself: ready, not ready or failed, plus its loop's turns.
 
     Usage: health = Health("searcher"); serve(health, port)
-    server.step = health.turn(server.step, name="serve"); health.add_check(redis_check(s))
-    health.ready("serving products")   # /readyz is 200 after the first turn
+    server = Server(..., turn_hook=health.turns); health.add_check(redis_check(s))
+    health.ready("serving products")   # /readyz is 200 after the server's first turn
     """
 
     def __init__(self, component: str, *, stall_after_s: float = DEFAULT_STALL_S,
@@ -74,7 +75,7 @@ class Health:
         # Reentrant: a signal handler that says not_ready() may interrupt a turn holding it.
         self._lock = threading.RLock()
         self._state, self._reason = "not_ready", "starting"
-        self._first_turns: set[str] = set()  # wrapped loops that have not finished a turn yet
+        self._first_turns: set[str] = set()  # registered loops that have not turned yet
         self._running: dict[tuple[str, int], float] = {}  # (loop, thread) -> turn start
         self._checks: list[Callable[[], str | None]] = []
 
@@ -103,24 +104,20 @@ class Health:
         with self._lock:
             self._checks.append(check)
 
-    def turn(self, fn: Callable[P, T], *, name: str) -> Callable[P, T]:
-        """Wrap one turn of a loop: readiness waits for its first turn, liveness times each."""
+    def turns(self, name: str) -> Turns:
+        """Register a loop: readiness waits for its first turn; `with` the result around each."""
         with self._lock:
             self._first_turns.add(name)
+        return Turns(self, name)
 
-        @functools.wraps(fn)
-        def timed(*args: P.args, **kwargs: P.kwargs) -> T:
-            key = (name, threading.get_ident())
-            with self._lock:
-                self._running[key] = self._clock()
-            try:
-                return fn(*args, **kwargs)
-            finally:  # a turn that raised still ran: the loop logs it and goes on, or exits
-                with self._lock:
-                    del self._running[key]
-                    self._first_turns.discard(name)
+    def _begin_turn(self, name: str) -> None:
+        with self._lock:
+            self._running[(name, threading.get_ident())] = self._clock()
 
-        return timed
+    def _end_turn(self, name: str) -> None:
+        with self._lock:
+            del self._running[(name, threading.get_ident())]
+            self._first_turns.discard(name)
 
     def liveness(self) -> Verdict:
         """Alive unless failed or a turn has run longer than `stall_after_s`."""
@@ -155,6 +152,21 @@ class Health:
             if problem:
                 return Verdict(False, problem)
         return Verdict(True, reason)
+
+
+class Turns(AbstractContextManager[None]):
+    """Brackets each turn of one registered loop, on any thread: `with turns: step()`."""
+
+    def __init__(self, health: Health, name: str) -> None:
+        self.health = health
+        self.name = name
+
+    def __enter__(self) -> None:
+        self.health._begin_turn(self.name)
+
+    def __exit__(self, *exc: object) -> None:
+        # A turn that raised still ran: the loop logs the error and goes on, or exits.
+        self.health._end_turn(self.name)
 
 
 def redis_check(settings: Settings) -> Callable[[], str | None]:
@@ -266,7 +278,7 @@ def serve(health: Health, port: int | None, *, host: str = ALL_INTERFACES,
     try:
         server = HealthServer(health, (host, port), registry)
     except OSError as exc:
-        raise CommandError(f"cannot serve /metrics and health on {host}:{port}: "
+        raise ListenError(f"cannot serve /metrics and health on {host}:{port}: "
                            f"{exc.strerror or exc}") from None
     log.info("serving %s on %s:%d", ", ".join(PATHS), host, server.port)
     return server.start()

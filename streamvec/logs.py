@@ -6,6 +6,9 @@ import logging
 import os
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Libraries whose INFO lines say nothing an operator can act on: faiss's loader names each CPU
+# variant it tries (the command imports faiss only once logging is set up, so they would show).
+QUIET = ("faiss.loader",)
 
 
 def configure(level: str | None = None) -> None:
@@ -15,3 +18,5 @@ def configure(level: str | None = None) -> None:
         return
     chosen = (level or os.environ.get("STREAMVEC_LOG_LEVEL") or "INFO").upper()
     logging.basicConfig(level=chosen, format=FORMAT)
+    for name in QUIET:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

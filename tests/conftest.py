@@ -18,7 +18,7 @@ from streamvec.devstack.ports import LOOPBACK, free_port, free_ports
 from streamvec.devstack.process import ServerProcess
 from streamvec.devstack.redis import RedisServer
 from streamvec.devstack.s3proxy import S3ProxyServer
-from streamvec.errors import CommandError
+from streamvec.errors import DevStackError
 from streamvec.settings import Settings
 
 # A cold JVM on a busy two-core CI machine; a warm start takes a few seconds.
@@ -54,7 +54,7 @@ def _start(make: Callable[[], S], timeout: float) -> S:
             return server
         except BaseException as exc:
             # Stop it whatever went wrong (Ctrl-C included) so no server outlives the failure.
-            lost_race = isinstance(exc, CommandError) and "Address already in use" in (
+            lost_race = isinstance(exc, DevStackError) and "Address already in use" in (
                 server.log_tail(200)
             )
             server.stop()

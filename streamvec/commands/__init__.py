@@ -1,36 +1,44 @@
-"""The `streamvec` console command: global connection flags plus one subcommand per area."""
+"""The `streamvec` console command: global connection flags plus one subcommand per area.
+
+Every failure ends in one place, `main`: a line `streamvec: error: ...` on stderr and an exit
+status that says what kind of failure it was (streamvec/commands/errors.py).
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import logging
 import sys
 from collections.abc import Sequence
 
 from pydantic import ValidationError
 
 from streamvec import __version__, logs
-from streamvec.errors import CommandError
+from streamvec.commands import (
+    alias,
+    challenge,
+    collection,
+    config,
+    demo,
+    dev,
+    generation,
+    indexer,
+    monitor,
+    produce,
+    registry,
+    searcher,
+    snapshot,
+    status,
+)
+from streamvec.commands.errors import ExitCode, UsageError, describe, exit_code
 from streamvec.settings import Settings
 
-# Each module exposes `register(subparsers)`; its parsers set `handler(args, settings)`.
-# Listed by name so that `streamvec --help` stays fast and one broken area cannot hide the rest.
-COMMAND_MODULES = (
-    "streamvec.commands.dev",
-    "streamvec.commands.collection",
-    "streamvec.commands.produce",
-    "streamvec.commands.alias",
-    "streamvec.commands.indexer",
-    "streamvec.commands.registry",
-    "streamvec.commands.generation",
-    "streamvec.commands.snapshot",
-    "streamvec.commands.searcher",
-    "streamvec.commands.monitor",
-    "streamvec.commands.challenge",
-    "monitor.status",
-    "streamvec.commands.demo",
-    "streamvec.commands.config",
-)
+log = logging.getLogger(__name__)
+
+# Each module has `register(subparsers)`; its parsers set `handler(args, settings)`. The
+# modules import their role packages inside the handlers, so `streamvec --help` stays fast.
+COMMAND_MODULES = (dev, collection, produce, alias, indexer, registry, generation, snapshot,
+                   searcher, monitor, challenge, status, demo, config)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--actor", help="who acts, for the audit trail "
                         "[env STREAMVEC_ACTOR; default: the OS user]")
     sub = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for module in COMMAND_MODULES:
+        module.register(sub)
     return parser
 
 
@@ -73,14 +81,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         for pair in args.kafka_option:
             key, sep, value = pair.partition("=")
             if not sep:
-                raise CommandError(f"--kafka-option {pair!r} is not of the form KEY=VALUE")
+                raise UsageError(f"--kafka-option {pair!r} is not of the form KEY=VALUE")
             merged[key.strip()] = value.strip()
         overrides["kafka_options"] = merged
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise CommandError(f"invalid settings: {problems}") from None
+        raise UsageError(f"invalid settings: {problems}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,16 +99,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         # A group such as `streamvec collection` without its verb: show what it offers.
         (getattr(args, "group_parser", None) or parser).print_help()
-        return 2
+        return int(ExitCode.USAGE)
     logs.configure(args.log_level)
+    settings = None
     try:
-        return int(handler(args, settings_from_args(args)) or 0)
-    except CommandError as exc:
-        print(f"streamvec: error: {exc}", file=sys.stderr)
-        return 2
+        settings = settings_from_args(args)
+        return int(handler(args, settings) or 0)
     except KeyboardInterrupt:
         print("streamvec: interrupted", file=sys.stderr)
-        return 130
+        return int(ExitCode.INTERRUPTED)
+    except Exception as exc:
+        code = exit_code(exc)
+        if code is None:  # not a failure the command line knows: a bug, keep its traceback
+            raise
+        log.debug("the command failed", exc_info=True)
+        print(f"streamvec: error: {describe(exc, settings)}", file=sys.stderr)
+        return int(code)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,7 @@ import argparse
 import json
 import time
 
-from lifecycle import aliases
-from streamvec.commands.common import call as _call
-from streamvec.errors import CommandError
+from streamvec.commands.common import positive_int
 from streamvec.settings import Settings
 
 
@@ -41,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     h = verbs.add_parser("history", help="list an alias's past switches",
                          description="List an alias's switches, newest first.")
     h.add_argument("alias")
-    h.add_argument("--limit", type=int, default=20, help="switches to show (default 20)")
+    h.add_argument("--limit", type=positive_int, default=20,
+                   help="switches to show (default 20)")
     h.add_argument("--json", action="store_true", help="print JSON")
     h.set_defaults(handler=_history)
 
@@ -60,8 +59,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _set(args: argparse.Namespace, settings: Settings) -> int:
-    previous = _call(aliases.set_alias, settings.redis_client(), args.alias, args.target,
-                     settings.actor)
+    from lifecycle import aliases
+
+    previous = aliases.set_alias(settings.redis_client(), args.alias, args.target,
+                                 settings.actor)
     if previous == args.target:
         print(f"alias {args.alias} already points at {args.target}")
     elif previous is None:
@@ -72,7 +73,9 @@ def _set(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _get(args: argparse.Namespace, settings: Settings) -> int:
-    found = _call(aliases.get, settings.redis_client(), args.alias)
+    from lifecycle import aliases
+
+    found = aliases.get(settings.redis_client(), args.alias)
     if args.json:
         print(json.dumps(found.to_json(), indent=2))
     else:
@@ -82,7 +85,9 @@ def _get(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _list(args: argparse.Namespace, settings: Settings) -> int:
-    found = _call(aliases.list_aliases, settings.redis_client())
+    from lifecycle import aliases
+
+    found = aliases.list_aliases(settings.redis_client())
     if args.json:
         print(json.dumps([a.to_json() for a in found], indent=2))
         return 0
@@ -96,11 +101,11 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _history(args: argparse.Namespace, settings: Settings) -> int:
-    if args.limit < 1:
-        raise CommandError("--limit must be at least 1")
+    from lifecycle import aliases
+
     client = settings.redis_client()
-    _call(aliases.get, client, args.alias)  # a clear error for an unknown alias
-    switches = _call(aliases.history, client, args.alias, args.limit)
+    aliases.get(client, args.alias)  # a clear error for an unknown alias
+    switches = aliases.history(client, args.alias, args.limit)
     if args.json:
         print(json.dumps([s.to_json() for s in switches], indent=2))
         return 0
@@ -111,13 +116,17 @@ def _history(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _delete(args: argparse.Namespace, settings: Settings) -> int:
-    target = _call(aliases.delete, settings.redis_client(), args.alias, settings.actor)
+    from lifecycle import aliases
+
+    target = aliases.delete(settings.redis_client(), args.alias, settings.actor)
     print(f"alias {args.alias} deleted (it pointed at {target})")
     return 0
 
 
 def _rollback(args: argparse.Namespace, settings: Settings) -> int:
-    before, after = _call(aliases.rollback, settings.redis_client(), args.alias, settings.actor)
+    from lifecycle import aliases
+
+    before, after = aliases.rollback(settings.redis_client(), args.alias, settings.actor)
     print(f"alias {args.alias} rolled back: {before} -> {after}")
     return 0
 

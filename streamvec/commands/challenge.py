@@ -8,11 +8,7 @@ import os
 import socket
 import time
 
-from lifecycle import challenges
-from lifecycle.aliases import AliasError
-from lifecycle.challenges import ROLES
-from streamvec.commands.common import call as _call
-from streamvec.errors import CommandError
+from streamvec.commands.errors import UsageError
 from streamvec.settings import Settings
 
 VERBS = ("start", "report", "stop")
@@ -46,28 +42,30 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _challenge(args: argparse.Namespace, settings: Settings) -> int:
+    from lifecycle import challenges
+
     verb, alias = _parse_words(args.words)
     client = settings.redis_client()
     if verb == "start":
         if not args.challenger:
-            raise CommandError("starting a challenge needs --challenger COLLECTION")
-        config = _call(challenges.start, client, alias, args.challenger, args.share,
-                       settings.actor)
+            raise UsageError("starting a challenge needs --challenger COLLECTION")
+        config = challenges.start(client, alias, args.challenger, args.share, settings.actor)
         print(f"challenge {config.id} started on alias {alias}: champion {config.champion}, "
               f"challenger {config.challenger}, share {config.share:g}")
     elif verb == "stop":
-        config = _call(challenges.stop, client, alias, settings.actor)
+        config = challenges.stop(client, alias, settings.actor)
         print(f"challenge {config.id} on alias {alias} stopped (challenger "
               f"{config.challenger}); the alias keeps its target")
     else:
-        out = _call(report, settings, alias)
+        out = report(settings, alias)
         print(json.dumps(out, indent=2) if args.json else "\n".join(_lines(out)))
     return 0
 
 
 def _promote(args: argparse.Namespace, settings: Settings) -> int:
-    config, previous = _call(challenges.promote, settings.redis_client(), args.alias,
-                             settings.actor)
+    from lifecycle import challenges
+
+    config, previous = challenges.promote(settings.redis_client(), args.alias, settings.actor)
     print(f"alias {args.alias} -> {config.challenger} (was {previous}); challenge {config.id} "
           f"ended. `streamvec rollback {args.alias}` undoes the switch")
     return 0
@@ -75,15 +73,18 @@ def _promote(args: argparse.Namespace, settings: Settings) -> int:
 
 def report(settings: Settings, alias: str) -> dict:
     """Judge the pending comparisons, then the latest challenge's figures as a JSON-ready dict."""
-    from lifecycle.evaluation import Evaluator, stats  # local: only reports need numpy and FAISS
+    from indexer.store import SegmentStore
+    from lifecycle import challenges
+    from lifecycle.errors import ChallengeNotFound
+    from lifecycle.evaluation import Evaluator, stats
 
     client = settings.redis_client()
     found = challenges.latest(client, alias)
     if found is None:
-        raise AliasError(f"alias {alias!r} has no challenge, active or ended")
+        raise ChallengeNotFound(f"alias {alias!r} has no challenge, active or ended")
     config, running = found
     consumer = f"report-{socket.gethostname()}-{os.getpid()}"
-    evaluator = Evaluator(client, alias, settings.store, consumer=consumer)
+    evaluator = Evaluator(client, alias, SegmentStore.from_settings(settings), consumer=consumer)
     evaluator.run_once()
     _retire(client, evaluator)
     figures = stats(client, alias, config.id)
@@ -104,6 +105,8 @@ def _retire(client, evaluator) -> None:
 
 def _lines(out: dict) -> list[str]:
     """The human-readable report."""
+    from lifecycle.challenges import ROLES
+
     state = "active" if out["active"] else "ended"
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(out["started_at"]))
     lines = [f"challenge {out['id']} on alias {out['alias']} ({state}, started {started} UTC, "
@@ -130,7 +133,7 @@ def _parse_words(words: list[str]) -> tuple[str, str]:
         return "start", words[0]
     if len(words) == 2 and words[0] in VERBS:
         return words[0], words[1]
-    raise CommandError(f"expected `challenge [start|report|stop] ALIAS`, got "
-                       f"{' '.join(words)!r}")
+    raise UsageError(f"expected `challenge [start|report|stop] ALIAS`, got "
+                     f"{' '.join(words)!r}")
 
 

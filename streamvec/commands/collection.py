@@ -6,14 +6,12 @@ import argparse
 import json
 from dataclasses import asdict
 
-from confluent_kafka import KafkaException
-from redis.exceptions import RedisError
-
-from ingest import admin
-from ingest.errors import IngestError
-from ingest.spec import METRICS, CollectionSpec, SpecError
-from streamvec.errors import CommandError
+from streamvec.commands.errors import UsageError
 from streamvec.settings import Settings
+
+# ingest.spec.METRICS, named here so that `streamvec --help` need not load numpy;
+# tests/unit/test_commands.py keeps the two equal.
+METRICS = ("l2", "ip", "cosine")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -66,16 +64,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _create(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        spec = CollectionSpec(
-            name=args.name, dim=args.dim, metric=args.metric, partitions=args.partitions,
-            index=args.index, seal_rows=args.seal_rows, seal_seconds=args.seal_seconds,
-            seal_bytes=args.seal_bytes, model_version=args.model_version,
-        )
-    except (SpecError, IngestError) as exc:
-        raise CommandError(str(exc)) from None
-    created = _call(admin.create_collection, settings, spec, replication=args.replication,
-                    adopt_store=args.adopt_store)
+    from ingest.spec import CollectionSpec
+    from lifecycle import collections
+
+    spec = CollectionSpec(
+        name=args.name, dim=args.dim, metric=args.metric, partitions=args.partitions,
+        index=args.index, seal_rows=args.seal_rows, seal_seconds=args.seal_seconds,
+        seal_bytes=args.seal_bytes, model_version=args.model_version,
+    )
+    created = collections.create_collection(settings, spec, replication=args.replication,
+                                             adopt_store=args.adopt_store)
     state = "created" if created else "already exists with this spec"
     print(f"collection {spec.name} {state}: topic {spec.collection.topic} "
           f"({spec.partitions} partitions), dead letters {spec.collection.dlq_topic}")
@@ -83,7 +81,9 @@ def _create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _list(args: argparse.Namespace, settings: Settings) -> int:
-    specs = _call(admin.list_collections, settings)
+    from ingest import admin
+
+    specs = admin.list_collections(settings)
     if args.json:
         print(json.dumps([asdict(s) for s in specs], indent=2))
         return 0
@@ -99,8 +99,10 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _describe(args: argparse.Namespace, settings: Settings) -> int:
-    info = _call(admin.describe_collection, settings, args.name)
-    spec: CollectionSpec = info["spec"]
+    from lifecycle import collections
+
+    info = collections.describe_collection(settings, args.name)
+    spec = info["spec"]
     if args.json:
         out = {**info, "spec": asdict(spec), "partitions": [asdict(p) for p in info["partitions"]]}
         print(json.dumps(out, indent=2))
@@ -117,28 +119,10 @@ def _describe(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _drop(args: argparse.Namespace, settings: Settings) -> int:
+    from lifecycle import collections
+
     if not args.yes:
-        raise CommandError(f"dropping {args.name} deletes its topics and snapshots; add --yes")
-    _call(admin.drop_collection, settings, args.name)
+        raise UsageError(f"dropping {args.name} deletes its topics and snapshots; add --yes")
+    collections.drop_collection(settings, args.name)
     print(f"collection {args.name} dropped")
     return 0
-
-
-def _call(fn, *args, **kwargs):
-    """Run an admin call, turning expected failures into one-line command errors."""
-    try:
-        return fn(*args, **kwargs)
-    except IngestError as exc:
-        raise CommandError(str(exc)) from None
-    except RedisError as exc:
-        raise CommandError(f"Redis at {_settings_hint(args)} failed: {exc}") from None
-    except KafkaException as exc:
-        raise CommandError(f"Kafka failed: {exc.args[0].str() if exc.args else exc}") from None
-
-
-def _settings_hint(args: tuple) -> str:
-    """Name the Redis a failing call used, with secrets masked, for the error message."""
-    for arg in args:
-        if isinstance(arg, Settings):
-            return arg.describe()["redis"] + " (is the stack up? try `streamvec dev up`)"
-    return "the configured URL"

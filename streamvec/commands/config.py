@@ -6,9 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from streamvec import configdoc
-from streamvec.commands.common import write_text_atomic
-from streamvec.errors import CommandError
+from streamvec import configdoc, files
+from streamvec.commands.errors import CommandError, UsageError
 from streamvec.settings import Settings
 
 REGENERATE = "make docs (or: streamvec config reference --output docs/configuration.md)"
@@ -28,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="write the reference to FILE (with --check: the file to check; "
                      f"default {configdoc.DOC_PATH})")
     ref.add_argument("--check", action="store_true",
-                     help="write nothing; exit 2 with the first difference if FILE is stale")
+                     help="write nothing; exit 1 with the first difference if FILE is stale")
     ref.set_defaults(handler=_reference)
 
 
@@ -51,7 +50,9 @@ def stale_reason(path: Path, rendered: str) -> str | None:
 
 
 def _reference(args: argparse.Namespace, settings: Settings) -> int:
-    rendered = configdoc.render()
+    from streamvec.commands import build_parser  # the whole command line, this command's own
+
+    rendered = configdoc.render(build_parser())
     if args.check:
         path = args.output or configdoc.DOC_PATH
         reason = stale_reason(path, rendered)
@@ -71,5 +72,5 @@ def _reference(args: argparse.Namespace, settings: Settings) -> int:
 def _write(path: Path, text: str) -> None:
     """Replace `path` in one rename, so a reader never sees half a file."""
     if not path.parent.is_dir():
-        raise CommandError(f"cannot write {path}: folder {path.parent} does not exist")
-    write_text_atomic(path, text)
+        raise UsageError(f"cannot write {path}: folder {path.parent} does not exist")
+    files.write_atomic(path, text, durable=False)

@@ -6,24 +6,16 @@ import argparse
 import logging
 import threading
 import time
+from typing import TYPE_CHECKING
 
-import numpy as np
-from prometheus_client import CollectorRegistry
-from tqdm import tqdm
-
-from indexer.registry import Registry
-from indexer.worker import Worker
-from ingest import admin
-from ingest.partition import partitions_for
-from ingest.producer import Producer
-from ingest.spec import CollectionSpec
-from searcher.client import Client
-from searcher.engine import Engine
-from searcher.metrics import SearcherMetrics
-from searcher.server import Server
-from streamvec import corpus, embed
-from streamvec.errors import CommandError
+from streamvec.commands.errors import CommandError
 from streamvec.settings import Settings
+
+if TYPE_CHECKING:  # the demo drives every role: its modules load when it runs, not on --help
+    import numpy as np
+
+    from ingest.spec import CollectionSpec
+    from streamvec.embed import SentenceEncoder
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +40,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Run the demo end to end and print a per-partition summary."""
+    from tqdm import tqdm
+
+    from ingest.producer import Producer
+    from ingest.spec import CollectionSpec
+    from lifecycle import collections
+    from streamvec import corpus, embed
+
     texts = corpus.sentences(args.rows, seed=args.seed)
     encoder = embed.load_encoder_or_none()
     vectors, source = _embed(encoder, texts)
     spec = CollectionSpec(args.collection, dim=vectors.shape[1], metric="cosine",
                           partitions=args.partitions, seal_rows=args.seal_rows, seal_seconds=2.0)
-    try:
-        created = admin.create_collection(settings, spec)
-    except Exception as exc:
-        raise CommandError(f"cannot create {spec.name} ({exc}); is the stack up? "
-                           "run `streamvec dev up` or `make up`") from None
+    created = collections.create_collection(settings, spec)
     print(f"collection {spec.name}: {'created' if created else 'exists'}, dim {spec.dim}, "
           f"{spec.partitions} partitions, vectors from {source}")
     ids = [f"s{args.seed}-{i:06d}" for i in range(len(texts))]
@@ -76,7 +71,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _embed(encoder: embed.SentenceEncoder | None, texts: list[str]) -> tuple[np.ndarray, str]:
+def _embed(encoder: SentenceEncoder | None, texts: list[str]) -> tuple[np.ndarray, str]:
+    from streamvec import embed
+
     if encoder is None:
         print("note: the sentence model could not load; using a seeded clustered set instead")
         return embed.fallback_vectors(len(texts)), "a seeded clustered set (fallback)"
@@ -85,6 +82,11 @@ def _embed(encoder: embed.SentenceEncoder | None, texts: list[str]) -> tuple[np.
 
 def _print_summary(settings: Settings, spec: CollectionSpec, ids: list[str],
                    offsets: dict[int, int], elapsed: float) -> None:
+    import numpy as np
+
+    from ingest import admin
+    from ingest.partition import partitions_for
+
     rows_per_partition = np.bincount(partitions_for(ids, spec.partitions),
                                      minlength=spec.partitions)
     print(f"published {len(ids)} rows in {elapsed:.2f}s ({len(ids) / elapsed:,.0f} rows/s)")
@@ -97,6 +99,13 @@ def _print_summary(settings: Settings, spec: CollectionSpec, ids: list[str],
 
 def _index(settings: Settings, spec: CollectionSpec) -> None:
     """Run an indexer worker until every published row is in a registered segment."""
+    from prometheus_client import CollectorRegistry
+    from tqdm import tqdm
+
+    from indexer.registry import Registry
+    from indexer.worker import Worker
+    from ingest import admin
+
     ends = {p.partition: p.high for p in admin.partition_offsets(settings, spec.collection.topic)}
     registry = Registry(settings.redis_client(), spec.name)
     worker = Worker(settings, spec.name, metrics_registry=CollectorRegistry())
@@ -132,8 +141,15 @@ DEMO_QUERIES = (
 
 
 def _search(settings: Settings, spec: CollectionSpec,
-            encoder: embed.SentenceEncoder | None) -> None:
+            encoder: SentenceEncoder | None) -> None:
     """Serve the collection in-process and answer a few text queries through Redis."""
+    from prometheus_client import CollectorRegistry
+
+    from searcher.client import Client
+    from searcher.engine import Engine
+    from searcher.metrics import SearcherMetrics
+    from searcher.server import Server
+
     if encoder is None:
         print("no sentence model: skipping the text queries")
         return

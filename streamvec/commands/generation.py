@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
-from indexer.registry import Registry
-from ingest import catalog
-from lifecycle import compaction, generations
-from streamvec.commands.common import call as _call
 from streamvec.commands.common import collection_arg as _name
+from streamvec.commands.common import positive_int
 from streamvec.settings import Settings
+
+if TYPE_CHECKING:
+    from lifecycle.generations import SwitchReport
+
+# lifecycle.generations.DEFAULT_KEEP, named here so that `streamvec --help` need not load the
+# lifecycle package; tests/unit/test_commands.py keeps the two equal.
+DEFAULT_KEEP = 3
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,8 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     re_p.add_argument("--collection", required=True, help="collection name")
     re_p.add_argument("--index", required=True,
                       help="'auto' or a FAISS index_factory string, e.g. HNSW32, IVF256,PQ32")
-    re_p.add_argument("--keep", type=_positive, default=generations.DEFAULT_KEEP,
-                      help=f"generations to keep for rollback (default {generations.DEFAULT_KEEP})")
+    re_p.add_argument("--keep", type=positive_int, default=DEFAULT_KEEP,
+                      help=f"generations to keep for rollback (default {DEFAULT_KEEP})")
     re_p.add_argument("--no-progress", action="store_true", help="no progress bar")
     re_p.add_argument("--json", action="store_true", help="print the report as JSON")
     re_p.set_defaults(handler=_reindex)
@@ -58,9 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "atomically. Indexers also do this on their own: see `streamvec indexer "
                     "--compact-interval`.")
     cp.add_argument("collection", help="collection name")
-    cp.add_argument("--max-rows", type=_positive,
+    cp.add_argument("--max-rows", type=positive_int,
                     help="largest merged segment, in rows (default: 8 x the seal_rows policy)")
-    cp.add_argument("--max-segments", type=_positive, default=4,
+    cp.add_argument("--max-segments", type=positive_int, default=4,
                     help="compact partitions with more segments than this (default 4)")
     cp.add_argument("--dry-run", action="store_true", help="only print what would be merged")
     cp.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -68,25 +73,30 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _reindex(args: argparse.Namespace, settings: Settings) -> int:
+    from lifecycle import generations
+
     name = _name(args.collection)
-    report = _call(lambda: generations.reindex(settings, name, args.index, keep=args.keep,
-                                           progress=not args.no_progress))
+    report = generations.reindex(settings, name, args.index, keep=args.keep,
+                                 progress=not args.no_progress)
     _print_switch(report, args.json, "reindexed")
     return 0
 
 
 def _rollback(args: argparse.Namespace, settings: Settings) -> int:
+    from lifecycle import generations
+
     name = _name(args.collection)
-    report = _call(lambda: generations.rollback(settings, name, to=args.to,
-                                            progress=not args.no_progress))
+    report = generations.rollback(settings, name, to=args.to, progress=not args.no_progress)
     _print_switch(report, args.json, "rolled back")
     return 0
 
 
 def _list(args: argparse.Namespace, settings: Settings) -> int:
+    from indexer.registry import Registry
+
     name = _name(args.collection)
     registry = Registry(settings.redis_client(), name)
-    active, known = _call(lambda: (registry.active_generation(), registry.generations()))
+    active, known = registry.active_generation(), registry.generations()
     rows = [{"generation": g, "active": g == active, "index": i.index, "state": i.state,
              "source": i.source, "created_at": i.created_at, "actor": i.actor}
             for g, i in sorted(known.items())]
@@ -106,10 +116,13 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _compact(args: argparse.Namespace, settings: Settings) -> int:
+    from ingest import catalog
+    from lifecycle import compaction
+
     name = _name(args.collection)
-    spec = _call(lambda: catalog.load_spec(settings.redis_client(), name))
+    spec = catalog.load_spec(settings.redis_client(), name)
     policy = compaction.CompactionPolicy(args.max_rows or 8 * spec.seal_rows, args.max_segments)
-    report = _call(lambda: compaction.compact(settings, name, policy, dry_run=args.dry_run))
+    report = compaction.compact(settings, name, policy, dry_run=args.dry_run)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
         return 0
@@ -125,17 +138,10 @@ def _compact(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _print_switch(report: generations.SwitchReport, as_json: bool, verb: str) -> None:
+def _print_switch(report: SwitchReport, as_json: bool, verb: str) -> None:
     if as_json:
         print(json.dumps(report.to_json(), indent=2))
         return
     print(f"{report.collection}: {verb} to generation {report.generation} ({report.index}) "
           f"from {report.previous}: {report.built} segments built, {report.reused} reused, "
           f"{report.rows} rows, {report.seconds:.1f}s")
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from indexer.ownership import CheckpointOutOfRange
-from indexer.worker import DEFAULT_MAX_HELD_BYTES, Worker
-from ingest.errors import CollectionNotFound
-from lifecycle.compaction import AutoCompactor, CompactionPolicy
-from streamvec.errors import CommandError
-from streamvec.health import Health, redis_check, serve
+from streamvec.commands.common import positive_int
 from streamvec.settings import Settings
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from streamvec.commands.role import Role
+    from streamvec.health import TurnHook
+
+# The worker's own default (indexer.worker.DEFAULT_MAX_HELD_BYTES), named here so that
+# `streamvec --help` need not load the worker; a unit test keeps the two equal.
+DEFAULT_MAX_HELD_MB = 1024
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,13 +33,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--group-id", help="consumer group (default sv.NAME.indexer)")
     p.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus /metrics on this port [env STREAMVEC_METRICS_PORT]")
-    p.add_argument("--max-held-mb", type=int, default=DEFAULT_MAX_HELD_BYTES // 2**20,
-                   help="memory cap for growing and building segments, MiB (default 1024)")
+    p.add_argument("--max-held-mb", type=int, default=DEFAULT_MAX_HELD_MB,
+                   help="memory cap for growing and building segments, MiB "
+                        f"(default {DEFAULT_MAX_HELD_MB})")
     p.add_argument("--compact-interval", type=float, default=60.0,
                    help="seconds between automatic compaction runs; 0 turns it off (default 60)")
-    p.add_argument("--compact-max-rows", type=int, default=None,
+    p.add_argument("--compact-max-rows", type=positive_int, default=None,
                    help="largest merged segment in rows (default 8 x the collection's seal_rows)")
-    p.add_argument("--compact-max-segments", type=int, default=4,
+    p.add_argument("--compact-max-segments", type=positive_int, default=4,
                    help="compact partitions holding more segments than this (default 4)")
     p.add_argument("--max-seconds", type=float, default=None,
                    help="exit after this many seconds (default: run until stopped)")
@@ -45,48 +48,31 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
-    health = Health("indexer")
-    serve(health, args.metrics_port or settings.metrics_port)
-    try:
-        worker = Worker(settings, args.collection, group_id=args.group_id,
-                        max_held_bytes=args.max_held_mb * 2**20)
-    except CollectionNotFound as exc:
-        raise CommandError(str(exc)) from None
-    # The worker subscribes before its first turn, so a finished turn means it is consuming.
-    worker.step = health.turn(worker.step, name="consume")
-    health.add_check(redis_check(settings))
-    health.ready(f"indexing {args.collection}")
+    from streamvec.commands.role import run_role
 
-    def _stop(signum, _frame):
-        log.info("signal %s: finishing builds in flight, then exiting", signal.Signals(signum).name)
-        health.not_ready("stopping")
-        worker.stop()
+    return run_role("indexer", settings, args.metrics_port,
+                    lambda turn_hook: _indexing(args, settings, turn_hook),
+                    max_seconds=args.max_seconds)
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    compactor = _compactor(args, settings, worker)
+
+@contextmanager
+def _indexing(args: argparse.Namespace, settings: Settings, turn_hook: TurnHook) -> Iterator[Role]:
+    """A worker consuming the collection, with automatic compaction beside it unless off."""
+    from indexer.worker import Worker
+    from lifecycle.compaction import AutoCompactor, CompactionPolicy
+    from streamvec.commands.role import Role
+
+    worker = Worker(settings, args.collection, group_id=args.group_id,
+                    max_held_bytes=args.max_held_mb * 2**20, turn_hook=turn_hook)
+    compactor = None
+    if args.compact_interval > 0:  # workers of one collection take turns compacting
+        policy = CompactionPolicy(args.compact_max_rows or 8 * worker.spec.seal_rows,
+                                  args.compact_max_segments)
+        compactor = AutoCompactor(settings, args.collection, policy, args.compact_interval)
+        compactor.start()
     try:
-        worker.run(max_seconds=args.max_seconds)
-    except CheckpointOutOfRange as exc:
-        health.failed(str(exc))
-        raise CommandError(str(exc)) from None
+        yield Role(worker, f"indexing {args.collection}",
+                   stopping="finishing builds in flight, then exiting")
     finally:
         if compactor is not None:
             compactor.stop()
-    return 0
-
-
-def _compactor(args: argparse.Namespace, settings: Settings,
-               worker: Worker) -> AutoCompactor | None:
-    """Start automatic compaction unless turned off; workers of one collection take turns."""
-    if args.compact_interval <= 0:
-        return None
-    try:
-        policy = CompactionPolicy(args.compact_max_rows or 8 * worker.spec.seal_rows,
-                                  args.compact_max_segments)
-    except ValueError as exc:
-        raise CommandError(str(exc)) from None
-    compactor = AutoCompactor(settings, args.collection, policy, args.compact_interval)
-    compactor.start()
-    return compactor
-

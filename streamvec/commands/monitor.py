@@ -6,19 +6,26 @@ import argparse
 import json
 import logging
 import math
-import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from prometheus_client import REGISTRY
-from redis.exceptions import RedisError
-
-from ingest import audit
-from ingest.errors import IngestError
-from streamvec.errors import CommandError
-from streamvec.health import Health, redis_check, serve
+from streamvec.commands.common import positive_int
 from streamvec.settings import Settings
 
+if TYPE_CHECKING:
+    from streamvec.commands.role import Role
+    from streamvec.health import TurnHook
+
 log = logging.getLogger(__name__)
+
+# The library's defaults, named here so that `streamvec --help` need not load the monitor:
+# MonitorOptions() of monitor/service.py and DEFAULT_ROWS, SOURCES of monitor/reference.py.
+# tests/unit/test_commands.py keeps them equal.
+DEFAULT_OPTIONS = {"drift": 60.0, "canary": 10.0, "recall": 60.0, "window_rows": 1000}
+DEFAULT_REFERENCE_ROWS = 1000
+REFERENCE_SOURCES = ("auto", "segments", "topic")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,15 +35,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     a = sub.add_parser("audit", help="list the audit trail",
                        description="List who created, dropped or re-pinned what, oldest first.")
     a.add_argument("--collection", help="only entries about this collection")
-    a.add_argument("--limit", type=int, default=50, help="latest entries to show (default 50)")
+    a.add_argument("--limit", type=positive_int, default=50,
+                   help="latest entries to show (default 50)")
     a.add_argument("--json", action="store_true", help="print JSON lines")
     a.set_defaults(handler=_audit)
 
 
 def _register_monitor(sub: argparse._SubParsersAction) -> None:
-    from monitor.service import MonitorOptions
-
-    defaults = MonitorOptions()
+    defaults = DEFAULT_OPTIONS
     m = sub.add_parser(
         "monitor", help="watch drift, freshness and recall of collections",
         description="Read each collection's topic in the group sv.NAME.monitor for the drift "
@@ -46,22 +52,20 @@ def _register_monitor(sub: argparse._SubParsersAction) -> None:
                    help="collection to watch (repeatable)")
     m.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus /metrics on this port [env STREAMVEC_METRICS_PORT]")
-    m.add_argument("--drift-every", type=float, default=defaults.drift,
-                   help=f"seconds between drift checks, 0 = off (default {defaults.drift:g})")
-    m.add_argument("--canary-every", type=float, default=defaults.canary,
-                   help=f"seconds between canary cycles, 0 = off (default {defaults.canary:g})")
-    m.add_argument("--recall-every", type=float, default=defaults.recall,
-                   help=f"seconds between recall probes, 0 = off (default {defaults.recall:g})")
-    m.add_argument("--window-rows", type=int, default=defaults.window_rows,
-                   help=f"rows in the current drift window (default {defaults.window_rows})")
+    m.add_argument("--drift-every", type=float, default=defaults["drift"],
+                   help=f"seconds between drift checks, 0 = off (default {defaults['drift']:g})")
+    m.add_argument("--canary-every", type=float, default=defaults["canary"],
+                   help=f"seconds between canary cycles, 0 = off (default {defaults['canary']:g})")
+    m.add_argument("--recall-every", type=float, default=defaults["recall"],
+                   help=f"seconds between recall probes, 0 = off (default {defaults['recall']:g})")
+    m.add_argument("--window-rows", type=positive_int, default=defaults["window_rows"],
+                   help=f"rows in the current drift window (default {defaults['window_rows']})")
     m.add_argument("--max-seconds", type=float, default=None,
                    help="exit after this many seconds (default: run until stopped)")
     m.set_defaults(handler=_monitor)
 
 
 def _register_drift(sub: argparse._SubParsersAction) -> None:
-    from monitor.reference import DEFAULT_ROWS, SOURCES
-
     group = sub.add_parser("drift", help="manage the drift reference",
                            description="Manage the reference window drift is measured against.")
     group.set_defaults(group_parser=group)
@@ -71,51 +75,43 @@ def _register_drift(sub: argparse._SubParsersAction) -> None:
         description="Store the collection's latest N rows (from the registered segments, or "
         "the topic's end) in Redis as the reference every monitor compares against.")
     pin.add_argument("--collection", required=True)
-    pin.add_argument("--rows", type=int, default=DEFAULT_ROWS,
-                     help=f"rows to pin (default {DEFAULT_ROWS})")
-    pin.add_argument("--source", choices=SOURCES, default="auto",
+    pin.add_argument("--rows", type=int, default=DEFAULT_REFERENCE_ROWS,
+                     help=f"rows to pin (default {DEFAULT_REFERENCE_ROWS})")
+    pin.add_argument("--source", choices=REFERENCE_SOURCES, default="auto",
                      help="where to read them (default auto: segments, else the topic)")
     pin.set_defaults(handler=_pin)
 
 
 def _monitor(args: argparse.Namespace, settings: Settings) -> int:
+    from streamvec.commands.role import run_role
+
+    return run_role("monitor", settings, args.metrics_port,
+                    lambda turn_hook: _watching(args, settings, turn_hook),
+                    max_seconds=args.max_seconds)
+
+
+@contextmanager
+def _watching(args: argparse.Namespace, settings: Settings, turn_hook: TurnHook) -> Iterator[Role]:
+    """The monitor of the collections, with the evaluation of running challenges beside it."""
+    from prometheus_client import REGISTRY
+
+    from lifecycle import evaluation
     from monitor.service import MonitorOptions, Service
+    from streamvec.commands.role import Role
 
     options = MonitorOptions(drift=args.drift_every, canary=args.canary_every,
-                          recall=args.recall_every, window_rows=args.window_rows)
-    try:
-        service = Service(settings, args.collection, registry=REGISTRY, options=options)
-    except (IngestError, ValueError) as exc:
-        raise CommandError(str(exc)) from None
-    health = Health("monitor")
-    serve(health, args.metrics_port or settings.metrics_port)
-    # Every periodic task reports its turns: the monitor is ready once each has run once.
-    for m in service.monitors:
-        m.tasks = [(name, every, health.turn(fn, name=name)) for name, every, fn in m.tasks]
-    health.add_check(redis_check(settings))
-    health.ready("watching " + ", ".join(m.spec.name for m in service.monitors))
-
-    def _stop(signum, _frame):
-        log.info("signal %s: stopping the monitor", signal.Signals(signum).name)
-        health.not_ready("stopping")
-        service.stop()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    log.info("monitor watching %s", ", ".join(m.spec.name for m in service.monitors))
-    service.run(max_seconds=args.max_seconds)
-    return 0
+                             recall=args.recall_every, window_rows=args.window_rows)
+    service = Service(settings, args.collection, registry=REGISTRY, options=options,
+                      tasks=[evaluation.monitor_task(settings, REGISTRY)], turn_hook=turn_hook)
+    names = ", ".join(m.spec.name for m in service.monitors)
+    log.info("monitor watching %s", names)
+    yield Role(service, f"watching {names}", stopping="stopping the monitor")
 
 
 def _pin(args: argparse.Namespace, settings: Settings) -> int:
-    from monitor.reference import PinError, pin_latest
+    from monitor.reference import pin_latest
 
-    try:
-        ref = pin_latest(settings, args.collection, rows=args.rows, source=args.source)
-    except (IngestError, PinError) as exc:
-        raise CommandError(str(exc)) from None
-    except RedisError as exc:
-        raise CommandError(f"Redis failed: {exc}") from None
+    ref = pin_latest(settings, args.collection, rows=args.rows, source=args.source)
     rows, dim = ref.vectors.shape
     print(f"drift reference of {args.collection} pinned: {rows} rows of dim {dim} "
           f"from the {ref.source}")
@@ -123,12 +119,9 @@ def _pin(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _audit(args: argparse.Namespace, settings: Settings) -> int:
-    if args.limit < 1:
-        raise CommandError("--limit must be at least 1")
-    try:
-        entries = audit.read(settings.redis_client(), args.limit, collection=args.collection)
-    except RedisError as exc:
-        raise CommandError(f"Redis failed: {exc}") from None
+    from ingest import audit
+
+    entries = audit.read(settings.redis_client(), args.limit, collection=args.collection)
     if args.json:
         for entry in entries:
             print(json.dumps(entry.to_json(), sort_keys=True))

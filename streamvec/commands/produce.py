@@ -8,41 +8,20 @@ import math
 import signal
 import threading
 import time
+from typing import TYPE_CHECKING
 
-import numpy as np
-from confluent_kafka import KafkaException
-from redis.exceptions import RedisError
-
-from ingest.errors import IngestError
-from ingest.producer import Producer
-from streamvec.errors import CommandError
+from streamvec.commands.errors import UsageError
 from streamvec.settings import Settings
+
+if TYPE_CHECKING:
+    from ingest.producer import Producer
+    from streamvec.synthetic import Clusters
 
 log = logging.getLogger(__name__)
 
 REPORT_EVERY_S = 10.0
 # Noise around each centre, scaled by 1/sqrt(dim) so clusters stay apart at any dimension.
 SPREAD = 0.6
-
-
-class SyntheticStream:
-    """Seeded, clustered, unit-norm float32 vectors of one dimension, batch after batch."""
-
-    def __init__(self, dim: int, clusters: int = 16, seed: int = 0) -> None:
-        if dim < 1 or clusters < 1:
-            raise ValueError(f"need dim >= 1 and clusters >= 1, got {dim} and {clusters}")
-        self.dim = dim
-        self._rng = np.random.default_rng(seed)
-        centres = self._rng.standard_normal((clusters, dim))
-        self.centres = centres / np.linalg.norm(centres, axis=1, keepdims=True)
-
-    def batch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """The next `n` vectors (n x dim) and the cluster each was drawn around."""
-        labels = self._rng.integers(0, len(self.centres), size=n)
-        noise = self._rng.standard_normal((n, self.dim)) * (SPREAD / math.sqrt(self.dim))
-        points = self.centres[labels] + noise
-        points /= np.linalg.norm(points, axis=1, keepdims=True)
-        return points.astype(np.float32), labels
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -79,17 +58,15 @@ def _check(args: argparse.Namespace) -> None:
         ("clusters", args.clusters >= 1, ">= 1"),
     ) if not ok]
     if problems:
-        raise CommandError("; ".join(problems))
+        raise UsageError("; ".join(problems))
 
 
 def _synthetic(args: argparse.Namespace, settings: Settings) -> int:
+    from ingest.producer import Producer
+    from streamvec.synthetic import Clusters
+
     _check(args)
-    try:
-        producer = Producer(args.collection, settings=settings)
-    except IngestError as exc:
-        raise CommandError(str(exc)) from None
-    except RedisError as exc:
-        raise CommandError(f"Redis failed: {exc}") from None
+    producer = Producer(args.collection, settings=settings)
     stop = threading.Event()
 
     def _stop(signum, _frame):
@@ -98,28 +75,26 @@ def _synthetic(args: argparse.Namespace, settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    stream = SyntheticStream(producer.spec.dim, args.clusters, args.seed)
+    dim = producer.spec.dim
+    stream = Clusters(dim, args.clusters, args.seed, spread=SPREAD / math.sqrt(dim), unit=True)
     log.info("publishing to %s: dim %d, %s rows/s, %s rows", producer.topic, stream.dim,
              f"{args.rate:g}" if args.rate else "max", args.count or "unlimited")
     started = time.monotonic()
-    try:
-        sent = _publish(producer, stream, args, stop, started)
-        offsets = producer.close()
-    except (IngestError, KafkaException, BufferError) as exc:
-        raise CommandError(f"publishing to {producer.topic} failed: {exc}") from None
+    sent = _publish(producer, stream, args, stop, started)
+    offsets = producer.close()
     elapsed = max(time.monotonic() - started, 1e-9)
     print(f"published {sent} rows to {producer.topic} in {elapsed:.1f}s "
           f"({sent / elapsed:,.0f} rows/s); last offsets {offsets}")
     return 0
 
 
-def _publish(producer: Producer, stream: SyntheticStream, args: argparse.Namespace,
+def _publish(producer: Producer, stream: Clusters, args: argparse.Namespace,
              stop: threading.Event, started: float) -> int:
     """Send batches at the paced rate until the count is reached or `stop` is set."""
     sent, next_report = 0, started + REPORT_EVERY_S
     while not stop.is_set() and (args.count == 0 or sent < args.count):
         n = args.batch if args.count == 0 else min(args.batch, args.count - sent)
-        vectors, labels = stream.batch(n)
+        vectors, labels = stream.draw(n)
         ids = [f"syn-{(sent + i) % args.id_space}" for i in range(n)]
         producer.upsert(ids, vectors, metadata=[{"cluster": int(c)} for c in labels])
         sent += n

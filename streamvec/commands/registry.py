@@ -6,16 +6,15 @@ import argparse
 import json
 import time
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
-from redis.exceptions import RedisError
-
-from indexer import remote
-from indexer.errors import IndexerError
-from indexer.rebuild import RebuildReport, plan_rebuild, rebuild
-from indexer.registry import Registry
 from streamvec.commands.common import collection_arg as _name
-from streamvec.errors import CommandError
+from streamvec.commands.errors import UsageError
 from streamvec.settings import Settings
+
+if TYPE_CHECKING:
+    from indexer.rebuild import RebuildReport
+    from indexer.store import SegmentStore
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,11 +48,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _show(args: argparse.Namespace, settings: Settings) -> int:
+    from indexer.registry import Registry
+
     name = _name(args.collection)
     registry = Registry(settings.redis_client(), name)
-    ckpts, records, version = _call(settings, lambda: (
-        registry.checkpoints(), registry.segments(), registry.version()))
-    epochs = _call(settings, lambda: {p: registry.epoch(p) for p in ckpts})
+    ckpts, records, version = registry.checkpoints(), registry.segments(), registry.version()
+    epochs = {p: registry.epoch(p) for p in ckpts}
     if args.json:
         print(json.dumps({"collection": name, "version": version,
                           "checkpoints": {str(p): c for p, c in sorted(ckpts.items())},
@@ -76,20 +76,25 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
+    from indexer.rebuild import plan_rebuild, rebuild
+    from indexer.registry import Registry
+    from indexer.store import SegmentStore
+
     name = _name(args.collection)
-    root = settings.store
+    store = SegmentStore.from_settings(settings)
+    if args.from_remote and store.remote is None:
+        raise UsageError("--from-remote needs an object store: set STREAMVEC_STORE_URL "
+                         "(and STREAMVEC_STORE_OPTIONS)")
     if args.generation is None:
-        args.generation = _call(settings, lambda: Registry(settings.redis_client(),
-                                                           name).active_generation())
-    objects = _fetch_remote(settings, name, args.generation) if args.from_remote else None
+        args.generation = Registry(settings.redis_client(), name).active_generation()
+    if args.from_remote:
+        _fetch_remote(store, name, args.generation)
     if args.yes:
-        report = _call(settings, lambda: rebuild(settings.redis_client(), root, name,
-                                                 args.generation))
-        for rec in report.records:
-            if objects is not None and rec.segment_id in report.recovered:
-                objects.push_marker(rec.path)  # the rebuild proved it registered: say so remotely
+        # Folders fetched from the object store get their recovered markers there too.
+        report = rebuild(settings.redis_client(), store, name, args.generation,
+                         mirror_markers=args.from_remote)
     else:
-        report = _call(settings, lambda: plan_rebuild(root, name, args.generation))
+        report = plan_rebuild(store, name, args.generation)
     _print_report(report)
     if report.version is None:
         print("dry run: nothing written; add --yes to replace the registry")
@@ -98,19 +103,16 @@ def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _fetch_remote(settings: Settings, name: str, generation: int) -> remote.RemoteStore:
-    """Copy the collection's remote folders (verified) and markers into the local store."""
-    store = _call(settings, lambda: remote.RemoteStore.from_settings(settings))
-    if store is None:
-        raise CommandError("--from-remote needs an object store: set STREAMVEC_STORE_URL "
-                           "(and STREAMVEC_STORE_OPTIONS)")
-    fetched = _call(settings, lambda: remote.fetch_collection(store, settings.store, name,
-                                                              generation))
-    print(f"from {store.url}: {len(fetched.fetched)} folders fetched, {len(fetched.kept)} "
-          f"already here, {fetched.markers} markers copied")
+def _fetch_remote(store: SegmentStore, name: str, generation: int) -> None:
+    """Copy the collection's remote folders (verified) and markers into the local store.
+
+    The caller has checked that the store has a remote.
+    """
+    fetched = store.fetch_collection(name, generation)
+    print(f"from {store.remote.url}: {len(fetched.fetched)} folders fetched, "
+          f"{len(fetched.kept)} already here, {fetched.markers} markers copied")
     for rel, why in fetched.refused.items():
         print(f"refused {rel}: {why}")
-    return store
 
 
 def _print_report(report: RebuildReport) -> None:
@@ -124,14 +126,3 @@ def _print_report(report: RebuildReport) -> None:
         print(f"recovered {seg_id}: registered but unmarked (a later segment depends on it)")
     for seg_id in report.ignored:
         print(f"ignored {seg_id}: never registered")
-
-
-def _call(settings: Settings, fn):
-    """Run `fn`, turning expected failures into one-line command errors."""
-    try:
-        return fn()
-    except IndexerError as exc:
-        raise CommandError(str(exc)) from None
-    except RedisError as exc:
-        raise CommandError(f"Redis at {settings.describe()['redis']} failed: {exc} "
-                           "(is the stack up? try `streamvec dev up`)") from None

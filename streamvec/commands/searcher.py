@@ -6,16 +6,17 @@ import argparse
 import json
 import logging
 import os
-import signal
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from prometheus_client import REGISTRY
-
-from ingest.errors import CollectionNotFound
-from streamvec.errors import CommandError
-from streamvec.health import Health, redis_check, serve
+from streamvec.commands.errors import UsageError
 from streamvec.settings import Settings
+
+if TYPE_CHECKING:
+    from streamvec.commands.role import Role
+    from streamvec.health import TurnHook
 
 log = logging.getLogger(__name__)
 
@@ -57,56 +58,47 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from streamvec.commands.role import run_role
+
+    return run_role("searcher", settings, args.metrics_port,
+                    lambda turn_hook: _serving(args, settings, turn_hook),
+                    max_seconds=args.max_seconds)
+
+
+@contextmanager
+def _serving(args: argparse.Namespace, settings: Settings, turn_hook: TurnHook) -> Iterator[Role]:
+    """The query server of one replica, over an engine with its segments loaded and tail running."""
     import faiss
+    from prometheus_client import REGISTRY
 
     from searcher.engine import Engine
     from searcher.metrics import SearcherMetrics
     from searcher.server import Server
+    from streamvec.commands.role import Role
 
     faiss.omp_set_num_threads(max(1, args.threads))
-    health = Health("searcher")
-    serve(health, args.metrics_port or settings.metrics_port)
     metrics = SearcherMetrics(REGISTRY, args.collection)
-    try:
-        engine = Engine(settings, args.collection, metrics=metrics)
-    except CollectionNotFound as exc:
-        raise CommandError(str(exc)) from None
+    engine = Engine(settings, args.collection, metrics=metrics)
     replica = args.replica or f"{socket.gethostname()}-{os.getpid()}"
     server = Server(settings, args.collection, engine, consumer=replica, metrics=metrics,
-                    batch_max=args.batch_max)
-    server.step = health.turn(server.step, name="serve")
-    health.add_check(redis_check(settings))
-
-    def _stop(signum, _frame):
-        log.info("signal %s: stopping", signal.Signals(signum).name)
-        health.not_ready("stopping")
-        server.stop()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    engine.start()
-    health.ready(f"serving {args.collection}")  # segments loaded, the tail running
+                    batch_max=args.batch_max, turn_hook=turn_hook)
+    engine.start()  # segments loaded, the tail running
+    log.info("searcher replica=%s collection=%s serving", replica, args.collection)
     try:
-        log.info("searcher replica=%s collection=%s serving", replica, args.collection)
-        server.run(max_seconds=args.max_seconds)
+        yield Role(server, f"serving {args.collection}")
     finally:
         engine.stop()
-    return 0
 
 
 def _query(args: argparse.Namespace, settings: Settings) -> int:
-    from searcher.client import Client, SearchError, SearchTimeout
+    from searcher.client import Client
 
     vectors = _query_vectors(args)
     consistency = _consistency(args.consistency)
     query_filter = _json_arg(args.filter, "--filter") if args.filter else None
     client = Client(settings=settings)
-    try:
-        result = client.search(args.collection, vectors, k=args.k, filter=query_filter,
-                               consistency=consistency, timeout=args.timeout,
-                               with_metadata=True)
-    except (SearchError, SearchTimeout) as exc:
-        raise CommandError(str(exc)) from None
+    result = client.search(args.collection, vectors, k=args.k, filter=query_filter,
+                           consistency=consistency, timeout=args.timeout, with_metadata=True)
     if args.json:
         out = [[{"id": i, "score": s, "metadata": m} for i, s, m in result.rows(q)]
                for q in range(len(result))]
@@ -119,21 +111,20 @@ def _query(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _query_vectors(args: argparse.Namespace) -> np.ndarray:
+def _query_vectors(args: argparse.Namespace) -> Any:
+    """The query's float32 vectors: read from --vectors, or the embedded TEXT."""
+    import numpy as np
+
     if args.vectors:
         try:
             return np.load(args.vectors, allow_pickle=False).astype(np.float32)
-        except (OSError, ValueError) as exc:
-            raise CommandError(f"cannot read {args.vectors}: {exc}") from None
+        except (OSError, ValueError) as exc:  # the file is the user's: say which and why
+            raise UsageError(f"cannot read {args.vectors}: {exc}") from None
     if not args.text:
-        raise CommandError("give query TEXT or --vectors FILE.npy")
+        raise UsageError("give query TEXT or --vectors FILE.npy")
     from streamvec import embed
 
-    try:
-        encoder = embed.SentenceEncoder.load()
-    except embed.EmbedderUnavailable as exc:
-        raise CommandError(str(exc)) from None
-    return encoder.encode([" ".join(args.text)])
+    return embed.SentenceEncoder.load().encode([" ".join(args.text)])
 
 
 def _consistency(text: str):
@@ -145,16 +136,16 @@ def _consistency(text: str):
     if level == "session" and value:
         offsets = _json_arg(value, "--consistency session")
         return {"session": {int(p): int(o) for p, o in offsets.items()}}
-    raise CommandError(f"--consistency {text!r}: use eventual, strong, bounded:<ms> or "
-                       'session:{"<partition>": <offset>, ...}')
+    raise UsageError(f"--consistency {text!r}: use eventual, strong, bounded:<ms> or "
+                     'session:{"<partition>": <offset>, ...}')
 
 
 def _json_arg(text: str, flag: str) -> dict:
     try:
         value = json.loads(text)
-    except ValueError as exc:
-        raise CommandError(f"{flag} is not valid JSON: {exc}") from None
+    except ValueError as exc:  # the text is the user's: say which flag and why
+        raise UsageError(f"{flag} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise CommandError(f"{flag} must be a JSON object")
+        raise UsageError(f"{flag} must be a JSON object")
     return value
 

@@ -7,10 +7,13 @@ import json
 import time
 from collections.abc import Callable
 
-from lifecycle import gc, snapshots
-from streamvec.commands.common import call as _call
 from streamvec.commands.common import collection_arg as _name
 from streamvec.settings import Settings
+
+# lifecycle.gc's DEFAULT_GRACE_S and DEFAULT_KEEP_GENERATIONS, named here so that `streamvec
+# --help` need not load the lifecycle package; tests/unit/test_commands.py keeps them equal.
+DEFAULT_GRACE_S = 600.0
+DEFAULT_KEEP_GENERATIONS = 3
 
 _VIEW_NOTE = ("The restored collection references the original's segment folders (nothing is "
               "copied): it is a read-only view of the data as of the snapshot. Search it; do not "
@@ -68,13 +71,13 @@ def _register_gc(sub: argparse._SubParsersAction) -> None:
                     "and the last --keep-generations generations of each collection (in the "
                     "active generation only referenced folders stay).")
     g.add_argument("--collection", help="only this collection's folders (default: all)")
-    g.add_argument("--grace", type=_non_negative(float), default=gc.DEFAULT_GRACE_S,
+    g.add_argument("--grace", type=_non_negative(float), default=DEFAULT_GRACE_S,
                    metavar="S", help=f"keep folders younger than this many seconds "
-                                     f"(default {gc.DEFAULT_GRACE_S:g})")
+                                     f"(default {DEFAULT_GRACE_S:g})")
     g.add_argument("--keep-generations", type=_non_negative(int),
-                   default=gc.DEFAULT_KEEP_GENERATIONS, metavar="N",
+                   default=DEFAULT_KEEP_GENERATIONS, metavar="N",
                    help=f"generations kept for rollback (default "
-                        f"{gc.DEFAULT_KEEP_GENERATIONS})")
+                        f"{DEFAULT_KEEP_GENERATIONS})")
     g.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -82,7 +85,9 @@ def _register_gc(sub: argparse._SubParsersAction) -> None:
 
 
 def _create(args: argparse.Namespace, settings: Settings) -> int:
-    pit = _call(lambda: snapshots.create(settings, _name(args.name), args.label))
+    from lifecycle import snapshots
+
+    pit = snapshots.create(settings, _name(args.name), args.label)
     if args.json:
         print(json.dumps(pit.summary(), indent=2))
         return 0
@@ -92,7 +97,9 @@ def _create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _list(args: argparse.Namespace, settings: Settings) -> int:
-    found = _call(lambda: snapshots.list_snapshots(settings, _name(args.name)))
+    from lifecycle import snapshots
+
+    found = snapshots.list_snapshots(settings, _name(args.name))
     if args.json:
         print(json.dumps([p.summary() for p in found], indent=2))
         return 0
@@ -108,8 +115,9 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _restore(args: argparse.Namespace, settings: Settings) -> int:
-    done = _call(lambda: snapshots.restore(settings, _name(args.name), _name(args.as_name),
-                                             args.snapshot))
+    from lifecycle import snapshots
+
+    done = snapshots.restore(settings, _name(args.name), _name(args.as_name), args.snapshot)
     if args.json:
         print(json.dumps(done.to_json(), indent=2))
         return 0
@@ -120,17 +128,21 @@ def _restore(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _delete(args: argparse.Namespace, settings: Settings) -> int:
-    pit = _call(lambda: snapshots.delete(settings, _name(args.name), args.snapshot))
+    from lifecycle import snapshots
+
+    pit = snapshots.delete(settings, _name(args.name), args.snapshot)
     print(f"snapshot {pit.snapshot_id} of {pit.collection} deleted; run `streamvec gc` to "
           "free folders only it referenced")
     return 0
 
 
 def _gc(args: argparse.Namespace, settings: Settings) -> int:
+    from lifecycle import gc
+
     name = None if args.collection is None else _name(args.collection)
-    report = _call(lambda: gc.collect(settings, name, grace_s=args.grace,
-                                      keep_generations=args.keep_generations,
-                                      dry_run=args.dry_run, progress=not args.no_progress))
+    report = gc.collect(settings, name, grace_s=args.grace,
+                        keep_generations=args.keep_generations, dry_run=args.dry_run,
+                        progress=not args.no_progress)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
         return 0

@@ -14,7 +14,7 @@ from streamvec.devstack.kafka import KafkaServer
 from streamvec.devstack.ports import port_in_use
 from streamvec.devstack.process import ServerProcess
 from streamvec.devstack.redis import RedisServer
-from streamvec.errors import CommandError
+from streamvec.errors import DevStackError
 from streamvec.settings import (
     LOCAL_KAFKA_CONTROLLER_PORT,
     LOCAL_KAFKA_PORT,
@@ -82,7 +82,7 @@ def _locked(settings: Settings) -> Iterator[None]:
 def _check_ports_free(server: ServerProcess, ports: tuple[int, ...]) -> None:
     for port in ports:
         if port_in_use(port):
-            raise CommandError(
+            raise DevStackError(
                 f"port {port} for the local {server.name} is taken by another process; stop it, "
                 "or skip `streamvec dev up` and point STREAMVEC_KAFKA / STREAMVEC_REDIS at "
                 "your own servers"

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamvec.errors import CommandError
+from streamvec.errors import DevStackError
 from streamvec.settings import Settings
 
 DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "local"
@@ -49,12 +49,12 @@ S3PROXY = JarSet("s3proxy", "S3Proxy", DEPLOY_DIR / "s3proxy" / "pom.xml", "s3pr
 def pinned_version(pom: Path, prop: str) -> str:
     """Return the `<prop>` property of `pom`."""
     if not pom.is_file():
-        raise CommandError(f"{pom} not found: `streamvec dev` runs from a source checkout")
+        raise DevStackError(f"{pom} not found: `streamvec dev` runs from a source checkout")
     root = ET.parse(pom).getroot()  # noqa: S314 - our own file, not untrusted input
     found = root.find(f"{_POM_NS}properties/{_POM_NS}{prop}")
     version = (found.text or "").strip() if found is not None else ""
     if not version:
-        raise CommandError(f"{pom} has no <{prop}> property")
+        raise DevStackError(f"{pom} has no <{prop}> property")
     return version
 
 
@@ -68,19 +68,19 @@ def java_executable() -> str:
     home = os.environ.get("JAVA_HOME")
     java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
     if not java or not Path(java).exists():
-        raise CommandError(
+        raise DevStackError(
             f"java not found: the local servers need Java {MIN_JAVA} or newer "
             "(Debian: apt-get install -y openjdk-17-jre-headless)"
         )
     proc = subprocess.run([java, "-version"], capture_output=True, text=True, check=False)  # noqa: S603
     match = re.search(r'version "(\d+)(?:\.(\d+))?', proc.stderr + proc.stdout)
     if not match:
-        raise CommandError(f"cannot tell the version of {java}: {proc.stderr.strip()!r}")
+        raise DevStackError(f"cannot tell the version of {java}: {proc.stderr.strip()!r}")
     major = int(match.group(1))
     if major == 1:  # "1.8.0_392" is Java 8
         major = int(match.group(2) or 0)
     if major < MIN_JAVA:
-        raise CommandError(f"{java} is Java {major}; the local servers need Java {MIN_JAVA}+")
+        raise DevStackError(f"{java} is Java {major}; the local servers need Java {MIN_JAVA}+")
     return java
 
 
@@ -109,7 +109,7 @@ def ensure_jars(cache_dir: Path, echo: Callable[[str], None] | None = None,
     java_executable()
     mvn = shutil.which("mvn")
     if not mvn:
-        raise CommandError(
+        raise DevStackError(
             f"mvn not found: the {jars.title} jars are fetched with Maven "
             "(Debian: apt-get install -y maven)"
         )
@@ -144,7 +144,7 @@ def _fetch(mvn: str, jars: JarSet, libs: Path, echo: Callable[[str], None]) -> N
     if downloads < 0:
         tail = "\n".join(fetch_log.read_text(errors="replace").splitlines()[-25:])
         shutil.rmtree(staging, ignore_errors=True)
-        raise CommandError(
+        raise DevStackError(
             f"Maven could not fetch the {jars.title} jars (full log: {fetch_log}):\n{tail}")
     shutil.rmtree(libs, ignore_errors=True)
     os.replace(staging, libs)

@@ -12,7 +12,7 @@ from typing import Any
 from streamvec.devstack.jars import DEPLOY_DIR, KAFKA, default_libs, ensure_jars, java_executable
 from streamvec.devstack.ports import LOOPBACK
 from streamvec.devstack.process import ServerProcess, write_properties
-from streamvec.errors import CommandError
+from streamvec.errors import DevStackError
 
 __all__ = ["KafkaServer", "cluster_id", "ensure_jars"]
 
@@ -129,7 +129,7 @@ class KafkaServer(ServerProcess):
         )
         proc = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
         if proc.returncode != 0:
-            raise CommandError(
+            raise DevStackError(
                 f"formatting Kafka storage in {self.log_dirs} failed:\n"
                 f"{(proc.stdout + proc.stderr).strip()[-3000:]}"
             )

@@ -10,7 +10,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from streamvec.errors import CommandError
+from streamvec import files
+from streamvec.errors import DevStackError
 
 _PR_SET_PDEATHSIG = 1
 POLL_INTERVAL_S = 0.2
@@ -42,9 +43,8 @@ def pid_alive(pid: int) -> bool:
 def write_properties(path: Path, properties: dict[str, str]) -> None:
     """Write a server's `key=value` configuration file in one rename."""
     text = "".join(f"{k}={v}\n" for k, v in properties.items())
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("# Written by streamvec on every start; edits are lost.\n" + text)
-    os.replace(tmp, path)
+    files.write_atomic(path, "# Written by streamvec on every start; edits are lost.\n" + text,
+                       durable=False)
 
 
 def cmdline(pid: int) -> str | None:
@@ -88,7 +88,7 @@ class ServerProcess:
         raise NotImplementedError
 
     def wait_healthy(self, timeout: float) -> None:
-        """Block until the server is healthy; raise CommandError with the log tail if not."""
+        """Block until the server is healthy; raise DevStackError with the log tail if not."""
         raise NotImplementedError
 
     @property
@@ -122,9 +122,7 @@ class ServerProcess:
                 start_new_session=True,
                 preexec_fn=_die_with_parent if die_with_parent else None,
             )
-        tmp = self.pid_file.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(f"{self._popen.pid}\n")
-        os.replace(tmp, self.pid_file)
+        files.write_atomic(self.pid_file, f"{self._popen.pid}\n", durable=False)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the server: SIGTERM, then SIGKILL once `timeout` seconds have passed."""
@@ -172,11 +170,11 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while True:
             if not self.running():
-                raise CommandError(self._failure(f"{self.name} exited before {what}"))
+                raise DevStackError(self._failure(f"{self.name} exited before {what}"))
             if check():
                 return
             if time.monotonic() >= deadline:
-                raise CommandError(self._failure(f"{self.name} not {what} after {timeout:.0f} s"))
+                raise DevStackError(self._failure(f"{self.name} not {what} after {timeout:.0f} s"))
             time.sleep(POLL_INTERVAL_S)
 
     def _failure(self, headline: str) -> str:

@@ -14,7 +14,7 @@ from redis.retry import Retry
 
 from streamvec.devstack.ports import LOOPBACK
 from streamvec.devstack.process import ServerProcess
-from streamvec.errors import CommandError
+from streamvec.errors import DevStackError
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def redis_server_executable(install: bool = True) -> str:
     if found:
         return found
     if not install or os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise CommandError(
+        raise DevStackError(
             "redis-server not found: install it (Debian: sudo apt-get install -y redis-server) "
             "or point STREAMVEC_REDIS at an existing Redis"
         )
@@ -39,10 +39,10 @@ def redis_server_executable(install: bool = True) -> str:
         )
         if proc.returncode != 0:
             output = (proc.stdout + proc.stderr).strip()[-2000:]
-            raise CommandError(f"`{' '.join(argv)}` failed:\n{output}")
+            raise DevStackError(f"`{' '.join(argv)}` failed:\n{output}")
     found = shutil.which("redis-server")
     if not found:
-        raise CommandError(f"{APT_PACKAGE} was installed but redis-server is still not on PATH")
+        raise DevStackError(f"{APT_PACKAGE} was installed but redis-server is still not on PATH")
     return found
 
 

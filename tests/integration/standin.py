@@ -16,8 +16,9 @@ from stack import Running
 from ingest import catalog
 from ingest.spec import CollectionSpec
 from searcher import Client, protocol
+from searcher.errors import QueryError
 from searcher.metrics import SearcherMetrics
-from searcher.query import Consistency, QueryAnswer, QueryError, QueryRequest
+from searcher.query import Consistency, QueryAnswer, QueryRequest
 from searcher.server import GROUP, Server
 from streamvec.devstack.ports import LOOPBACK
 from streamvec.devstack.redis import RedisServer

@@ -8,6 +8,7 @@ from confluent_kafka.admin import AdminClient
 from ingest import admin, catalog
 from ingest.errors import CollectionExists, CollectionNotFound, IngestError
 from ingest.spec import CollectionSpec
+from lifecycle import collections
 from streamvec.commands import main
 
 pytestmark = pytest.mark.integration
@@ -53,7 +54,7 @@ def test_drop_removes_topics_keys_and_snapshots(settings, collection_name):
     (folder / "seg").write_text("x")
     client = settings.redis_client()
     client.set(f"sv:{{{collection_name}}}:checkpoint", "1")
-    admin.drop_collection(settings, collection_name)
+    collections.drop_collection(settings, collection_name)
     assert not folder.exists()
     assert list(client.scan_iter(match=f"sv:{{{collection_name}}}:*")) == []
     assert collection_name not in catalog.list_names(client)
@@ -81,7 +82,7 @@ def test_cli_round_trip(settings, collection_name, capsys):
     assert cli(settings, "collection", "drop", collection_name) == 2
     assert "add --yes" in capsys.readouterr().err
     assert cli(settings, "collection", "drop", collection_name, "--yes") == 0
-    assert cli(settings, "collection", "describe", collection_name) == 2
+    assert cli(settings, "collection", "describe", collection_name) == 3  # not found
     assert "does not exist" in capsys.readouterr().err
 
 

@@ -12,12 +12,12 @@ import pytest
 from polling import wait_until
 from stack import exact_top_k, serving
 
-from ingest import admin, audit
+from ingest import audit
 from ingest.errors import CollectionNotFound
 from ingest.producer import Producer
 from ingest.spec import CollectionSpec
-from lifecycle import aliases
-from lifecycle.aliases import AliasError, AliasNotFound
+from lifecycle import aliases, collections
+from lifecycle.errors import AliasError, AliasNotFound
 from searcher.client import Client
 from streamvec.commands import main
 
@@ -38,7 +38,7 @@ def as_actor(settings, actor: str):
 
 
 def create(settings, name: str) -> None:
-    admin.create_collection(settings, CollectionSpec(name, dim=DIM, partitions=1))
+    collections.create_collection(settings, CollectionSpec(name, dim=DIM, partitions=1))
 
 
 def test_set_history_rollback_and_delete_are_atomic_switches_in_the_audit(
@@ -104,7 +104,7 @@ def test_a_collection_cannot_be_created_under_an_alias_name(settings, collection
                                          "that name exists"):
         create(settings, alias)
     capsys.readouterr()
-    assert main(cli(settings, "collection", "create", alias, "--dim", "4")) == 2
+    assert main(cli(settings, "collection", "create", alias, "--dim", "4")) == 4  # a conflict
     assert capsys.readouterr().err == (
         f"streamvec: error: cannot create collection '{alias}': an alias of that name exists "
         f"(delete it first with `streamvec alias delete {alias}`)\n")
@@ -137,12 +137,12 @@ def test_the_alias_commands(settings, collection_name, redis_client, capsys):
         (v4, v3, "rollback", "ops"), (v3, v4, "set", "ops"), (None, v3, "set", "ops")]
     table = run("alias", "history", alias, "--limit", "1").splitlines()
     assert table[1].split()[2:] == ["ops", "rollback", v4, v3]
-    assert run("alias", "set", alias, "nope@v1", code=2) == (
+    assert run("alias", "set", alias, "nope@v1", code=3) == (
         "streamvec: error: collection 'nope@v1' does not exist (create it first)\n")
-    assert run("alias", "history", "no-such-alias", code=2) == (
+    assert run("alias", "history", "no-such-alias", code=3) == (
         "streamvec: error: alias 'no-such-alias' does not exist\n")
     assert run("alias", "delete", alias) == f"alias {alias} deleted (it pointed at {v3})\n"
-    assert run("rollback", alias, code=2) == f"streamvec: error: alias '{alias}' does not exist\n"
+    assert run("rollback", alias, code=3) == f"streamvec: error: alias '{alias}' does not exist\n"
     assert [(e.action, e.actor) for e in audit.read(redis_client, 10, collection=alias)] == [
         ("alias.set", "ops"), ("alias.set", "ops"), ("alias.rollback", "ops"),
         ("alias.delete", "ops")]

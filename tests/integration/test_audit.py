@@ -12,6 +12,7 @@ from workers import wait_fully_indexed
 from ingest import admin, audit
 from ingest.producer import Producer
 from ingest.spec import CollectionSpec
+from lifecycle import collections
 from monitor import reference
 from streamvec.commands import main
 
@@ -67,7 +68,7 @@ def test_create_pin_and_drop_are_audited_with_their_actor(settings, collection_n
 
     pin_from_segments(settings.model_copy(update={"actor": "carol"}), spec, latest)
 
-    admin.drop_collection(settings.model_copy(update={"actor": "dave"}), spec.name)
+    collections.drop_collection(settings.model_copy(update={"actor": "dave"}), spec.name)
     assert reference.load(redis_client, spec.name) is None
 
     entries = audit.read(redis_client, 10, collection=spec.name)
@@ -85,7 +86,7 @@ def test_create_pin_and_drop_are_audited_with_their_actor(settings, collection_n
 def test_audit_command_lists_a_collections_latest_entries(settings, collection_name, capsys):
     spec = CollectionSpec(collection_name, dim=DIM, partitions=1)
     admin.create_collection(settings.model_copy(update={"actor": "alice"}), spec)
-    admin.drop_collection(settings.model_copy(update={"actor": "dave"}), spec.name)
+    collections.drop_collection(settings.model_copy(update={"actor": "dave"}), spec.name)
     admin.create_collection(settings.model_copy(update={"actor": "erin"}), spec)
     capsys.readouterr()
     assert main(cli(settings, "audit", "--collection", spec.name, "--limit", "2",

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from stack import IndexerThread, SearcherThread, exact_top_k
 from workers import wait_fully_indexed
 
+from indexer.store import SegmentStore
 from ingest import admin, audit
 from ingest.names import CollectionName
 from ingest.producer import Producer
@@ -21,6 +22,7 @@ from ingest.spec import CollectionSpec
 from lifecycle import aliases, challenges
 from lifecycle.evaluation import ChallengeWatch
 from monitor.metrics import ChallengeMetrics
+from searcher import routing
 from searcher.client import SHADOW_MARGIN_S, Client
 from searcher.shadow import decode_record
 from streamvec.commands import main
@@ -84,7 +86,7 @@ def overlap(a: list[list[str]], b: list[list[str]]) -> float:
 
 
 def log_records(redis_client, alias: str) -> list:
-    return [decode_record(f) for _, f in redis_client.xrange(challenges.log_key(alias))]
+    return [decode_record(f) for _, f in redis_client.xrange(routing.log_key(alias))]
 
 
 def report(settings, capsys, alias: str) -> dict:
@@ -136,7 +138,8 @@ def test_a_full_share_shadows_every_search_to_a_model_of_another_dimension(
                     "recall": {"champion": 1.0, "challenger": recall4}}
 
         registry = CollectorRegistry()
-        watch = ChallengeWatch(redis_client, settings.store, ChallengeMetrics(registry))
+        watch = ChallengeWatch(redis_client, SegmentStore(settings.store),
+                               ChallengeMetrics(registry))
         assert watch.run_once() == QUERIES
         assert watch.run_once() == 0  # each record counts once
         labels = {"alias": alias}
@@ -179,10 +182,10 @@ def test_a_full_share_shadows_every_search_to_a_model_of_another_dimension(
         (v4, v3, "rollback"), (v3, v4, "promote"), (None, v3, "set")]
 
 
-def run_error(settings, capsys, *args: str) -> str:
-    """Run a command that must fail; its one-line error."""
+def run_error(settings, capsys, *args: str, code: int = 2) -> str:
+    """Run a command that must fail with exit status `code`; its one-line error."""
     capsys.readouterr()
-    assert main(cli(settings, *args)) == 2
+    assert main(cli(settings, *args)) == code
     err = capsys.readouterr().err
     assert err.startswith("streamvec: error: ") and err.endswith("\n"), err
     return err[len("streamvec: error: "):-1]
@@ -193,14 +196,14 @@ def test_a_zero_share_sends_no_shadow(settings, collection_name, redis_client, c
     data3, _ = embeddings(9, 300)
     with collection(settings, v3, DIM3, data3), collection(settings, v4, DIM4, None):
         aliases.set_alias(redis_client, alias, v3, "alice")
-        assert run_error(settings, capsys, "challenge", "report", alias) == (
+        assert run_error(settings, capsys, "challenge", "report", alias, code=3) == (
             f"alias '{alias}' has no challenge, active or ended")
         assert run_error(settings, capsys, "challenge", alias, "--challenger", v3) == (
             f"'{v3}' is already the champion of alias '{alias}'")
         assert run_error(settings, capsys, "challenge", alias, "--challenger", v4,
                          "--share", "1.5") == "share must be a fraction in [0, 1], got 1.5"
-        assert run_error(settings, capsys, "challenge", "nope", "--challenger", v4) == (
-            "alias 'nope' does not exist")
+        assert run_error(settings, capsys, "challenge", "nope", "--challenger", v4,
+                         code=3) == "alias 'nope' does not exist"
         assert run_error(settings, capsys, "promote", alias) == (
             f"alias '{alias}' has no active challenge to promote")
         config = challenges.start(redis_client, alias, v4, 0.0, "bob")
@@ -214,7 +217,7 @@ def test_a_zero_share_sends_no_shadow(settings, collection_name, redis_client, c
             for q in data3[:20]:
                 assert client.search(alias, q, k=3).collection == v3
             assert client._shadow is None  # not even a shadow thread was started
-        assert not redis_client.exists(challenges.log_key(alias))
+        assert not redis_client.exists(routing.log_key(alias))
         assert not redis_client.exists(f"sv:{{{v4}}}:q")  # the challenger was never asked
         out = report(settings, capsys, alias)
         assert (out["searches"], out["queries"], out["errors"]) == (0, 0, 0)

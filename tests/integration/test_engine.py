@@ -6,12 +6,14 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from oracle import exact_scores
 from polling import wait_until
 from prometheus_client import CollectorRegistry
 from stack import IndexerThread
 from workers import Workload, log_ends, wait_fully_indexed
 
 from indexer.registry import Registry
+from indexer.store import SegmentStore
 from ingest import admin
 from ingest.producer import Producer
 from ingest.spec import CollectionSpec
@@ -82,7 +84,7 @@ def expected_answer(live: dict[str, np.ndarray], queries: np.ndarray, k: int,
     ids = sorted(live)
     if not ids:
         return [[] for _ in queries]
-    scores = search.exact_scores(np.stack([live[i] for i in ids]), queries, metric)
+    scores = exact_scores(np.stack([live[i] for i in ids]), queries, metric)
     order = np.argsort(search.cost(scores, metric), axis=1, kind="stable")[:, :k]
     return [[(ids[j], float(scores[q, j])) for j in row] for q, row in enumerate(order)]
 
@@ -253,7 +255,7 @@ def test_the_watcher_heals_missed_events_by_reconciling(settings, collection_nam
     registry = Registry(settings.redis_client(), spec.name)
     sink = RecordingSink()
     # Never subscribed: every event is missed, only the periodic reconcile sees segments.
-    watcher = SegmentWatcher(registry, settings.store, sink, reconcile_s=0.2)
+    watcher = SegmentWatcher(registry, SegmentStore(settings.store), sink, reconcile_s=0.2)
     watcher.start()
     running.append(watcher)
     indexer = IndexerThread(settings, spec.name)

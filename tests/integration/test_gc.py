@@ -12,15 +12,16 @@ import pytest
 from stack import SearcherThread, exact_top_k, serving
 from workers import Workload, wait_fully_indexed
 
-from indexer import publish, segfolder
-from indexer.errors import LifecycleBusy
+from indexer import publish
 from indexer.registry import GenerationInfo, Registry, SegmentRecord
-from indexer.segment import SealedRows
+from indexer.segment import SealedRows, parse_segment_id
+from indexer.store import SegmentStore
 from ingest import admin, audit
 from ingest.errors import CollectionExists, CollectionNotFound
 from ingest.producer import Producer
 from ingest.spec import CollectionSpec
-from lifecycle import gc, snapshots
+from lifecycle import collections, gc, snapshots
+from lifecycle.errors import LifecycleBusy
 from lifecycle.lock import LifecycleLock
 from searcher.client import Client
 from streamvec.commands import main
@@ -45,7 +46,7 @@ def write(root: Path, name: str, gen: int, start: int, end: int) -> SegmentRecor
         np.random.default_rng(start).standard_normal((rows, DIM)).astype(np.float32),
         np.arange(start, end, dtype=np.int64), np.zeros(rows, dtype=np.int64),
         [b""] * rows, np.array([], dtype="S1"))
-    return publish.write(root, name, gen, sealed, metric="l2", index="Flat").record
+    return publish.write(SegmentStore(root), name, gen, sealed, metric="l2", index="Flat").record
 
 
 def age(path: Path) -> None:
@@ -69,11 +70,11 @@ def test_gc_removes_only_what_nothing_protects(settings, collection_name, redis_
     a, b = write(root, name, 0, 0, 10), write(root, name, 0, 10, 20)
     for rec in (a, b):
         assert registry.register(rec, epoch).ok
-        segfolder.mark_registered(root / rec.path)
+        SegmentStore(root).mark_registered(rec.path)
     snapshots.create(settings, name, label="s1")
     merged = write(root, name, 0, 0, 20)
     registry.swap([a, b], [merged], kind="compacted")  # a and b now live only in s1
-    segfolder.mark_registered(root / merged.path)
+    SegmentStore(root).mark_registered(merged.path)
     stale, young = write(root, name, 0, 0, 5), write(root, name, 0, 5, 10)
     pending = write(root, name, 0, 20, 30)
     for gen in (1, 2, 3, 4):
@@ -98,7 +99,7 @@ def test_gc_removes_only_what_nothing_protects(settings, collection_name, redis_
     assert all((root / p).exists() for p in gone)
     counts = {"referenced": 3, "young": 2, "pending": 1, "generation": 1, "unknown": 1}
     assert dict(dry.kept) == counts
-    assert audit.read(redis_client, 1, collection=name)[0].action == "segfolder.create"
+    assert audit.read(redis_client, 1, collection=name)[0].action == "snapshot.create"
 
     report = gc.collect(settings.model_copy(update={"actor": "gina"}), name)
     assert set(report.removed) == gone and report.bytes_freed == freed
@@ -148,7 +149,7 @@ def test_drop_keeps_what_a_restored_collection_references(settings, collection_n
     later = {r.path for r in Registry(settings.redis_client(), spec.name).segments()} - kept
     assert kept and later
 
-    admin.drop_collection(settings.model_copy(update={"actor": "dave"}), spec.name)
+    collections.drop_collection(settings.model_copy(update={"actor": "dave"}), spec.name)
     left = {_rel(root, p) for p in (root / spec.name).rglob("*")}
     folders = {p for p in left if is_segment_folder(p) and not p.endswith(".registered")}
     assert folders == kept
@@ -170,8 +171,8 @@ def test_drop_keeps_what_a_restored_collection_references(settings, collection_n
                                                 spec.collection.dlq_topic]})]
     # A new collection of the dropped name would take the kept folders for its own offsets.
     with pytest.raises(CollectionExists, match=f"still holds {len(kept)} segment folder"):
-        admin.create_collection(settings, spec)
-    assert admin.create_collection(settings, spec, adopt_store=True)
+        collections.create_collection(settings, spec)
+    assert collections.create_collection(settings, spec, adopt_store=True)
 
 
 def test_dropped_folders_go_and_busy_collections_are_skipped(settings, collection_name,
@@ -179,7 +180,7 @@ def test_dropped_folders_go_and_busy_collections_are_skipped(settings, collectio
     root = settings.store
     gone = f"{collection_name}-gone"
     old = write(root, gone, 0, 0, 10)
-    segfolder.mark_registered(root / old.path)
+    SegmentStore(root).mark_registered(old.path)
     age(root / old.path)
     admin.create_collection(settings, CollectionSpec(collection_name, dim=DIM, partitions=1))
     busy = write(root, collection_name, 1, 0, 10)  # a generation nothing records
@@ -188,7 +189,7 @@ def test_dropped_folders_go_and_busy_collections_are_skipped(settings, collectio
     with LifecycleLock(redis_client, collection_name, "compact"):
         with pytest.raises(LifecycleBusy, match="held by a running compact"):
             gc.collect(settings, collection_name)
-        assert cli(settings, "gc", "--collection", collection_name) == 2
+        assert cli(settings, "gc", "--collection", collection_name) == 4  # the lock is held
         assert "held by a running compact" in capsys.readouterr().err
         assert cli(settings, "gc", "--dry-run", "--json", "--no-progress") == 0
         dry = json.loads(capsys.readouterr().out)
@@ -206,7 +207,7 @@ def test_dropped_folders_go_and_busy_collections_are_skipped(settings, collectio
     assert out.startswith("removed 1 entries") and not (root / busy.path).exists()
     with pytest.raises(CollectionNotFound, match="has no folder in the snapshot store"):
         gc.collect(settings, f"{collection_name}-nope")
-    assert cli(settings, "gc", "--collection", f"{collection_name}-nope") == 2
+    assert cli(settings, "gc", "--collection", f"{collection_name}-nope") == 3  # not found
     assert f"collection '{collection_name}-nope' does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli(settings, "gc", "--grace", "-1")
@@ -219,7 +220,7 @@ def test_dropped_folders_go_and_busy_collections_are_skipped(settings, collectio
 def is_segment_folder(rel: str) -> bool:
     """Whether a store-relative path ends in a segment id (a folder, not its marker)."""
     try:
-        segfolder.parse_segment_id(rel.rsplit("/", 1)[-1])
+        parse_segment_id(rel.rsplit("/", 1)[-1])
     except ValueError:
         return False
     return True

@@ -7,14 +7,15 @@ import pytest
 from stack import IndexerThread
 from workers import Workload, assert_state_matches, wait_fully_indexed
 
-from indexer.errors import LifecycleBusy
 from indexer.rebuild import plan_rebuild
 from indexer.registry import Registry
 from indexer.segfolder import load_segment
+from indexer.store import SegmentStore
 from ingest import admin, audit
 from ingest.producer import Producer
 from ingest.spec import CollectionSpec
 from lifecycle import compaction, generations
+from lifecycle.errors import LifecycleBusy
 from lifecycle.lock import LifecycleLock
 
 DIM = 8
@@ -74,7 +75,7 @@ def test_compaction_reaches_the_policy_target_and_keeps_the_state(settings, inde
             seg = load_segment(settings.store / rec.path)
             assert len(set(seg.ids.tolist())) == seg.manifest.rows
     # The store alone still yields the same coverage: merged inputs are superseded, not gaps.
-    plan = plan_rebuild(settings.store, spec.name, registry.active_generation())
+    plan = plan_rebuild(SegmentStore(settings.store), spec.name, registry.active_generation())
     assert plan.checkpoints == checkpoints
     assert {r.segment_id for r in plan.records} == {r.segment_id for r in registry.segments()}
     entry = audit.read(settings.redis_client(), 1, collection=spec.name)[-1]

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from stack import IndexerThread, Running
 from workers import Workload, assert_state_matches, log_ends, wait_fully_indexed
 
-from indexer.ownership import CheckpointOutOfRange
+from indexer.errors import CheckpointOutOfRange
 from indexer.registry import Registry
 from indexer.worker import Worker
 from ingest import admin, record

@@ -15,6 +15,7 @@ from workers import (
 
 from indexer.rebuild import rebuild
 from indexer.registry import Registry
+from indexer.store import SegmentStore
 from ingest import admin
 from ingest.producer import Producer
 from ingest.spec import CollectionSpec
@@ -66,7 +67,7 @@ def test_kill_9_at_every_step_loses_nothing_and_duplicates_nothing(settings, col
 
     # The registry rebuilt from the snapshot store alone equals the one the workers wrote.
     before = (registry.checkpoints(), registry.segments())
-    rebuild(settings.redis_client(), settings.store, name)
+    rebuild(settings.redis_client(), SegmentStore(settings.store), name)
     assert (registry.checkpoints(), registry.segments()) == before
 
 

@@ -31,12 +31,13 @@ from switchload import (
     spec_for,
     stable_rows,
 )
-from workers import wait_fully_indexed
+from workers import live_rows, wait_fully_indexed
 
 from indexer import build
 from indexer.rebuild import plan_rebuild
 from indexer.registry import Registry
-from indexer.view import hidden_rows, live_rows, load_registered
+from indexer.store import SegmentStore
+from indexer.view import hidden_rows, load_registered
 from ingest.producer import Producer
 from ingest.spec import CollectionSpec
 from lifecycle import aliases, compaction, generations
@@ -221,7 +222,7 @@ def test_compaction_reaches_the_target_purges_hidden_rows_and_rebuilds_from_the_
     rows = stable_rows()
     queries = near(rows, 64, seed=7)
     registry = Registry(settings.redis_client(), spec.name)
-    root = settings.store
+    store = SegmentStore.from_settings(settings)
     with served(settings, spec) as running:
         searchers = running.searchers
         load_sealed(settings, spec, rows)
@@ -230,7 +231,7 @@ def test_compaction_reaches_the_target_purges_hidden_rows_and_rebuilds_from_the_
         wait_serving(searchers, registry, "the loaded segments")
         records = registry.segments()
         checkpoints = registry.checkpoints()
-        segments = load_registered(registry, root)
+        segments = load_registered(registry, store)
         hidden, visible = hidden_rows(segments), live_rows(segments)
         before_ids, before_scores = search_all(settings, spec.name, queries, offsets)
         assert [list(r) for r in before_ids] == exact_top_k(rows, queries, K)[0]
@@ -247,7 +248,7 @@ def test_compaction_reaches_the_target_purges_hidden_rows_and_rebuilds_from_the_
         purged = sum(len(hidden.get(sid, ())) for group in report.merged for sid in group)
         assert report.rows_in - report.rows_out == purged > 0
         assert registry.checkpoints() == checkpoints
-        now_visible = live_rows(load_registered(registry, root))
+        now_visible = live_rows(load_registered(registry, store))
         assert sorted(now_visible) == sorted(visible) == sorted(rows)
         assert all(np.array_equal(now_visible[k].vector, rows[k]) and
                    now_visible[k].offset == visible[k].offset for k in rows)
@@ -255,11 +256,11 @@ def test_compaction_reaches_the_target_purges_hidden_rows_and_rebuilds_from_the_
         after_ids, after_scores = search_all(settings, spec.name, queries, offsets)
         assert np.array_equal(after_ids, before_ids)
         assert np.array_equal(after_scores, before_scores)
-        rebuilt = plan_rebuild(root, spec.name, registry.active_generation())
+        rebuilt = plan_rebuild(store, spec.name, registry.active_generation())
         assert spans(rebuilt.records) == spans(after) and rebuilt.checkpoints == checkpoints
 
         assert generations.reindex(settings, spec.name, "Flat").generation == 1
-        rebuilt = plan_rebuild(root, spec.name, registry.active_generation())
+        rebuilt = plan_rebuild(store, spec.name, registry.active_generation())
         assert spans(rebuilt.records) == spans(after) and rebuilt.checkpoints == checkpoints
         assert {r.segment_id for r in rebuilt.records} == {r.segment_id for r in after}
 
@@ -296,7 +297,7 @@ def test_a_segment_sealed_just_before_a_switch_is_indexed_into_the_new_generatio
         assert running.indexer.sample("streamvec_indexer_registrations_total",
                                       collection=spec.name, status="stale_generation") == 1
         assert {r.generation for r in registry.segments()} == {1}
-        rebuilt = plan_rebuild(settings.store, spec.name, 1)
+        rebuilt = plan_rebuild(SegmentStore(settings.store), spec.name, 1)
         assert spans(rebuilt.records) == spans(registry.segments())
         assert rebuilt.checkpoints == registry.checkpoints()
         expected = first | late

@@ -17,6 +17,7 @@ from stack import IndexerThread, SearcherThread, serving
 from workers import wait_fully_indexed
 
 from indexer.registry import Registry
+from indexer.store import SegmentStore
 from ingest import admin
 from ingest.producer import Producer
 from ingest.spec import CollectionSpec
@@ -132,7 +133,8 @@ def probe_recall(settings, name: str, index: str) -> float:
         wait_until(lambda: searcher.registry.get_sample_value(
             "streamvec_searcher_loaded_segments", {"collection": name}) == 2,
             timeout=60, what="the searcher to serve both segments")
-        probe = RecallProbe(spec, registry, settings.store, fill_window(settings, spec, 1000),
+        probe = RecallProbe(spec, registry, SegmentStore(settings.store),
+                            fill_window(settings, spec, 1000),
                             MonitorMetrics(metrics, name), Client(settings=settings),
                             k=10, queries=64, seed=5)
         value = probe.run_once()

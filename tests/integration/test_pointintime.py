@@ -9,13 +9,13 @@ import pytest
 from stack import SearcherThread, exact_top_k, serving
 from workers import Workload, log_ends, wait_fully_indexed
 
-from indexer.errors import LifecycleBusy
 from indexer.registry import Registry
 from ingest import admin, audit, catalog
 from ingest.errors import CollectionNotFound
 from ingest.producer import Producer
 from ingest.spec import CollectionSpec
 from lifecycle import snapshots
+from lifecycle.errors import LifecycleBusy
 from lifecycle.lock import LifecycleLock
 from lifecycle.snapshots import (
     PointInTimeError,
@@ -179,7 +179,7 @@ def test_snapshot_cli(settings, collection_name, redis_client, capsys):
     assert cli(settings, "snapshot", "create", name, "--label", "a", "--json") == 0
     made = json.loads(capsys.readouterr().out)
     assert (made["id"], made["segments"], made["rows"], made["actor"]) == ("a", 0, 0, "cli-user")
-    assert cli(settings, "snapshot", "create", name, "--label", "a") == 2
+    assert cli(settings, "snapshot", "create", name, "--label", "a") == 4  # conflict
     assert f"{name} already has a snapshot 'a'" in capsys.readouterr().err
     assert cli(settings, "snapshot", "list", name, "--json") == 0
     assert [s["id"] for s in json.loads(capsys.readouterr().out)] == ["a"]
@@ -187,15 +187,15 @@ def test_snapshot_cli(settings, collection_name, redis_client, capsys):
     assert capsys.readouterr().out.splitlines()[1].split()[0] == "a"
     assert cli(settings, "snapshot", "restore", name, "--as", f"{name}-r") == 0
     assert f"restored snapshot a of {name} as {name}-r" in capsys.readouterr().out
-    assert cli(settings, "snapshot", "restore", name, "--as", f"{name}-r") == 2
+    assert cli(settings, "snapshot", "restore", name, "--as", f"{name}-r") == 4
     assert f"collection {name}-r already exists" in capsys.readouterr().err
     assert cli(settings, "snapshot", "restore", name, "--as", f"{name}-s", "--snapshot",
-               "zz") == 2
+               "zz") == 3  # not found
     assert f"{name} has no snapshot 'zz'" in capsys.readouterr().err
-    assert cli(settings, "snapshot", "list", f"{name}-nope") == 2
+    assert cli(settings, "snapshot", "list", f"{name}-nope") == 3
     assert f"collection '{name}-nope' does not exist" in capsys.readouterr().err
     with LifecycleLock(redis_client, name, "reindex"):
-        assert cli(settings, "snapshot", "create", name) == 2
+        assert cli(settings, "snapshot", "create", name) == 4  # the lock is held
     assert "held by a running reindex" in capsys.readouterr().err
     assert cli(settings, "snapshot", "delete", name, "--snapshot", "a") == 0
     assert f"snapshot a of {name} deleted" in capsys.readouterr().out

@@ -37,7 +37,8 @@ def read_rows(settings: Settings, topic: str) -> list[tuple[str, np.ndarray, dic
             for msg in consumer.consume(500, timeout=0.2):
                 assert msg.error() is None, msg.error()
                 batch = record.decode(msg.value())
-                rows.extend(zip(batch.id_list(), batch.vectors.copy(), batch.metadata_list(),
+                ids = [raw.decode() for raw in batch.ids.tolist()]
+                rows.extend(zip(ids, batch.vectors.copy(), batch.metadata_list(),
                                 strict=True))
                 seen[msg.partition()] = msg.offset() + 1
             return all(seen[p] >= high for p, high in highs.items())

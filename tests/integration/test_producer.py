@@ -64,7 +64,7 @@ def test_100k_rows_round_trip_bit_identical(settings, spec):
     got_meta = {}
     for msg in read_all(settings, spec.collection.topic):
         batch = record.decode_valid(msg.value(), dim=spec.dim, model_version="")
-        for i, id_ in enumerate(batch.id_list()):
+        for i, id_ in enumerate(raw.decode() for raw in batch.ids.tolist()):
             assert id_ not in got_vectors, f"{id_} arrived twice"
             got_vectors[id_] = batch.vectors[i]
             got_meta[id_] = batch.metadata(i)
@@ -84,7 +84,8 @@ def test_every_op_on_an_id_lands_in_one_partition(settings, spec):
         producer.upsert(ids[::5], rng.standard_normal((400, spec.dim)))
     seen: dict[str, set[int]] = {}
     for msg in read_all(settings, spec.collection.topic):
-        for id_ in record.decode(msg.value()).id_list():
+        for raw in record.decode(msg.value()).ids.tolist():
+            id_ = raw.decode()
             seen.setdefault(id_, set()).add(msg.partition())
     expected = dict(zip(ids, partitions_for(ids, spec.partitions).tolist(), strict=True))
     assert set(seen) == set(ids)

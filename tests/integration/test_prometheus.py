@@ -19,7 +19,7 @@ from ingest.producer import Producer
 from ingest.spec import CollectionSpec
 from searcher.client import Client
 from streamvec.devstack.ports import LOOPBACK, free_port, free_ports
-from streamvec.errors import CommandError
+from streamvec.errors import DevStackError
 from streamvec.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -117,7 +117,7 @@ def start_prometheus(tmp_path) -> Iterator[Callable[[dict[str, list[str]]], Prom
                 server.start(die_with_parent=True)
                 server.wait_healthy(30.0)
                 return server
-            except CommandError:
+            except DevStackError:
                 # Another process can take the free port before Prometheus binds it.
                 lost_race = "address already in use" in server.log_tail(50)
                 if not lost_race or attempt >= START_ATTEMPTS:

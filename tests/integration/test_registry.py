@@ -13,14 +13,15 @@ import numpy as np
 import pytest
 import redis
 
-from indexer import segfolder
 from indexer.errors import CorruptSegment, RebuildError
 from indexer.rebuild import plan_rebuild, rebuild
 from indexer.registry import Registry, SegmentRecord
 from indexer.segment import SealedRows
+from indexer.store import SegmentStore, is_registered
+from ingest.errors import InvalidName
 from ingest.names import CollectionName
+from streamvec import files
 from streamvec.commands import registry
-from streamvec.errors import CommandError
 from streamvec.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -45,9 +46,10 @@ def write(root: Path, name: str, partition: int, start: int, end: int,
     sealed = sealed_rows(partition, start, end)
     index = faiss.IndexFlatL2(DIM)
     index.add(sealed.vectors)
-    manifest = segfolder.write_segment(root, name, 0, sealed, index, "Flat", "l2", hides or {})
-    path = segfolder.segment_path(root, name, 0, partition, manifest.segment_id)
-    return SegmentRecord.from_manifest(manifest), path
+    store = SegmentStore(root)
+    record = SegmentRecord.from_manifest(store.write(name, 0, sealed, index, "Flat", "l2",
+                                                     hides or {}))
+    return record, store.path(record.path)
 
 
 def commit(registry: Registry, root: Path, name: str, partition: int, start: int, end: int,
@@ -55,7 +57,7 @@ def commit(registry: Registry, root: Path, name: str, partition: int, start: int
     """What a worker does: write, register (must succeed), mark."""
     record, path = write(root, name, partition, start, end, hides)
     assert registry.register(record, epoch).ok
-    segfolder.mark_registered(path)
+    SegmentStore(root).mark_registered(record.path)
     return path
 
 
@@ -144,7 +146,7 @@ def test_registrations_and_rebuilds_are_published(
         assert json.loads(next_message(pubsub)["data"]) == {
             "type": "registered", "segment_id": "p0000-000000000000-000000000010",
             "partition": 0, "start_offset": 0, "end_offset": 10, "version": 1}
-        rebuild(redis_client, settings.store, collection_name)
+        rebuild(redis_client, SegmentStore(settings.store), collection_name)
         assert json.loads(next_message(pubsub)["data"]) == {
             "type": "rebuilt", "segment_id": None, "partition": None, "start_offset": None,
             "end_offset": None, "version": 2}
@@ -173,7 +175,7 @@ def test_rebuild_from_the_store_restores_the_registry_and_nothing_else(
     assert reg.clear() == 3
     assert (reg.checkpoints(), reg.segments(), reg.version()) == ({}, [], 0)
 
-    report = rebuild(redis_client, settings.store, collection_name)
+    report = rebuild(redis_client, SegmentStore(settings.store), collection_name)
 
     assert (reg.checkpoints(), reg.segments(), redis_client.hgetall(reg.segments_key)) == before
     assert [(p.partition, p.segments, p.rows, p.checkpoint) for p in report.partitions] == [
@@ -182,7 +184,7 @@ def test_rebuild_from_the_store_restores_the_registry_and_nothing_else(
     assert redis_client.get(name.key("spec")) == b'{"kept": true}'
     assert redis_client.get(name.key("other")) == b"kept too"
     assert redis_client.hgetall(reg.epoch_key) == epochs
-    assert rebuild(redis_client, settings.store, collection_name).version == 2
+    assert rebuild(redis_client, SegmentStore(settings.store), collection_name).version == 2
     assert (reg.checkpoints(), reg.segments()) == before[:2]
 
 
@@ -190,15 +192,15 @@ def test_rebuild_stops_at_a_corrupt_segment_and_writes_nothing(
         redis_client: redis.Redis, settings: Settings, collection_name: str) -> None:
     reg = Registry(redis_client, collection_name)
     populate(reg, settings.store, collection_name)
-    bad = segfolder.segment_path(settings.store, collection_name, 0, 0,
-                                "p0000-000000000010-000000000030")
+    bad = SegmentStore(settings.store).segment_path(collection_name, 0, 0,
+                                                    "p0000-000000000010-000000000030")
     data = bytearray((bad / "ids.npy").read_bytes())
     data[-1] ^= 0xFF
     (bad / "ids.npy").write_bytes(bytes(data))
     before = (reg.checkpoints(), reg.segments(), reg.version())
     with pytest.raises(CorruptSegment, match="p0000-000000000010-000000000030 is corrupt: "
                                              "ids.npy: sha256 does not match the manifest"):
-        rebuild(redis_client, settings.store, collection_name)
+        rebuild(redis_client, SegmentStore(settings.store), collection_name)
     assert (reg.checkpoints(), reg.segments(), reg.version()) == before
 
 
@@ -210,7 +212,7 @@ def test_rebuild_ignores_folders_that_were_never_registered(
     write(settings.store, collection_name, 0, 31, 40)  # crashed before registering
     write(settings.store, collection_name, 0, 10, 20)  # a replay that sealed differently
     write(settings.store, collection_name, 2, 0, 9)  # a partition never registered at all
-    report = rebuild(redis_client, settings.store, collection_name)
+    report = rebuild(redis_client, SegmentStore(settings.store), collection_name)
     assert (reg.checkpoints(), reg.segments()) == before
     assert report.ignored == ("p0000-000000000010-000000000020",
                               "p0000-000000000031-000000000040", "p0002-000000000000-000000000009")
@@ -221,27 +223,27 @@ def test_rebuild_recovers_a_registered_segment_whose_marker_was_lost(
         redis_client: redis.Redis, settings: Settings, collection_name: str) -> None:
     reg = Registry(redis_client, collection_name)
     populate(reg, settings.store, collection_name)
-    middle = segfolder.segment_path(settings.store, collection_name, 0, 0,
-                                   "p0000-000000000010-000000000030")
+    middle = SegmentStore(settings.store).segment_path(collection_name, 0, 0,
+                                                       "p0000-000000000010-000000000030")
     Path(f"{middle}.registered").unlink()  # crashed between registering and marking
     before = (reg.checkpoints(), reg.segments())
-    assert plan_rebuild(settings.store, collection_name).recovered == (middle.name,)
-    assert not segfolder.is_registered(middle)  # a plan writes nothing
-    report = rebuild(redis_client, settings.store, collection_name)
+    assert plan_rebuild(SegmentStore(settings.store), collection_name).recovered == (middle.name,)
+    assert not is_registered(middle)  # a plan writes nothing
+    report = rebuild(redis_client, SegmentStore(settings.store), collection_name)
     assert (report.recovered, (reg.checkpoints(), reg.segments())) == ((middle.name,), before)
-    assert segfolder.is_registered(middle)
+    assert is_registered(middle)
 
 
 def test_rebuild_names_a_gap(
         redis_client: redis.Redis, settings: Settings, collection_name: str) -> None:
     reg = Registry(redis_client, collection_name)
     populate(reg, settings.store, collection_name)
-    lost = segfolder.segment_path(settings.store, collection_name, 0, 0,
-                                 "p0000-000000000000-000000000010")
-    segfolder.store.remove(lost)
+    lost = SegmentStore(settings.store).segment_path(collection_name, 0, 0,
+                                                     "p0000-000000000000-000000000010")
+    files.remove(lost)
     with pytest.raises(RebuildError, match=r"partition 0: gap in the registered segments: "
                                            r"offsets \[0, 10\) are covered by no segment"):
-        rebuild(redis_client, settings.store, collection_name)
+        rebuild(redis_client, SegmentStore(settings.store), collection_name)
 
 
 def test_replacing_refuses_a_registry_that_moved(
@@ -282,5 +284,5 @@ def test_cli_show_and_rebuild(redis_client: redis.Redis, settings: Settings,
     assert run_cli(settings, "rebuild", "--collection", collection_name, "--yes") == 0
     assert capsys.readouterr().out.splitlines()[-1] == (
         f"registry of {collection_name} rebuilt: version 5")
-    with pytest.raises(CommandError, match="invalid collection name 'Bad'"):
+    with pytest.raises(InvalidName, match="invalid collection name 'Bad'"):
         run_cli(settings, "show", "--collection", "Bad")

@@ -9,14 +9,16 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
+from oracle import exact_scores
 from prometheus_client import CollectorRegistry
 from stack import IndexerThread
 from workers import Workload, assert_state_matches, log_ends, wait_fully_indexed
 
-from indexer import remote, segfolder, store
+from indexer import segfolder
 from indexer.errors import CorruptSegment
 from indexer.registry import Registry, SegmentRecord
 from indexer.segment import SealedRows
+from indexer.store import SegmentStore, is_registered, rel_path
 from ingest import admin
 from ingest.producer import Producer
 from ingest.spec import CollectionSpec
@@ -43,11 +45,11 @@ def mirrored(settings: Settings, s3_server, collection_name: str) -> Settings:
 def elsewhere(settings: Settings, folder: Path) -> Settings:
     """The same object store seen from another machine: a local snapshot folder of its own."""
     folder.mkdir()
-    return settings.model_copy(update={"snapshots": folder})
+    return settings.model_copy(update={"store": folder})
 
 
 def small_segment(root: Path, collection: str) -> segfolder.SegmentManifest:
-    """One Flat segment of 30 seeded rows in partition 0, written to the local store."""
+    """One Flat segment of 30 seeded rows in partition 0, written to the local store only."""
     rng = np.random.default_rng(5)
     sealed = SealedRows(
         partition=0, start_offset=0, end_offset=30,
@@ -57,7 +59,7 @@ def small_segment(root: Path, collection: str) -> segfolder.SegmentManifest:
         metadata=[b'{"n": 1}'] * 30, deleted_ids=np.array([b"gone"]))
     index = faiss.IndexFlatL2(DIM)
     index.add(sealed.vectors)
-    return segfolder.write_segment(root, collection, 0, sealed, index, "Flat", "l2", {})
+    return SegmentStore(root).write(collection, 0, sealed, index, "Flat", "l2", {})
 
 
 def index_some(settings: Settings, name: str) -> Workload:
@@ -80,19 +82,20 @@ def index_some(settings: Settings, name: str) -> Workload:
 
 def test_push_and_fetch_round_trip_byte_identical(mirrored, tmp_path, collection_name) -> None:
     manifest = small_segment(mirrored.store, collection_name)
-    objects = remote.RemoteStore.from_settings(mirrored)
-    rel = remote.rel_path(manifest)
+    store = SegmentStore.from_settings(mirrored)
+    objects = store.remote
+    rel = rel_path(manifest)
     local = mirrored.store / rel
-    assert objects.push(local, rel) is True
-    assert objects.push(local, rel) is False
+    assert store.mirror(rel) is True
+    assert store.mirror(rel) is False
     expected = {p.name: p.read_bytes() for p in local.iterdir()}
     assert {n: objects.fs.cat_file(f"{objects.key(rel)}/{n}") for n in expected} == expected
-    assert objects.list_segments(collection_name, 0) == [rel]
-    assert objects.is_complete(rel) and not objects.is_registered(rel)
+    assert store.list_remote(collection_name, 0) == [rel]
+    assert objects.exists(f"{rel}/manifest.json") and not objects.exists(rel + ".registered")
 
-    other = elsewhere(mirrored, tmp_path / "other").snapshots
-    fetched = objects.fetch(rel, other)
-    assert fetched == other / rel
+    other = SegmentStore.from_settings(elsewhere(mirrored, tmp_path / "other"))
+    fetched = other.fetch(rel)
+    assert fetched == other.root / rel
     assert {p.name: p.read_bytes() for p in fetched.iterdir()} == expected
     assert segfolder.verify(fetched) == manifest  # every sha256 checked again
     assert sorted(p.name for p in fetched.parent.iterdir()) == [manifest.segment_id]
@@ -101,29 +104,28 @@ def test_push_and_fetch_round_trip_byte_identical(mirrored, tmp_path, collection
 def test_a_tampered_remote_object_is_refused_and_nothing_is_installed(
         mirrored, tmp_path, collection_name) -> None:
     manifest = small_segment(mirrored.store, collection_name)
-    objects = remote.RemoteStore.from_settings(mirrored)
-    objects.push_segment(mirrored.store, manifest)
-    rel = remote.rel_path(manifest)
+    rel = rel_path(manifest)
+    objects = SegmentStore.from_settings(mirrored).remote
+    assert SegmentStore(mirrored.store, objects).mirror(rel)
     key = f"{objects.key(rel)}/vectors.npy"
     data = bytearray(objects.fs.cat_file(key))
     data[-1] ^= 0x01  # one bit of the last vector: same size, different sha256
     objects.fs.pipe_file(key, bytes(data))
 
-    reader = elsewhere(mirrored, tmp_path / "reader")
+    reader = SegmentStore.from_settings(elsewhere(mirrored, tmp_path / "reader"))
     with pytest.raises(CorruptSegment) as refused:
-        objects.fetch(rel, reader.store)
+        reader.fetch(rel)
     assert (refused.value.file, refused.value.reason) == (
         "vectors.npy", "sha256 does not match the manifest")
     assert str(refused.value).startswith(f"segment {mirrored.store_url}/{rel} is corrupt")
-    remote.attach(reader)
     record = SegmentRecord.from_manifest(manifest)
-    assert segments.load(reader.store, record) is None  # a searcher refuses it, logged
-    partition = reader.store / rel.rsplit("/", 1)[0]
+    assert segments.load(reader, record) is None  # a searcher refuses it, logged
+    partition = reader.root / rel.rsplit("/", 1)[0]
     assert [p.name for p in partition.iterdir()] == []  # no folder and no temp left behind
 
     objects.fs.rm_file(f"{objects.key(rel)}/manifest.json")
     with pytest.raises(CorruptSegment, match="manifest.json: missing .an incomplete upload"):
-        objects.fetch(rel, reader.store)
+        reader.fetch(rel)
     assert [p.name for p in partition.iterdir()] == []
 
 
@@ -131,13 +133,14 @@ def test_an_indexer_pushes_every_segment_and_its_marker(mirrored, collection_nam
     index_some(mirrored, collection_name)
     records = Registry(mirrored.redis_client(), collection_name).segments()
     assert len(records) >= 4
-    objects = remote.RemoteStore.from_settings(mirrored)
-    assert objects.list_segments(collection_name, 0) == [r.path for r in records]
-    assert all(objects.is_registered(r.path) for r in records)
+    store = SegmentStore.from_settings(mirrored)
+    objects = store.remote
+    assert store.list_remote(collection_name, 0) == [r.path for r in records]
+    assert all(objects.exists(r.path + ".registered") for r in records)
     for rec in records:  # the local folder stays the working copy, identical to the remote one
         local = (mirrored.store / rec.path / "manifest.json").read_bytes()
         assert objects.fs.cat_file(f"{objects.key(rec.path)}/manifest.json") == local
-        assert store.is_registered(mirrored.store / rec.path)
+        assert is_registered(mirrored.store / rec.path)
 
 
 def test_a_searcher_with_an_empty_local_folder_serves_from_the_object_store(
@@ -161,12 +164,12 @@ def test_a_searcher_with_an_empty_local_folder_serves_from_the_object_store(
         (answer,) = engine.search_batch([QueryRequest("top", collection_name, queries, 10)])
         assert isinstance(answer, QueryAnswer), answer
         ids = sorted(live)
-        scores = search.exact_scores(np.stack([live[i] for i in ids]), queries, "l2")
+        scores = exact_scores(np.stack([live[i] for i in ids]), queries, "l2")
         order = np.argsort(search.cost(scores, "l2"), axis=1, kind="stable")[:, :10]
         assert answer.ids == [[ids[j] for j in row] for row in order]
     finally:
         engine.stop()
-    fetched = segfolder.list_segments(searcher.store, collection_name, 0)
+    fetched = SegmentStore(searcher.store).list_segments(collection_name, 0)
     assert [p.name for p in fetched] == [r.segment_id for r in records]
 
 
@@ -187,9 +190,9 @@ def test_registry_rebuild_from_remote_reproduces_the_registry(mirrored, tmp_path
             f"{n} markers copied") in done.stdout
     assert f"registry of {collection_name} rebuilt: version 1" in done.stdout
     assert (registry.segments(), registry.checkpoints()) == before
-    local = segfolder.list_segments(fresh.store, collection_name, 0)
+    local = SegmentStore(fresh.store).list_segments(collection_name, 0)
     assert [p.name for p in local] == [r.segment_id for r in before[0]]
-    assert all(store.is_registered(p) for p in local)
+    assert all(is_registered(p) for p in local)
 
     plain = elsewhere(mirrored.model_copy(update={"store_url": None}), tmp_path / "plain")
     refused = subprocess.run(argv, env=plain.child_env(), capture_output=True, text=True,
@@ -213,9 +216,8 @@ def test_a_worker_on_another_machine_takes_over_through_the_object_store(
     finally:
         second.stop()
     records = Registry(mirrored.redis_client(), collection_name).segments()
-    objects = remote.RemoteStore.from_settings(mirrored)
     reader = elsewhere(mirrored, tmp_path / "reader")
-    fetched = remote.fetch_collection(objects, reader.store, collection_name, 0)
+    fetched = SegmentStore.from_settings(reader).fetch_collection(collection_name, 0)
     assert (fetched.fetched, fetched.refused) == ([r.path for r in records], {})
     assert fetched.markers == len(records)
     assert_state_matches(reader, collection_name, workload)
@@ -229,10 +231,9 @@ def test_compaction_and_reindex_upload_what_they_register(mirrored, tmp_path,
     generations.reindex(mirrored, collection_name, "HNSW8")
     records = Registry(mirrored.redis_client(), collection_name).segments()
     assert {r.generation for r in records} == {1}
-    objects = remote.RemoteStore.from_settings(mirrored)
-    assert objects.list_segments(collection_name, 1) == [r.path for r in records]
-    assert all(objects.is_registered(r.path) for r in records)
+    store = SegmentStore.from_settings(mirrored)
+    assert store.list_remote(collection_name, 1) == [r.path for r in records]
+    assert all(store.remote.exists(r.path + ".registered") for r in records)
     # Another machine with an empty folder reads exactly the registered state back.
     reader = elsewhere(mirrored, tmp_path / "reader")
-    remote.attach(reader)
     assert_state_matches(reader, collection_name, workload)

@@ -26,7 +26,8 @@ from standin import (  # noqa: F401  (fixtures, used by name)
 
 from searcher import SearchError, SearchTimeout, protocol
 from searcher import client as client_module
-from searcher.query import Consistency, QueryError
+from searcher.errors import QueryError
+from searcher.query import Consistency
 from searcher.server import GROUP
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,9 @@ import numpy as np
 from polling import wait_until
 
 from indexer.registry import Registry
-from indexer.view import live_rows, load_registered
+from indexer.segfolder import LoadedSegment
+from indexer.store import SegmentStore
+from indexer.view import hidden_rows, load_registered
 from ingest import admin
 from ingest.producer import Producer
 from streamvec.settings import Settings
@@ -106,10 +108,36 @@ def wait_fully_indexed(settings: Settings, collection: str, topic: str, timeout:
                timeout=timeout, what=f"checkpoints to reach {ends}")
 
 
+@dataclass(frozen=True, slots=True)
+class LiveRow:
+    """One visible row of the registered segments: where it lives and what it holds."""
+
+    segment_id: str
+    row: int
+    offset: int
+    vector: np.ndarray
+
+
+def live_rows(segments: list[LoadedSegment]) -> dict[str, LiveRow]:
+    """Id -> its visible row; fails if an id is visible twice (a coverage bug)."""
+    hidden = hidden_rows(segments)
+    live: dict[str, LiveRow] = {}
+    for seg in segments:
+        seg_id = seg.manifest.segment_id
+        gone = hidden.get(seg_id, set())
+        for row, raw in enumerate(seg.ids.tolist()):
+            if row in gone:
+                continue
+            key = raw.decode()
+            assert key not in live, f"id {key!r} is visible in {live[key].segment_id} and {seg_id}"
+            live[key] = LiveRow(seg_id, row, int(seg.offsets[row]), np.asarray(seg.vectors[row]))
+    return live
+
+
 def assert_state_matches(settings: Settings, collection: str, workload: Workload) -> None:
     """Registered segments with hides applied hold exactly the expected latest state."""
     registry = Registry(settings.redis_client(), collection)
-    live = live_rows(load_registered(registry, settings.store))
+    live = live_rows(load_registered(registry, SegmentStore.from_settings(settings)))
     expected = workload.live()
     missing = sorted(set(expected) - set(live))[:5]
     extra = sorted(set(live) - set(expected))[:5]

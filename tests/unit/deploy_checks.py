@@ -70,7 +70,7 @@ def command_problem(argv: list[str]) -> str | None:
     handler = getattr(args, "handler", None)
     if handler is None:
         return f"{argv}: names no command, only a group's help"
-    if handler.__module__ not in COMMAND_MODULES:
+    if handler.__module__ not in {module.__name__ for module in COMMAND_MODULES}:
         return f"{argv}: handler {handler.__qualname__} is not in a command module"
     return None
 

@@ -8,18 +8,23 @@ import pytest
 
 from indexer import build
 from indexer.errors import BuildError
+from searcher import search
+from streamvec.synthetic import Clusters
 
 
 def dataset(rows, dim, *, seed=1338, clusters=0):
     """Seeded vectors (and 50 queries); with clusters, points sit around that many centres."""
-    rng = np.random.default_rng(seed)
     if not clusters:
+        rng = np.random.default_rng(seed)
         return (rng.standard_normal((rows, dim)).astype(np.float32),
                 rng.standard_normal((50, dim)).astype(np.float32))
-    centres = rng.standard_normal((clusters, dim)) * 4
-    base = centres[rng.integers(0, clusters, rows)] + rng.standard_normal((rows, dim))
-    queries = centres[rng.integers(0, clusters, 50)] + rng.standard_normal((50, dim))
-    return base.astype(np.float32), queries.astype(np.float32)
+    points = Clusters(dim, clusters, seed, scale=4.0)
+    return points.draw(rows)[0], points.draw(50)[0]
+
+
+def exact_rows(base, queries, k, metric):
+    """Each query's k nearest rows by exact search (a source without an index)."""
+    return search.search(search.Source(base), queries, k, metric)[1]
 
 
 def recall(found, truth):
@@ -59,6 +64,13 @@ def test_prepare_normalises_a_copy_for_cosine_only():
         build.prepare(np.zeros(3, np.float32), "l2")
 
 
+def test_normalize_scales_rows_along_the_last_axis_and_keeps_zero_rows():
+    raw = np.array([[[3.0, 4.0], [0.0, 0.0]]], dtype=np.float64)
+    out = build.normalize(raw)
+    assert out.dtype == np.float64 and out.tolist() == [[[0.6, 0.8], [0.0, 0.0]]]
+    assert raw.tolist() == [[[3.0, 4.0], [0.0, 0.0]]]
+
+
 @pytest.mark.parametrize("metric", ["l2", "ip"])
 def test_flat_is_exact(metric):
     base, queries = dataset(2000, 16)
@@ -66,7 +78,7 @@ def test_flat_is_exact(metric):
     assert factory == "Flat" and index.ntotal == 2000
     assert index.metric_type == build.faiss_metric(metric)
     _, found = index.search(queries, 10)
-    _, truth = build.search_exact(base, queries, 10, metric)
+    truth = exact_rows(base, queries, 10, metric)
     assert recall(found, truth) == 1.0
 
 
@@ -86,8 +98,7 @@ def test_cosine_matches_brute_force_cosine():
     cos = (queries @ base.T) / norms
     assert found.tolist() == np.argsort(-cos, axis=1)[:, :5].tolist()
     np.testing.assert_allclose(scores, -np.sort(-cos, axis=1)[:, :5], rtol=1e-5, atol=1e-5)
-    _, exact = build.search_exact(base, queries, 5, "cosine")
-    assert exact.tolist() == found.tolist()
+    assert exact_rows(base, queries, 5, "cosine").tolist() == found.tolist()
 
 
 def test_hnsw_recall_on_clustered_data():
@@ -97,7 +108,7 @@ def test_hnsw_recall_on_clustered_data():
     graph = faiss.downcast_index(index)
     assert (graph.hnsw.efConstruction, graph.hnsw.efSearch) == (80, 64)
     _, found = index.search(queries, 10)
-    _, truth = build.search_exact(base, queries, 10, "l2")
+    truth = exact_rows(base, queries, 10, "l2")
     assert recall(found, truth) >= 0.9
 
 
@@ -116,7 +127,7 @@ def test_too_few_rows_to_train_falls_back_to_flat(spec):
     assert isinstance(faiss.downcast_index(index), faiss.IndexFlat) and index.ntotal == 100
     assert index.metric_type == faiss.METRIC_INNER_PRODUCT
     _, found = index.search(queries, 5)
-    assert found.tolist() == build.search_exact(base, queries, 5, "ip")[1].tolist()
+    assert found.tolist() == exact_rows(base, queries, 5, "ip").tolist()
 
 
 def test_zero_rows_build_an_empty_flat_index():
@@ -129,15 +140,6 @@ def test_a_factory_faiss_cannot_parse_is_a_build_error():
     base, _ = dataset(10, 8)
     with pytest.raises(BuildError, match="Bogus"):
         build.build_index(base, metric="l2", index="Bogus")
-
-
-def test_search_exact_pads_when_k_exceeds_rows():
-    base = np.array([[0.0, 0.0], [3.0, 4.0]], np.float32)
-    scores, rows = build.search_exact(base, np.array([[3.0, 4.0]], np.float32), 3, "l2")
-    assert rows.tolist() == [[1, 0, -1]]
-    assert scores[0, :2].tolist() == [0.0, 25.0]
-    with pytest.raises(ValueError):
-        build.search_exact(base, base, 0, "l2")
 
 
 def test_training_uses_a_seeded_sample_of_at_most_train_max_rows(monkeypatch):

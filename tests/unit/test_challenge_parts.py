@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from lifecycle import evaluation
-from lifecycle.challenges import Challenge
 from searcher import shadow
+from searcher.routing import Challenge
 from searcher.shadow import ShadowRecord
 from streamvec.commands.challenge import _parse_words
-from streamvec.errors import CommandError
+from streamvec.commands.errors import CommandError
 
 CONFIG = Challenge("c1", "products", "products@v3", "products@v4", 1.0, 0.0, "alice")
 

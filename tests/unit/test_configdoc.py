@@ -27,7 +27,7 @@ class WithNewSettings(Settings):
 
 def test_the_file_in_the_tree_is_what_the_settings_render():
     # A new or changed setting without `make docs` fails here.
-    reason = config.stale_reason(DOC, configdoc.render())
+    reason = config.stale_reason(DOC, configdoc.render(commands.build_parser()))
     assert reason is None, f"{reason}; run `{config.REGENERATE}`"
 
 
@@ -42,7 +42,7 @@ def test_every_field_has_its_row_with_env_var_and_description():
 
 
 def test_rows_of_the_current_settings():
-    docs = {d.name: d for d in configdoc.describe_settings()}
+    docs = {d.name: d for d in configdoc.describe_settings(commands.build_parser())}
     assert list(docs) == list(Settings.model_fields)
     assert docs["kafka"].flags == ("`--kafka`",)
     assert docs["kafka"].default == "`127.0.0.1:39092`"
@@ -58,27 +58,27 @@ def test_rows_of_the_current_settings():
                                     "if XDG_DATA_HOME is set")
     assert docs["actor"].type == "string, 1..256 characters"
     assert docs["actor"].default == "`<OS user>`"
-    assert [docs[n].secrecy for n in ("kafka", "snapshots", "home", "actor")] == [""] * 4
+    assert [docs[n].secrecy for n in ("kafka", "store", "home", "actor")] == [""] * 4
 
 
 def test_env_vars_read_outside_settings_are_listed():
-    extras = configdoc.extra_variables()
+    extras = configdoc.extra_variables(commands.build_parser())
     assert [(e.env, e.flags, e.description) for e in extras] == [
         ("STREAMVEC_LOG_LEVEL", ("`--log-level`",), "DEBUG, INFO, WARNING...")]
 
 
 def test_rendering_ignores_the_environment_it_runs_in(monkeypatch):
-    before = configdoc.render()
+    before = configdoc.render(commands.build_parser())
     monkeypatch.setenv("STREAMVEC_KAFKA", "elsewhere:9092")
     monkeypatch.setenv("XDG_DATA_HOME", "/srv/data")
     monkeypatch.setenv("HOME", "/home/somebody")
     monkeypatch.setenv("LOGNAME", "somebody")
-    assert configdoc.render() == before
+    assert configdoc.render(commands.build_parser()) == before
     assert (os.environ["HOME"], os.environ["XDG_DATA_HOME"]) == ("/home/somebody", "/srv/data")
 
 
 def test_a_new_field_appears_and_makes_the_file_stale():
-    rendered = configdoc.render(WithNewSettings)
+    rendered = configdoc.render(commands.build_parser(), WithNewSettings)
     rows = {line.split(" | ")[0]: line for line in rendered.splitlines() if line.startswith("| `")}
     assert rows["| `store_url`"] == (
         "| `store_url` | `STREAMVEC_STORE_URL` | - | string or unset | unset "
@@ -102,10 +102,10 @@ def test_a_flag_is_found_by_the_env_var_its_help_names():
     run.add_argument("--kafka", help="a command's own --kafka names no env var: not a setting")
     run.add_argument("--fetch", help="read the store (STREAMVEC_STORE_URL) first: uses, not sets")
     run.add_argument("--trace", help="trace [env STREAMVEC_TRACE_FILE]")
-    docs = {d.name: d for d in configdoc.describe_settings(WithNewSettings, parser)}
+    docs = {d.name: d for d in configdoc.describe_settings(parser, WithNewSettings)}
     assert docs["store_url"].flags == ("`--url-of-store`", "`--store-url` (`run`)")
     assert docs["kafka"].flags == ()
-    extras = configdoc.extra_variables(WithNewSettings, parser)
+    extras = configdoc.extra_variables(parser, WithNewSettings)
     assert [(e.env, e.flags, e.description) for e in extras] == [
         ("STREAMVEC_TRACE_FILE", ("`--trace` (`run`)",), "Trace")]
 
@@ -113,13 +113,13 @@ def test_a_flag_is_found_by_the_env_var_its_help_names():
 def test_check_passes_on_a_fresh_file_and_fails_on_a_stale_one(tmp_path, capsys):
     fresh = tmp_path / "configuration.md"
     assert commands.main(["config", "reference", "--output", str(fresh)]) == 0
-    assert fresh.read_text(encoding="utf-8") == configdoc.render()
+    assert fresh.read_text(encoding="utf-8") == configdoc.render(commands.build_parser())
     assert commands.main(["config", "reference", "--check", "--output", str(fresh)]) == 0
     assert capsys.readouterr().out == f"wrote {fresh}\n{fresh} is up to date\n"
 
     lines = fresh.read_text(encoding="utf-8").splitlines(keepends=True)
     fresh.write_text("".join(lines[:-1]), encoding="utf-8")
-    assert commands.main(["config", "reference", "--check", "--output", str(fresh)]) == 2
+    assert commands.main(["config", "reference", "--check", "--output", str(fresh)]) == 1
     err = capsys.readouterr().err
     assert err == (f"streamvec: error: the configuration reference is stale: {fresh} ends after "
                    f"line {len(lines) - 1}; the settings give {len(lines)} lines; regenerate it "
@@ -128,13 +128,13 @@ def test_check_passes_on_a_fresh_file_and_fails_on_a_stale_one(tmp_path, capsys)
 
 def test_check_of_a_missing_file_names_the_fix(tmp_path, capsys):
     missing = tmp_path / "nope.md"
-    assert commands.main(["config", "reference", "--check", "--output", str(missing)]) == 2
+    assert commands.main(["config", "reference", "--check", "--output", str(missing)]) == 1
     assert f"{missing} does not exist; regenerate it with make docs" in capsys.readouterr().err
 
 
 def test_without_output_the_reference_goes_to_stdout(capsys):
     assert commands.main(["config", "reference"]) == 0
-    assert capsys.readouterr().out == configdoc.render()
+    assert capsys.readouterr().out == configdoc.render(commands.build_parser())
 
 
 @pytest.mark.parametrize(("old", "new", "reason"), [

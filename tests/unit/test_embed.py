@@ -10,12 +10,8 @@ import numpy as np
 import pytest
 
 from streamvec import corpus
-from streamvec.embed import (
-    EmbedderUnavailable,
-    SentenceEncoder,
-    fallback_vectors,
-    load_encoder_or_none,
-)
+from streamvec.embed import SentenceEncoder, fallback_vectors, load_encoder_or_none
+from streamvec.errors import EmbedderUnavailable
 
 # Cosine similarities for all-MiniLM-L6-v2 printed (to 4 decimals) in the sentence-transformers
 # documentation. Rounding allows 5e-5 and float32 summation order ~1e-6, so 1e-4 is enough for

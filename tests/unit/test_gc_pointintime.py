@@ -9,13 +9,9 @@ import pytest
 
 from indexer.registry import SegmentRecord
 from ingest.spec import CollectionSpec
-from lifecycle.snapshots import (
-    PointInTime,
-    PointInTimeError,
-    check_label,
-    new_id,
-    target_spec,
-)
+from lifecycle.errors import PointInTimeError
+from lifecycle.pointintime import PointInTime
+from lifecycle.snapshots import check_label, new_id, target_spec
 
 
 def pit(spec: CollectionSpec) -> PointInTime:

@@ -7,9 +7,8 @@ import time
 
 import pytest
 
-from lifecycle import gc, gc_scan
-from lifecycle.gc import GcReport, Rules
-from lifecycle.gc_scan import MARKER, OTHER, SEGMENT, TEMP, Entry
+from lifecycle import gc
+from lifecycle.gc import MARKER, OTHER, SEGMENT, TEMP, Entry, GcReport, Rules
 
 SEG = "c/g0002/p0001/p0001-000000000100-000000000200"
 LIVE = Rules(True, 600.0, active_generation=2, kept_generations=frozenset({0, 1, 2}),
@@ -83,7 +82,7 @@ def test_scan_classifies_a_collection_folder(tmp_path):
     old = time.time() - 100
     os.utime(unmarked, (old, old))
 
-    found = {e.path: e for e in gc_scan.scan(tmp_path, "c", time.time())}
+    found = {e.path: e for e in gc.scan(tmp_path, "c", time.time())}
     base = "c/g0001/p0003/"
     assert {p: e.kind for p, e in found.items()} == {
         base + marked.name: SEGMENT, base + unmarked.name: SEGMENT,
@@ -96,7 +95,7 @@ def test_scan_classifies_a_collection_folder(tmp_path):
     assert found[base + unmarked.name].marker is None
     assert 99 < found[base + unmarked.name].age_s < 200
     assert found[base + marked.name].age_s < 50
-    assert gc_scan.scan(tmp_path, "absent", time.time()) == []
+    assert gc.scan(tmp_path, "absent", time.time()) == []
 
 
 def test_a_temp_folder_being_filled_counts_as_young(tmp_path):
@@ -105,7 +104,7 @@ def test_a_temp_folder_being_filled_counts_as_young(tmp_path):
     (tmp / "vectors.npy").write_bytes(b"x")
     old = time.time() - 1000
     os.utime(tmp, (old, old))
-    [entry] = gc_scan.scan(tmp_path, "c", time.time())
+    [entry] = gc.scan(tmp_path, "c", time.time())
     assert entry.age_s < 50
 
 

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
 
 from streamvec import probe
-from streamvec.errors import CommandError
+from streamvec.errors import ListenError
 from streamvec.health import Health, HealthServer, Verdict, redis_check, serve
 
 
@@ -73,28 +73,27 @@ def test_a_new_process_is_alive_but_not_ready_until_it_says_so():
     assert health.liveness() == Verdict(True, "alive")
 
 
-def test_readiness_waits_for_a_first_turn_of_every_wrapped_loop():
+def test_readiness_waits_for_a_first_turn_of_every_registered_loop():
     health = Health("monitor")
-    drift = health.turn(lambda: "drifted", name="drift")
-    canary = health.turn(lambda: None, name="canary")
+    drift = health.turns("drift")
+    canary = health.turns("canary")
     health.ready("watching products")
     assert health.readiness() == Verdict(False, "waiting for a first canary, drift turn")
-    assert drift() == "drifted"
+    with drift:
+        assert health.readiness() == Verdict(False, "waiting for a first canary, drift turn")
     assert health.readiness() == Verdict(False, "waiting for a first canary turn")
-    canary()
+    with canary:
+        pass
     assert health.readiness() == Verdict(True, "watching products")
 
 
 def test_a_turn_that_raises_still_ran_and_the_error_reaches_the_loop():
     health = Health("searcher")
 
-    def step() -> None:
-        raise ConnectionError("redis went away")
-
-    turn = health.turn(step, name="serve")
+    turn = health.turns("serve")
     health.ready("serving products")
-    with pytest.raises(ConnectionError, match="redis went away"):
-        turn()
+    with pytest.raises(ConnectionError, match="redis went away"), turn:
+        raise ConnectionError("redis went away")
     assert health.readiness() == Verdict(True, "serving products")
     assert health.liveness() == Verdict(True, "alive")
 
@@ -104,15 +103,17 @@ def test_a_turn_running_past_the_stall_limit_fails_liveness_and_readiness():
     health = Health("indexer", stall_after_s=30, clock=clock)
     seen: list[tuple[Verdict, Verdict]] = []
 
-    def step(seconds: float) -> None:
-        clock.now += seconds
-        seen.append((health.liveness(), health.readiness()))
+    turns = health.turns("consume")
 
-    turn = health.turn(step, name="consume")
+    def step(seconds: float) -> None:
+        with turns:
+            clock.now += seconds
+            seen.append((health.liveness(), health.readiness()))
+
     health.ready("indexing products")
-    turn(0)
-    turn(30)  # at the limit is not past it
-    turn(31)
+    step(0)
+    step(30)  # at the limit is not past it
+    step(31)
     ready = (Verdict(True, "alive"), Verdict(True, "indexing products"))
     stuck = Verdict(False, "stuck: a consume turn has run for 31 s (limit 30 s)")
     assert seen == [(Verdict(True, "alive"), Verdict(False, "waiting for a first consume turn")),
@@ -221,7 +222,7 @@ def test_no_port_serves_nothing_and_a_busy_port_is_a_clear_error():
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        with pytest.raises(CommandError) as err:
+        with pytest.raises(ListenError) as err:
             serve(Health("indexer"), port, host="127.0.0.1")
     assert str(err.value) == (f"cannot serve /metrics and health on 127.0.0.1:{port}: "
                               "Address already in use")

@@ -9,15 +9,9 @@ import numpy as np
 import pytest
 
 from searcher import protocol
+from searcher.errors import ERROR_CODES, QueryError
 from searcher.protocol import decode_reply, decode_request, encode_reply, encode_request
-from searcher.query import (
-    ERROR_CODES,
-    Consistency,
-    Filter,
-    QueryAnswer,
-    QueryError,
-    QueryRequest,
-)
+from searcher.query import Consistency, Filter, QueryAnswer, QueryRequest
 
 NAME = "products@v4"
 DIM = 3

@@ -9,8 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from searcher import protocol
+from searcher.errors import ERROR_CODES, QueryError
 from searcher.protocol import decode_request, encode_request
-from searcher.query import ERROR_CODES, QueryError, QueryRequest
+from searcher.query import QueryRequest
 
 # Fixed seeds and no example database, so CI runs the same cases every time.
 FUZZ = settings(max_examples=400, derandomize=True, database=None, deadline=None,

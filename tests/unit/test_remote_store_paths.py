@@ -1,4 +1,4 @@
-"""The object-store mirror of the snapshot folder over a `file://` store: paths, order, refusals."""
+"""The object-store mirror of the segment store over a `file://` store: paths, order, refusals."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from indexer import remote, segfolder, store
+from indexer import segfolder
 from indexer.errors import CorruptSegment, RemoteStoreError
+from indexer.objectstore import RemoteStore
 from indexer.segment import SealedRows
+from indexer.store import SegmentStore, check_rel_path, is_registered, rel_path
 from streamvec.settings import Settings, redact_storage_options
 
 DIM = 4
@@ -21,9 +23,10 @@ COLLECTION = "docs@v2"
 SECRET = "n0t-a-real-s3cret"  # noqa: S105 - must never show up in text
 
 
-def write_segment(root: Path, partition: int = 1, start: int = 0, end: int = 10
+def write_segment(root: Path | SegmentStore, partition: int = 1, start: int = 0, end: int = 10
                   ) -> segfolder.SegmentManifest:
-    """Write one small seeded segment folder under `root`."""
+    """Write one small seeded segment folder into a store (or a plain one at `root`)."""
+    store = root if isinstance(root, SegmentStore) else SegmentStore(root)
     rng = np.random.default_rng(start)
     rows = end - start
     sealed = SealedRows(
@@ -35,7 +38,7 @@ def write_segment(root: Path, partition: int = 1, start: int = 0, end: int = 10
         deleted_ids=np.zeros(0, dtype="S1"))
     index = faiss.IndexFlatL2(DIM)
     index.add(sealed.vectors)
-    return segfolder.write_segment(root, COLLECTION, 0, sealed, index, "Flat", "l2", {})
+    return store.write(COLLECTION, 0, sealed, index, "Flat", "l2", {})
 
 
 def files_of(folder: Path) -> dict[str, bytes]:
@@ -43,23 +46,30 @@ def files_of(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture
-def objects(tmp_path: Path) -> remote.RemoteStore:
+def objects(tmp_path: Path) -> RemoteStore:
     """A store whose 'bucket' is a local folder: the same code path as s3://, no server."""
-    return remote.RemoteStore(f"file://{tmp_path / 'bucket'}/prefix")
+    return RemoteStore(f"file://{tmp_path / 'bucket'}/prefix")
 
 
-def test_registry_paths_must_stay_inside_the_store() -> None:
+def mirrored(root: Path, objects: RemoteStore) -> SegmentStore:
+    """A segment store at `root` mirrored to `objects`."""
+    return SegmentStore(root, objects)
+
+
+def test_registry_paths_must_stay_inside_the_store(tmp_path: Path) -> None:
     good = "docs@v2/g0000/p0001/p0001-000000000000-000000000010"
-    assert remote.check_rel_path(good) == good
-    assert remote.check_rel_path(Path(good)) == good
+    assert check_rel_path(good) == good
+    assert check_rel_path(Path(good)) == good
     for bad in ("", "/etc/passwd", "../x", "docs/../../x", "a//b", "a/./b", "a\\b", "."):
         with pytest.raises(ValueError, match="is not a path relative to the snapshot store"):
-            remote.check_rel_path(bad)
+            check_rel_path(bad)
+        with pytest.raises(ValueError, match="is not a path relative to the snapshot store"):
+            SegmentStore(tmp_path).folder(bad)
 
 
 def test_remote_paths_mirror_the_local_layout(tmp_path: Path, objects) -> None:
     manifest = write_segment(tmp_path / "local")
-    rel = remote.rel_path(manifest)
+    rel = rel_path(manifest)
     assert rel == "docs@v2/g0000/p0001/p0001-000000000000-000000000010"
     assert objects.key(rel) == f"{tmp_path}/bucket/prefix/{rel}"
     assert (tmp_path / "local" / rel).is_dir()
@@ -68,53 +78,59 @@ def test_remote_paths_mirror_the_local_layout(tmp_path: Path, objects) -> None:
 def test_push_then_fetch_is_byte_identical_and_idempotent(tmp_path: Path, objects) -> None:
     local = tmp_path / "local"
     manifest = write_segment(local)
-    rel = remote.rel_path(manifest)
-    assert objects.push_segment(local, manifest) is True
-    assert objects.push_segment(local, manifest) is False  # same manifest there: nothing to do
-    assert objects.is_complete(rel) and not objects.is_registered(rel)
-    assert objects.push_marker(rel) and objects.is_registered(rel)
-    fetched = objects.fetch(rel, tmp_path / "other")
+    rel = rel_path(manifest)
+    writer = mirrored(local, objects)
+    assert writer.mirror(rel) is True
+    assert writer.mirror(rel) is False  # same manifest there: nothing to do
+    assert objects.exists(f"{rel}/manifest.json") and not objects.exists(rel + ".registered")
+    marker = writer.mark_registered(rel)
+    assert objects.read_bytes(rel + ".registered") == marker.read_bytes()  # one marker, twice
+    reader = mirrored(tmp_path / "other", objects)
+    fetched = reader.fetch(rel)
     assert fetched == tmp_path / "other" / rel
     assert files_of(fetched) == files_of(local / rel)
-    assert objects.fetch_marker(rel, tmp_path / "other") and store.is_registered(fetched)
+    assert reader.fetch_marker(rel) and is_registered(fetched)
     assert sorted(os.listdir(fetched.parent)) == [fetched.name, fetched.name + ".registered"]
 
 
 def test_listing_orders_by_generation_partition_and_start(tmp_path: Path, objects) -> None:
     local = tmp_path / "local"
     made = [write_segment(local, p, s, s + 5) for p, s in ((2, 0), (1, 5), (1, 0))]
+    store = mirrored(local, objects)
     for manifest in made:
-        objects.push_segment(local, manifest)
-    assert objects.list_segments(COLLECTION, 0) == [
+        store.mirror(rel_path(manifest))
+    assert store.list_remote(COLLECTION, 0) == [
         f"{COLLECTION}/g0000/p0001/p0001-000000000000-000000000005",
         f"{COLLECTION}/g0000/p0001/p0001-000000000005-000000000010",
         f"{COLLECTION}/g0000/p0002/p0002-000000000000-000000000005"]
-    assert objects.list_segments(COLLECTION) == objects.list_segments(COLLECTION, 0)
-    assert objects.list_segments(COLLECTION, 3) == [] and objects.list_segments("nothing") == []
-    first = remote.rel_path(made[2])
-    objects.push_marker(first)
-    objects.remove(first)
-    assert not objects.is_registered(first) and not objects.is_complete(first)
-    assert len(objects.list_segments(COLLECTION, 0)) == 2
+    assert store.list_remote(COLLECTION) == store.list_remote(COLLECTION, 0)
+    assert store.list_remote(COLLECTION, 3) == [] and store.list_remote("nothing") == []
+    first = rel_path(made[2])
+    store.mark_registered(first)
+    store.remove(first)
+    assert not objects.exists(first + ".registered") and not objects.exists(first)
+    assert not (local / first).exists() and not is_registered(local / first)
+    assert len(store.list_remote(COLLECTION, 0)) == 2
 
 
 def test_an_incomplete_or_corrupt_remote_folder_is_never_installed(tmp_path: Path,
                                                                    objects) -> None:
     local = tmp_path / "local"
     manifest = write_segment(local)
-    rel = remote.rel_path(manifest)
-    objects.push_segment(local, manifest)
+    rel = rel_path(manifest)
+    mirrored(local, objects).mirror(rel)
     key = objects.key(rel)
     objects.fs.pipe_file(f"{key}/ids.npy", b"tampered")
+    reader = mirrored(tmp_path / "other", objects)
     with pytest.raises(CorruptSegment) as corrupt:
-        objects.fetch(rel, tmp_path / "other")
+        reader.fetch(rel)
     assert (corrupt.value.file, corrupt.value.reason) == (
         "ids.npy", f"{len(b'tampered')} bytes, the manifest says "
                    f"{manifest.files['ids.npy']['bytes']}")
     assert str(corrupt.value).startswith(f"segment {objects.url}/{rel} is corrupt: ids.npy")
     objects.fs.rm_file(f"{key}/manifest.json")
     with pytest.raises(CorruptSegment, match="manifest.json: missing .an incomplete upload"):
-        objects.fetch(rel, tmp_path / "other")
+        reader.folder(rel)
     partition = tmp_path / "other" / rel.rsplit("/", 1)[0]
     assert os.listdir(partition) == []  # neither the folder nor a temp was left behind
 
@@ -123,62 +139,80 @@ def test_fetch_collection_reports_what_it_installed_kept_and_refused(tmp_path: P
                                                                      objects) -> None:
     local = tmp_path / "local"
     made = [write_segment(local, 0, s, s + 5) for s in (0, 5, 10)]
-    rels = [remote.rel_path(m) for m in made]
-    for manifest in made:
-        objects.push_segment(local, manifest)
-    objects.push_marker(rels[0])
+    rels = [rel_path(m) for m in made]
+    writer = mirrored(local, objects)
+    for rel in rels:
+        writer.mirror(rel)
+    writer.mark_registered(rels[0])
     objects.fs.rm_file(f"{objects.key(rels[2])}/manifest.json")
-    other = tmp_path / "other"
-    objects.fetch(rels[1], other)
-    report = remote.fetch_collection(objects, other, COLLECTION, 0)
+    reader = mirrored(tmp_path / "other", objects)
+    reader.fetch(rels[1])
+    report = reader.fetch_collection(COLLECTION, 0)
     assert (report.fetched, report.kept, report.markers) == ([rels[0]], [rels[1]], 1)
     assert report.refused == {
         rels[2]: "manifest.json: missing (an incomplete upload, or no such folder)"}
-    assert [p.name for p in segfolder.list_segments(other, COLLECTION, 0)] == [
+    assert [p.name for p in reader.list_segments(COLLECTION, 0)] == [
         made[0].segment_id, made[1].segment_id]
 
 
-def test_readers_fetch_missing_folders_only_from_an_attached_store(tmp_path: Path) -> None:
+def test_readers_fetch_missing_folders_only_from_a_mirrored_store(tmp_path: Path) -> None:
     local = tmp_path / "local"
     manifest = write_segment(local)
-    rel = remote.rel_path(manifest)
+    rel = rel_path(manifest)
     settings = Settings(store=tmp_path / "reader", store_url=f"file://{tmp_path}/b")
-    objects = remote.RemoteStore.from_settings(settings)
-    assert objects.push_segment(local, manifest)
-    assert remote.local_folder(settings.store, rel) == settings.store / rel
-    assert not (settings.store / rel).exists()  # nothing attached to this root yet
-    assert objects.fetch(rel, settings.store) == settings.store / rel
+    reader = SegmentStore.from_settings(settings)
+    assert reader.root == settings.store and reader.remote is not None
+    assert SegmentStore(local, reader.remote).mirror(rel)
+    plain = SegmentStore(settings.store)  # the same folder, without its object store
+    assert plain.folder(rel) == settings.store / rel
+    assert not (settings.store / rel).exists()
+    assert segfolder.verify(reader.folder(rel)) == manifest
     assert files_of(settings.store / rel) == files_of(local / rel)
-    store.remove(settings.store / rel)
-    assert remote.attach(settings) is not None
-    assert segfolder.verify(remote.local_folder(settings.store, rel)) == manifest
-    assert remote.attach(Settings(store=tmp_path / "plain")) is None
+    assert SegmentStore.from_settings(Settings(store=tmp_path / "plain")).remote is None
+    with pytest.raises(RemoteStoreError, match="no object store is set"):
+        plain.fetch_collection(COLLECTION)
 
 
-def test_mirroring_pushes_only_where_a_store_is_attached(tmp_path: Path) -> None:
+def test_writing_mirrors_only_where_an_object_store_is_set(tmp_path: Path) -> None:
     settings = Settings(store=tmp_path / "writer", store_url=f"file://{tmp_path}/m")
-    manifest = write_segment(settings.store)
-    rel = remote.rel_path(manifest)
-    assert not remote.mirror_segment(tmp_path / "elsewhere", manifest)
-    objects = remote.attach(settings)
-    assert remote.mirror_segment(settings.store, manifest)
-    assert remote.mirror_marker(settings.store, rel)
-    assert objects.is_complete(rel) and objects.is_registered(rel)
-    assert not remote.mirror_segment(settings.store, manifest)  # already there
+    store = SegmentStore.from_settings(settings)
+    manifest = write_segment(tmp_path / "elsewhere")  # a store without an object store
+    assert not SegmentStore(tmp_path / "elsewhere").mirror(rel_path(manifest))
+    rel = rel_path(write_segment(store))
+    assert store.remote.exists(f"{rel}/manifest.json")  # uploaded by the write itself
+    store.mark_registered(rel)
+    assert store.remote.exists(rel + ".registered")
+    assert not store.mirror(rel)  # already there
+
+
+def test_a_collection_is_counted_and_removed_here_and_in_the_object_store(tmp_path: Path,
+                                                                        objects) -> None:
+    store = mirrored(tmp_path / "local", objects)
+    rels = [rel_path(write_segment(store, p, 0, 5)) for p in (0, 1)]
+    store.mark_registered(rels[0])
+    (store.root / COLLECTION / "g0000" / "p0000" / ".tmp-left-by-a-crash").mkdir()
+    other = write_segment(tmp_path / "local", 2, 0, 5)  # written here only, never mirrored
+    assert store.count_folders(COLLECTION) == 3 and len(store.list_remote(COLLECTION)) == 2
+    assert store.remove_collection(COLLECTION) == 3
+    assert not (store.root / COLLECTION).exists() and store.count_folders(COLLECTION) == 0
+    assert store.list_remote(COLLECTION) == [] and not objects.exists(rels[0] + ".registered")
+    assert not objects.exists(rel_path(other))
 
 
 def test_a_broken_store_fails_with_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(RemoteStoreError, match="cannot open the snapshot store nope://x"):
-        remote.RemoteStore("nope://x")
+        RemoteStore("nope://x")
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where the store's folder should be")
-    objects = remote.RemoteStore(f"file://{blocked}")
+    objects = RemoteStore(f"file://{blocked}")
     local = tmp_path / "local"
     manifest = write_segment(local)
-    with pytest.raises(RemoteStoreError, match=f"uploading {remote.rel_path(manifest)} at "
+    store = mirrored(local, objects)
+    with pytest.raises(RemoteStoreError, match=f"uploading {rel_path(manifest)} at "
                                                f"file://{blocked} failed"):
-        objects.push_segment(local, manifest)
-    assert objects.push_marker(remote.rel_path(manifest)) is False  # logged, not raised
+        store.mirror(rel_path(manifest))
+    marker = store.mark_registered(rel_path(manifest))  # the upload fails: logged, not raised
+    assert is_registered(marker.parent / manifest.segment_id)
 
 
 def test_settings_read_the_object_store_from_env_and_mask_its_secrets(monkeypatch,
@@ -209,7 +243,7 @@ def test_settings_refuse_a_url_without_protocol_and_options_that_are_no_object(
     monkeypatch.delenv("STREAMVEC_STORE_URL", raising=False)
     monkeypatch.delenv("STREAMVEC_STORE_OPTIONS", raising=False)
     assert Settings(store_url="").store_url is None
-    with pytest.raises(ValidationError, match="snapshot URL must name its protocol"):
+    with pytest.raises(ValidationError, match="store URL must name its protocol"):
         Settings(store_url="bucket/prefix")
-    with pytest.raises(ValidationError, match="snapshot storage options must be a JSON object"):
+    with pytest.raises(ValidationError, match="store options must be a JSON object"):
         Settings(store_options="[1, 2]")

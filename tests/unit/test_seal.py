@@ -36,15 +36,8 @@ def test_stale_fires_at_the_age():
     assert seal.stale(0.5).reason(stats(age_s=2.25)) == "stale: 2.250s >= 0.5s"
 
 
-def test_forced_and_shutdown_always_give_their_reason():
-    assert seal.forced("operator").reason(stats()) == "operator"
-    assert seal.on_shutdown().reason(stats(rows=0, messages=3)) == "shutdown"
-    assert seal.on_shutdown().name == "shutdown"
-
-
 @pytest.mark.parametrize("make, bad", [
     (seal.full_rows, 0), (seal.full_bytes, 0), (seal.stale, 0.0), (seal.stale, -1.0),
-    (seal.forced, ""),
 ])
 def test_nonsense_limits_are_refused(make, bad):
     with pytest.raises(ValueError):
@@ -75,8 +68,9 @@ def test_select_gives_the_first_reason_and_skips_untouched_segments():
     assert list(seal.select(by_partition, policies)) == [0, 1, 3]
 
 
-def test_select_with_a_forced_policy_seals_everything_that_saw_a_message():
-    by_partition = {0: stats(messages=0), 1: stats(rows=1), 2: stats(messages=2)}
-    assert seal.select(by_partition, [seal.on_shutdown()]) == {1: "shutdown", 2: "shutdown"}
+def test_select_never_seals_a_segment_that_saw_no_message():
+    by_partition = {0: stats(rows=5, messages=0), 1: stats(rows=1), 2: stats(rows=2, messages=2)}
+    policies = [seal.full_rows(1)]
+    assert seal.select(by_partition, policies) == {1: "full_rows: 1 >= 1", 2: "full_rows: 2 >= 1"}
     assert seal.select(by_partition, []) == {}
-    assert seal.select({}, [seal.on_shutdown()]) == {}
+    assert seal.select({}, policies) == {}

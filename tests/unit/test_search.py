@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from oracle import exact_scores
 
 from indexer.build import build_index
 from searcher import search
+from searcher.errors import QueryError
 from searcher.execute import Searchable, execute, fan_out, validate
-from searcher.query import MAX_K, Filter, QueryAnswer, QueryError, QueryRequest
+from searcher.query import MAX_K, Filter, QueryAnswer, QueryRequest
 from searcher.search import Source
 
 DIM = 8
@@ -41,7 +43,7 @@ def brute_force(items: list[Searchable], queries: np.ndarray, k: int, metric: st
     for q in queries:
         scored = []
         for item in items:
-            scores = search.exact_scores(item.source.vectors, q[None, :], metric)[0]
+            scores = exact_scores(item.source.vectors, q[None, :], metric)[0]
             for row in item.source.visible_rows():
                 if accept(item, int(row)):
                     scored.append((item.id_of(int(row)), float(scores[row])))
@@ -206,3 +208,23 @@ def test_sources_are_routed_by_their_visible_rows() -> None:
     answer = execute([request(queries, 25)], [queries], items, "l2", {})[0]
     assert_matches(answer, brute_force(items, queries, 25, "l2"))
     assert not any(i.startswith("s2-") for row in answer.ids for i in row)
+
+
+def test_a_source_without_an_index_is_searched_exactly_and_padded() -> None:
+    base = np.array([[0.0, 0.0], [3.0, 4.0]], np.float32)
+    scores, rows = search.search(Source(base), np.array([[3.0, 4.0]], np.float32), 3, "l2")
+    assert rows.tolist() == [[1, 0, -1]]
+    assert scores[0].tolist() == [0.0, 25.0, np.inf]
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_an_exact_scan_in_blocks_finds_what_one_block_finds(metric: str, monkeypatch) -> None:
+    rng = np.random.default_rng(19)
+    vectors = rng.standard_normal((3000, DIM)).astype(np.float32)
+    source = Source(vectors, rng.random(3000) < 0.3)
+    queries = rng.standard_normal((5, DIM)).astype(np.float32)
+    whole = search.search(source, queries, 20, metric)
+    monkeypatch.setattr(search, "SCAN_BLOCK_PAIRS", 5 * 128)
+    blocks = search.search(source, queries, 20, metric)
+    assert blocks[1].tolist() == whole[1].tolist()
+    np.testing.assert_array_equal(blocks[0], whole[0])

@@ -13,13 +13,15 @@ from indexer import publish, segfolder
 from indexer.build import build_index
 from indexer.idmap import IdMap
 from indexer.registry import SegmentRecord
-from indexer.segment import GrowingSegment
+from indexer.segment import GrowingSegment, segment_id
+from indexer.store import SegmentStore
 from indexer.view import hidden_rows
 from ingest import record
+from lifecycle import rewrite
 from searcher import segments
 from searcher.metrics import SearcherMetrics
 from searcher.state import ServingState
-from searcher.tail_reader import TailMessage
+from searcher.tail import TailMessage
 
 DIM = 4
 COLLECTION = "unit"
@@ -30,6 +32,7 @@ class Chain:
 
     def __init__(self, root: Path, partition: int, rng: np.random.Generator) -> None:
         self.root, self.partition, self.rng = root, partition, rng
+        self.store = SegmentStore(root)
         self.growing = GrowingSegment(partition, 0, DIM, 0.0)
         self.idmap = IdMap()
         self.log: list[TailMessage] = []
@@ -51,16 +54,15 @@ class Chain:
 
     def seal(self) -> tuple[SegmentRecord, segfolder.LoadedSegment]:
         sealed = self.growing.seal()
-        sid = segfolder.segment_id(self.partition, sealed.start_offset, sealed.end_offset)
+        sid = segment_id(self.partition, sealed.start_offset, sealed.end_offset)
         hides = self.idmap.hides_for(sealed)
         self.idmap.apply(sid, sealed)
         index, factory = build_index(sealed.vectors, metric="l2", index="Flat")
-        manifest = segfolder.write_segment(self.root, COLLECTION, 0, sealed, index, factory, "l2",
-                                          hides)
-        path = segfolder.segment_path(self.root, COLLECTION, 0, self.partition, sid)
+        manifest = self.store.write(COLLECTION, 0, sealed, index, factory, "l2", hides)
+        path = self.store.segment_path(COLLECTION, 0, self.partition, sid)
         rec = SegmentRecord.from_manifest(manifest, path.relative_to(self.root))
         self.growing = GrowingSegment(self.partition, sealed.end_offset, DIM, 0.0)
-        return rec, segments.load(self.root, rec)
+        return rec, segments.load(self.store, rec)
 
     def live(self, since: int = 0) -> dict[str, np.ndarray]:
         return {k: v for k, v in self.expected.items()
@@ -120,7 +122,7 @@ def state_after(chain: Chain, upto: int) -> dict[str, np.ndarray]:
     latest: dict[str, np.ndarray | None] = {}
     for msg in chain.log[:upto]:
         deleted = (msg.batch.ops == record.OP_DELETE).tolist()
-        for i, key in enumerate(msg.batch.id_list()):
+        for i, key in enumerate(raw.decode() for raw in msg.batch.ids.tolist()):
             latest[key] = None if deleted[i] else np.array(msg.batch.vectors[i])
     return {k: v for k, v in latest.items() if v is not None}
 
@@ -224,7 +226,7 @@ def test_corrupt_segment_is_refused_counted_and_its_range_still_covered(tmp_path
     rec, _ = chain.seal()
     vectors = tmp_path / rec.path / "vectors.npy"
     vectors.write_bytes(vectors.read_bytes()[:-4] + b"\x00\x00\x80\x7f")
-    assert segments.load(tmp_path, rec) is None
+    assert segments.load(chain.store, rec) is None
     state.replace(set(), [(rec, None)])
     assert sample(registry, "refused_segments_total") == 1
     assert state.positions()[0] == 5 and visible(state) == {}
@@ -268,17 +270,17 @@ def test_replacing_segments_by_a_merge_is_one_swap_without_rewind(tmp_path, stat
     state.apply(tail)
     assert_serves(state, chain)
     segs = [seg for _, seg in installed]
-    sealed = publish.rows_of(segs, hidden_rows(segs))
+    sealed = rewrite.rows_of(segs, hidden_rows(segs))
     assert sealed.rows == len(state_after(chain, 18))  # only the visible rows are kept
-    merged = publish.write(tmp_path, COLLECTION, 0, sealed, metric="l2", index="Flat")
+    merged = publish.write(chain.store, COLLECTION, 0, sealed, metric="l2", index="Flat")
     state.replace({rec.segment_id for rec, _ in installed},
-                  [(merged.record, segments.load(tmp_path, merged.record))])
+                  [(merged.record, segments.load(chain.store, merged.record))])
     assert_serves(state, chain)
     assert rewinds == [] and state.positions()[0] == 22
     assert state.served() == {merged.record.segment_id: merged.record.path}
     # A generation switch keeps the ids and moves the paths: the swap follows the path.
-    moved = publish.write(tmp_path, COLLECTION, 1, sealed, metric="l2", index="HNSW8")
-    state.replace({merged.record.segment_id}, [(moved.record, segments.load(tmp_path,
+    moved = publish.write(chain.store, COLLECTION, 1, sealed, metric="l2", index="HNSW8")
+    state.replace({merged.record.segment_id}, [(moved.record, segments.load(chain.store,
                                                                            moved.record))])
     assert_serves(state, chain)
     assert state.served() == {moved.record.segment_id: moved.record.path}

@@ -11,9 +11,11 @@ import faiss
 import numpy as np
 import pytest
 
-from indexer import segfolder, store
+from indexer import segfolder
 from indexer.errors import CorruptSegment, RebuildError
-from indexer.segment import SealedRows
+from indexer.segment import SealedRows, parse_segment_id, segment_id
+from indexer.store import SegmentStore, coverage_chain, is_registered
+from streamvec import files
 
 DIM = 8
 COLLECTION = "docs@v2"
@@ -41,26 +43,26 @@ def flat_index(sealed: SealedRows) -> faiss.Index:
 
 
 def write(root: Path, sealed: SealedRows, hides: dict | None = None) -> segfolder.SegmentManifest:
-    return segfolder.write_segment(root, COLLECTION, 0, sealed, flat_index(sealed), "Flat", "l2",
-                                  hides or {})
+    return SegmentStore(root).write(COLLECTION, 0, sealed, flat_index(sealed), "Flat", "l2",
+                                    hides or {})
 
 
 def sealed_id(sealed: SealedRows) -> str:
-    return segfolder.segment_id(sealed.partition, sealed.start_offset, sealed.end_offset)
+    return segment_id(sealed.partition, sealed.start_offset, sealed.end_offset)
 
 
 def folder(root: Path, sealed: SealedRows) -> Path:
-    return segfolder.segment_path(root, COLLECTION, 0, sealed.partition, sealed_id(sealed))
+    return SegmentStore(root).segment_path(COLLECTION, 0, sealed.partition, sealed_id(sealed))
 
 
 def test_segment_id_is_canonical_and_parses_back() -> None:
-    assert segfolder.segment_id(3, 100, 200) == "p0003-000000000100-000000000200"
-    assert segfolder.parse_segment_id("p0003-000000000100-000000000200") == (3, 100, 200)
+    assert segment_id(3, 100, 200) == "p0003-000000000100-000000000200"
+    assert parse_segment_id("p0003-000000000100-000000000200") == (3, 100, 200)
     for bad in ("p03-000000000100-000000000200", "p0003-0000000000100-000000000200",
                 "p0003-000000000200-000000000100", ".tmp-p0003-000000000100-000000000200"):
         with pytest.raises(ValueError, match="is not a segment id"):
-            segfolder.parse_segment_id(bad)
-    assert segfolder.segment_path("/r", "c", 2, 3, "x") == Path("/r/c/g0002/p0003/x")
+            parse_segment_id(bad)
+    assert SegmentStore("/r").segment_path("c", 2, 3, "x") == Path("/r/c/g0002/p0003/x")
 
 
 @pytest.mark.parametrize("mmap", [True, False])
@@ -150,13 +152,13 @@ def test_temp_folders_are_never_listed_and_are_swept(tmp_path: Path) -> None:
     write(tmp_path, sealed)
     write(tmp_path, later)
     parent = folder(tmp_path, sealed).parent
-    crashed = store.temp_path(parent, "p0001-000000000140-000000000160")
+    crashed = files.temp_path(parent / "p0001-000000000140-000000000160")
     crashed.mkdir()
     (crashed / "vectors.npy").write_bytes(b"half")  # a writer died before the rename
-    assert segfolder.list_segments(tmp_path, COLLECTION) == [folder(tmp_path, sealed),
-                                                            folder(tmp_path, later)]
-    assert segfolder.list_segments(tmp_path, COLLECTION, generation=1) == []
-    assert segfolder.remove_orphans(tmp_path, COLLECTION, 0, 1, min_start=140) == [crashed]
+    store = SegmentStore(tmp_path)
+    assert store.list_segments(COLLECTION) == [folder(tmp_path, sealed), folder(tmp_path, later)]
+    assert store.list_segments(COLLECTION, generation=1) == []
+    assert store.remove_orphans(COLLECTION, 0, 1, min_start=140) == [crashed]
     assert sorted(os.listdir(parent)) == [sealed_id(sealed), sealed_id(later)]
 
 
@@ -165,14 +167,15 @@ def test_remove_orphans_keeps_registered_and_earlier_folders(tmp_path: Path) -> 
                                  make_sealed(start=120, end=140))
     for sealed in (early, registered, orphan):
         write(tmp_path, sealed)
-    marker = segfolder.mark_registered(folder(tmp_path, registered))
+    store = SegmentStore(tmp_path)
+    marker = store.mark_registered(folder(tmp_path, registered).relative_to(tmp_path))
     assert marker.name == sealed_id(registered) + ".registered"
-    assert segfolder.is_registered(folder(tmp_path, registered))
-    assert not segfolder.is_registered(folder(tmp_path, orphan))
-    assert segfolder.remove_orphans(tmp_path, COLLECTION, 0, 1, 100) == [folder(tmp_path, orphan)]
-    assert segfolder.list_segments(tmp_path, COLLECTION) == [folder(tmp_path, early),
-                                                            folder(tmp_path, registered)]
-    assert segfolder.remove_orphans(tmp_path, COLLECTION, 0, 7, 0) == []
+    assert is_registered(folder(tmp_path, registered))
+    assert not is_registered(folder(tmp_path, orphan))
+    assert store.remove_orphans(COLLECTION, 0, 1, 100) == [folder(tmp_path, orphan)]
+    assert store.list_segments(COLLECTION) == [folder(tmp_path, early),
+                                               folder(tmp_path, registered)]
+    assert store.remove_orphans(COLLECTION, 0, 7, 0) == []
 
 
 def test_write_rejects_inconsistent_input(tmp_path: Path) -> None:
@@ -184,11 +187,11 @@ def test_write_rejects_inconsistent_input(tmp_path: Path) -> None:
     short = faiss.IndexFlatL2(DIM)
     short.add(sealed.vectors[:3])
     with pytest.raises(ValueError, match="index has 3 rows of dim 8, rows are 12 of dim 8"):
-        segfolder.write_segment(tmp_path, COLLECTION, 0, sealed, short, "Flat", "l2", {})
+        SegmentStore(tmp_path).write(COLLECTION, 0, sealed, short, "Flat", "l2", {})
     with pytest.raises(ValueError, match="metric must be one of"):
-        segfolder.write_segment(tmp_path, COLLECTION, 0, sealed, flat_index(sealed), "Flat",
-                               "hamming", {})
-    assert segfolder.list_segments(tmp_path, COLLECTION) == []
+        SegmentStore(tmp_path).write(COLLECTION, 0, sealed, flat_index(sealed), "Flat",
+                                     "hamming", {})
+    assert SegmentStore(tmp_path).list_segments(COLLECTION) == []
 
 
 ALL_FILES = sorted(segfolder.FILES | {segfolder.MANIFEST})
@@ -273,10 +276,10 @@ def test_load_without_verify_skips_checksums_but_not_the_fingerprint(tmp_path: P
 def chain_folders(tmp_path: Path, spans: list[tuple[int, int, bool]]) -> list[Path]:
     paths = []
     for start, end, marked in spans:
-        path = tmp_path / segfolder.segment_id(0, start, end)
+        path = tmp_path / segment_id(0, start, end)
         path.mkdir()
         if marked:
-            segfolder.mark_registered(path)
+            SegmentStore(tmp_path).mark_registered(path.name)
         paths.append(path)
     return paths
 
@@ -285,8 +288,8 @@ def test_coverage_chain_prefers_registered_and_bridges_unmarked_holes(tmp_path: 
     a, orphan, b, c, tail = chain_folders(
         tmp_path, [(0, 10, True), (10, 30, False), (10, 20, False), (20, 30, True),
                    (30, 40, False)])
-    assert store.coverage_chain(0, [a, orphan, b, c, tail]) == [a, b, c]
-    assert store.coverage_chain(0, [a, b, tail]) == [a]  # nothing proves b was registered
+    assert coverage_chain(0, [a, orphan, b, c, tail]) == [a, b, c]
+    assert coverage_chain(0, [a, b, tail]) == [a]  # nothing proves b was registered
 
 
 def test_coverage_chain_reports_gaps_and_ambiguity(tmp_path: Path) -> None:
@@ -294,7 +297,7 @@ def test_coverage_chain_reports_gaps_and_ambiguity(tmp_path: Path) -> None:
                                           (10, 20, False)])
     with pytest.raises(RebuildError, match=r"partition 0: gap in the registered segments: "
                                            r"offsets \[10, 20\) are covered by no segment"):
-        store.coverage_chain(0, [a, b, c])
+        coverage_chain(0, [a, b, c])
     (e,) = chain_folders(tmp_path, [(15, 20, False)])
     with pytest.raises(RebuildError, match=r"\[10, 20\) are covered by more than one set"):
-        store.coverage_chain(0, [a, b, c, d, e])
+        coverage_chain(0, [a, b, c, d, e])

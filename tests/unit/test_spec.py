@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ingest.spec import CollectionSpec, SpecError
+from ingest.errors import SpecError
+from ingest.spec import CollectionSpec
 
 
 def test_json_round_trip_and_unknown_fields_ignored():

@@ -1,0 +1,89 @@
+"""The start-up and shutdown every long-running role shares: health, signals, the loop, the end.
+
+    run_role("searcher", settings, port, start, max_seconds=...)
+
+serves /metrics, /healthz and /readyz first, so a probe answers while the role starts; then
+`start(turn_hook)` builds the role's loop (and whatever must be released after it) around the
+health's turn hook; the runner says ready, runs the loop until SIGTERM, SIGINT or
+`max_seconds`, and marks the process failed if the loop ends with an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+from streamvec.health import Health, TurnHook, redis_check, serve
+from streamvec.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Loop(Protocol):
+    """What a role runs: blocks in `run` until `stop()` is called from a signal handler."""
+
+    def run(self, max_seconds: float | None = None) -> None:
+        """Run until stopped or `max_seconds` have passed."""
+
+    def stop(self) -> None:
+        """Ask `run` to return soon."""
+
+
+@dataclass(frozen=True, slots=True)
+class Role:
+    """A started role: its loop, what it is doing (the readiness reason), how it stops (logged)."""
+
+    loop: Loop
+    doing: str
+    stopping: str = "stopping"
+
+
+Start = Callable[[TurnHook], AbstractContextManager[Role]]
+
+
+def run_role(component: str, settings: Settings, metrics_port: int | None, start: Start, *,
+             max_seconds: float | None = None) -> int:
+    """Run one long-running role to its end and return the exit status (0: stopped cleanly)."""
+    health = Health(component)
+    stopper = _Stopper(health)
+    signal.signal(signal.SIGTERM, stopper)
+    signal.signal(signal.SIGINT, stopper)
+    serve(health, metrics_port or settings.metrics_port)
+    with start(health.turns) as role:
+        if not stopper.attach(role):
+            return 0
+        health.add_check(redis_check(settings))
+        health.ready(role.doing)
+        try:
+            role.loop.run(max_seconds=max_seconds)
+        except Exception as exc:
+            health.failed(str(exc))
+            raise
+    return 0
+
+
+class _Stopper:
+    """The signal handler: not ready at once, then stop the loop, even one still starting."""
+
+    def __init__(self, health: Health) -> None:
+        self.health = health
+        self.role: Role | None = None
+        self.requested = False
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        self.requested = True
+        self.health.not_ready("stopping")
+        if self.role is not None:
+            log.info("signal %s: %s", signal.Signals(signum).name, self.role.stopping)
+            self.role.loop.stop()
+        else:
+            log.info("signal %s while starting: exiting", signal.Signals(signum).name)
+
+    def attach(self, role: Role) -> bool:
+        """Hand the started role over; False if a signal already asked to stop."""
+        self.role = role
+        return not self.requested
