@@ -81,7 +81,7 @@ lint: venv ## ruff over the whole tree
 	$(BIN)/ruff check --quiet .
 
 unit: venv ## run the unit tests only (no servers)
-	$(BIN)/pytest -q -m 'not integration' tests/unit $(PYTEST_ARGS)
+	$(BIN)/pytest -q -m 'not integration' tests $(PYTEST_ARGS)
 
 integration: venv deps ## run the integration tests only
 	$(BIN)/pytest -q -m integration tests $(PYTEST_ARGS)

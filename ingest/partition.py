@@ -17,7 +17,7 @@ carries upwards only), so `h mod 2**k` alone would ignore most of every characte
 finalizer folds the high bits down.
 
 Test vectors: hash_id("") = 0xf52a15e9a9b5e89b, hash_id("a") = 0x02c0bdbf481420f8,
-hash_id("user-42") = 0x7a1596f0e94b5793 (partition 3 of 8), more in tests/unit/test_partition.py.
+hash_id("user-42") = 0x7a1596f0e94b5793 (partition 3 of 8), more in tests/ingest/test_partition.py.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Read from code: each field (type, bounds, default, description), the env prefix, and the flags
 of `streamvec.commands.build_parser()` whose help says `[env STREAMVEC_<FIELD>]` (or, global ones,
-whose dest is the field). `make docs` regenerates; tests/unit/test_configdoc.py fails if stale.
+whose dest is the field). `make docs` regenerates; tests/streamvec/test_configdoc.py fails if stale.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def neutral_environment() -> Iterator[None]:
 _HEADER = """# Configuration reference
 
 <!-- Generated from streamvec/settings.py by `streamvec config reference --output \
-docs/configuration.md` (`make docs`). Do not edit by hand: tests/unit/test_configdoc.py fails \
+docs/configuration.md` (`make docs`). Do not edit by hand: tests/streamvec/test_configdoc.py fails \
 when this file differs from what the settings render. -->
 
 Every streamvec process reads one `Settings` object (`streamvec/settings.py`). A setting takes \

@@ -10,7 +10,7 @@ from streamvec.commands.errors import UsageError
 from streamvec.settings import Settings
 
 # ingest.spec.METRICS, named here so that `streamvec --help` need not load numpy;
-# tests/unit/test_commands.py keeps the two equal.
+# tests/streamvec/commands/test_commands.py keeps the two equal.
 METRICS = ("l2", "ip", "cosine")
 
 

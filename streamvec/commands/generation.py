@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from lifecycle.generations import SwitchReport
 
 # lifecycle.generations.DEFAULT_KEEP, named here so that `streamvec --help` need not load the
-# lifecycle package; tests/unit/test_commands.py keeps the two equal.
+# lifecycle package; tests/streamvec/commands/test_commands.py keeps the two equal.
 DEFAULT_KEEP = 3
 
 

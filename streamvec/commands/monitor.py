@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 # The library's defaults, named here so that `streamvec --help` need not load the monitor:
 # MonitorOptions() of monitor/service.py and DEFAULT_ROWS, SOURCES of monitor/reference.py.
-# tests/unit/test_commands.py keeps them equal.
+# tests/streamvec/commands/test_commands.py keeps them equal.
 DEFAULT_OPTIONS = {"drift": 60.0, "canary": 10.0, "recall": 60.0, "window_rows": 1000}
 DEFAULT_REFERENCE_ROWS = 1000
 REFERENCE_SOURCES = ("auto", "segments", "topic")

@@ -1,0 +1,1 @@
+"""Tests that the deployment files agree with the code."""

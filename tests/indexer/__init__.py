@@ -1,0 +1,1 @@
+"""Tests of the indexer package: builds, seals, segment folders, the store, the worker."""

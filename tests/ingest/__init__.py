@@ -1,0 +1,1 @@
+"""Tests of the ingest package: names, partitions, records, specs, the producer."""

@@ -1,0 +1,1 @@
+"""Tests of the lifecycle package: aliases, challenges, generations, gc, snapshots."""

@@ -1,0 +1,1 @@
+"""Tests of the monitor package: drift, windows, metrics, the service."""

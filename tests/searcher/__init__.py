@@ -1,0 +1,1 @@
+"""Tests of the searcher package: protocol, search, tail, engine, server, client."""

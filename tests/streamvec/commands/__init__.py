@@ -1,0 +1,1 @@
+"""Tests of the command line: parsing, exit statuses, role processes."""

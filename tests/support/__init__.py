@@ -1,0 +1,1 @@
+"""What the tests share: servers, in-process roles, load, polling and oracles."""
