@@ -59,7 +59,7 @@ class Role:
 @contextmanager
 def scratch_collection(base: Settings, prefix: str, **spec_fields) -> Iterator[
         tuple[Settings, CollectionSpec, Path]]:
-    """A new collection with its own snapshot folder, dropped (with its topics) afterwards."""
+    """A new collection with its own segment store, dropped (with its topics) afterwards."""
     with tempfile.TemporaryDirectory(prefix="sv-bench-") as tmp:
         settings = base.model_copy(update={"store": Path(tmp)})
         spec = CollectionSpec(f"{prefix}-{uuid.uuid4().hex[:6]}", **spec_fields)

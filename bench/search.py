@@ -3,7 +3,7 @@
 Rows are loaded and sealed first (4 partitions, one segment each), then the indexer stops, so
 both paths search the very same FAISS segments: streamvec through `Client.search` (concurrent
 client threads, one searcher process, one FAISS thread) and raw FAISS in this process (the
-segments loaded from the snapshot store, one query at a time, one thread, results merged).
+segments loaded from the segment store, one query at a time, one thread, results merged).
 The search-time parameter (HNSW efSearch, IVF nprobe) is swept for the QPS-vs-recall curve;
 the searcher's own default (efSearch 64) gives the headline figures.
 """

@@ -32,7 +32,7 @@ class CorruptSegment(IndexerError):
 
 
 class RebuildError(IndexerError):
-    """The snapshot store cannot be turned back into a registry (a gap, an ambiguity, a race)."""
+    """The segment store cannot be turned back into a registry (a gap, an ambiguity, a race)."""
 
 
 class SwapConflict(IndexerError, Conflict):

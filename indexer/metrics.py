@@ -30,7 +30,7 @@ class IndexerMetrics(CollectionMetrics):
         self.build_seconds = make(Histogram, "build_seconds", "FAISS build plus snapshot write.",
                                   buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
         self.snapshot_bytes = make(Counter, "snapshot_bytes",
-                                   "Bytes written to the snapshot store.")
+                                   "Bytes written to the segment store.")
         self.registrations = make(Counter, "registrations", "Segment registrations, by outcome.",
                                   ("status",))
         self.out_of_range = make(Gauge, "checkpoint_out_of_range", "1 when a partition's "

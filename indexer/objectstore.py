@@ -34,7 +34,7 @@ class RemoteStore:
         try:
             self.fs, base = fsspec.core.url_to_fs(url, **options)
         except (ImportError, ValueError, TypeError) as exc:
-            raise RemoteStoreError(f"cannot open the snapshot store {url}: {exc}") from None
+            raise RemoteStoreError(f"cannot open the segment store {url}: {exc}") from None
         self.url = url.rstrip("/")
         self.base = base.rstrip("/")
         protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (

@@ -1,4 +1,4 @@
-"""Rebuild a collection's registry from the snapshot store alone (DESIGN.md invariant 4)."""
+"""Rebuild a collection's registry from the segment store alone (invariant 4, the snapshot)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ class RebuildReport:
 
 
 def plan_rebuild(store: SegmentStore, collection: str, generation: int = 0) -> RebuildReport:
-    """Derive a collection's registry from the snapshot store alone, writing nothing.
+    """Derive a collection's registry from the segment store alone, writing nothing.
 
     Marked folders chain per partition from offset 0. A hole between two is filled only by the
     one chain of unmarked folders spanning it exactly (a crash between register and mark).
@@ -72,7 +72,7 @@ def plan_rebuild(store: SegmentStore, collection: str, generation: int = 0) -> R
 
 def rebuild(client: redis.Redis, store: SegmentStore, collection: str, generation: int = 0,
             *, mirror_markers: bool = False) -> RebuildReport:
-    """Replace a collection's registry with the one derived from the snapshot store.
+    """Replace a collection's registry with the one derived from the segment store.
 
     The markers of recovered folders are written locally, and with `mirror_markers` in the
     object store too: for folders that were fetched from it.

@@ -42,7 +42,7 @@ def check_rel_path(rel: str | os.PathLike[str]) -> str:
     # Paths come from the registry: one that climbs out would read or write beside the store.
     if (not parts or text.startswith("/") or "\\" in text
             or any(p in ("", ".", "..") for p in text.split("/"))):
-        raise ValueError(f"{text!r} is not a path relative to the snapshot store root")
+        raise ValueError(f"{text!r} is not a path relative to the segment store root")
     return "/".join(parts)
 
 

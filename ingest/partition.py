@@ -1,8 +1,9 @@
 """Stable vector id -> Kafka partition mapping, identical in every process, machine and language.
 
-Every op on one id must land in one partition, in order (DESIGN.md contract 1), and any
-producer, in any language, must agree on that partition. The hash is specified here so it
-can be reimplemented; all arithmetic is on unsigned 64-bit integers, modulo 2**64:
+Every op on one id must land in one partition, in order (invariant 1 in
+docs/architecture.md), and any producer, in any language, must agree on that partition. The
+hash is specified here so it can be reimplemented; all arithmetic is on unsigned 64-bit
+integers, modulo 2**64:
 
     h = 0xcbf29ce484222325                      # FNV-1a 64 offset basis
     for each byte b of the id's UTF-8 encoding:

@@ -1,6 +1,6 @@
 """Wire format of one Kafka message: a versioned binary batch of rows of one collection.
 
-FORMAT version 1, little-endian (DESIGN.md contract 1)
+FORMAT version 1, little-endian (invariant 1 in docs/architecture.md)
   header  magic b"SVB" | version u8 = 1 | flags u8 (bit0 = metadata section; others 0) |
           reserved u8 = 0 | id_width u16 (1..256) | dim u32 (1..65536) | n u32 (rows) |
           m u16 (<= 64) | model_version (m bytes of UTF-8) | zeros up to R, a multiple of 8

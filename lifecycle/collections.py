@@ -34,7 +34,7 @@ def create_collection(settings: Settings, spec: CollectionSpec, *, replication: 
         leftovers = SegmentStore.from_settings(settings).count_folders(spec.name)
         if leftovers:
             raise CollectionExists(
-                f"the snapshot store {settings.store} still holds {leftovers} segment "
+                f"the segment store {settings.store} still holds {leftovers} segment "
                 f"folder(s) of an earlier collection named {spec.name!r} (a restored collection "
                 "may reference them); choose another name, or pass --adopt-store to rebuild "
                 "its registry from them")

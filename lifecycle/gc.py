@@ -1,4 +1,4 @@
-"""Garbage collection of the snapshot store: remove segment folders that nothing references."""
+"""Garbage collection of the segment store: remove segment folders that nothing references."""
 
 # A folder is referenced when a registry record or a point-in-time snapshot of any collection
 # in the catalog names its path. New references to a collection's folders appear only under
@@ -139,7 +139,7 @@ def collect(settings: Settings, collection: str | None = None, *,
         names = [str(CollectionName.parse(collection))]
         if not client.exists(catalog.spec_key(names[0])) and not (root / names[0]).is_dir():
             raise CollectionNotFound(f"collection {names[0]!r} does not exist and has no "
-                                     f"folder in the snapshot store {root}")
+                                     f"folder in the segment store {root}")
     else:
         names = store_names(root)
     report = _sweep(client, store, names, grace_s, keep_generations, dry_run=dry_run,

@@ -1,4 +1,4 @@
-"""Consistency levels (DESIGN.md invariant 6): what a level records at arrival, when it is met."""
+"""Consistency levels (invariant 6): what a level records at arrival, when it is met."""
 
 # Nothing here blocks: the server polls `reached` while a request waits and answers
 # consistency_timeout itself when its deadline passes.

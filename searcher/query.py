@@ -14,7 +14,7 @@ Level = Literal["eventual", "bounded", "session", "strong"]
 
 @dataclass(frozen=True, slots=True)
 class Consistency:
-    """How fresh an answer must be: see DESIGN.md invariant 6."""
+    """How fresh an answer must be: see invariant 6 in docs/architecture.md."""
 
     level: Level = "eventual"
     bound_ms: int | None = None  # bounded: the tail lags the log end by at most this much

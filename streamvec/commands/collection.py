@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="embedding model version (implied by NAME@VERSION)")
     create.add_argument("--adopt-store", action="store_true",
                         help="accept segment folders an earlier collection of this name left in "
-                             "the snapshot store, to rebuild its registry from them")
+                             "the segment store, to rebuild its registry from them")
     create.add_argument("--replication", type=int, default=None,
                         help="topic replication factor (default: min(3, brokers))")
     create.set_defaults(handler=_create)

@@ -1,4 +1,4 @@
-"""`streamvec registry show|rebuild`: inspect a registry, or rebuild it from the snapshot store."""
+"""`streamvec registry show|rebuild`: inspect a registry, or rebuild it from the segment store."""
 
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     show.set_defaults(handler=_show)
 
     rebuild_p = verbs.add_parser(
-        "rebuild", help="rebuild the registry from the snapshot store",
+        "rebuild", help="rebuild the registry from the segment store",
         description="Derive checkpoints and segments from the registered, checksum-verified "
-                    "segment folders of the snapshot store. Without --yes, only print the plan. "
+                    "segment folders of the segment store. Without --yes, only print the plan. "
                     "Stop the collection's indexer workers first.")
     rebuild_p.add_argument("--collection", required=True, help="collection name")
     rebuild_p.add_argument("--generation", type=int, default=None,
@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                            help="replace the registry (otherwise a dry run)")
     rebuild_p.add_argument("--from-remote", action="store_true",
                            help="first copy the collection's folders and markers from the object "
-                                "store (STREAMVEC_STORE_URL) into the local snapshot folder")
+                                "store (STREAMVEC_STORE_URL) into the local segment store")
     rebuild_p.set_defaults(handler=_rebuild)
 
 

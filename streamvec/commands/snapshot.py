@@ -11,7 +11,8 @@ from streamvec.commands.common import collection_arg as _name
 from streamvec.settings import Settings
 
 # lifecycle.gc's DEFAULT_GRACE_S and DEFAULT_KEEP_GENERATIONS, named here so that `streamvec
-# --help` need not load the lifecycle package; tests/streamvec/commands/test_commands.py keeps them equal.
+# --help` need not load the lifecycle package; tests/streamvec/commands/test_commands.py
+# keeps them equal.
 DEFAULT_GRACE_S = 600.0
 DEFAULT_KEEP_GENERATIONS = 3
 

@@ -61,9 +61,9 @@ def test_registry_paths_must_stay_inside_the_store(tmp_path: Path) -> None:
     assert check_rel_path(good) == good
     assert check_rel_path(Path(good)) == good
     for bad in ("", "/etc/passwd", "../x", "docs/../../x", "a//b", "a/./b", "a\\b", "."):
-        with pytest.raises(ValueError, match="is not a path relative to the snapshot store"):
+        with pytest.raises(ValueError, match="is not a path relative to the segment store"):
             check_rel_path(bad)
-        with pytest.raises(ValueError, match="is not a path relative to the snapshot store"):
+        with pytest.raises(ValueError, match="is not a path relative to the segment store"):
             SegmentStore(tmp_path).folder(bad)
 
 
@@ -200,7 +200,7 @@ def test_a_collection_is_counted_and_removed_here_and_in_the_object_store(tmp_pa
 
 
 def test_a_broken_store_fails_with_one_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(RemoteStoreError, match="cannot open the snapshot store nope://x"):
+    with pytest.raises(RemoteStoreError, match="cannot open the segment store nope://x"):
         RemoteStore("nope://x")
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where the store's folder should be")

@@ -43,7 +43,7 @@ def mirrored(settings: Settings, s3_server, collection_name: str) -> Settings:
 
 
 def elsewhere(settings: Settings, folder: Path) -> Settings:
-    """The same object store seen from another machine: a local snapshot folder of its own."""
+    """The same object store seen from another machine: a local segment store of its own."""
     folder.mkdir()
     return settings.model_copy(update={"store": folder})
 

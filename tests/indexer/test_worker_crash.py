@@ -65,7 +65,7 @@ def test_kill_9_at_every_step_loses_nothing_and_duplicates_nothing(settings, col
     assert fleet.deaths >= 5, f"only {fleet.deaths} workers died"
     assert_state_matches(settings, name, workload)
 
-    # The registry rebuilt from the snapshot store alone equals the one the workers wrote.
+    # The registry rebuilt from the segment store alone equals the one the workers wrote.
     before = (registry.checkpoints(), registry.segments())
     rebuild(settings.redis_client(), SegmentStore(settings.store), name)
     assert (registry.checkpoints(), registry.segments()) == before

@@ -1,4 +1,4 @@
-"""Garbage collection of the snapshot store, with real Redis and Kafka."""
+"""Garbage collection of the segment store, with real Redis and Kafka."""
 
 from __future__ import annotations
 
@@ -205,7 +205,7 @@ def test_dropped_folders_go_and_busy_collections_are_skipped(settings, collectio
                "--no-progress") == 0
     out = capsys.readouterr().out
     assert out.startswith("removed 1 entries") and not (root / busy.path).exists()
-    with pytest.raises(CollectionNotFound, match="has no folder in the snapshot store"):
+    with pytest.raises(CollectionNotFound, match="has no folder in the segment store"):
         gc.collect(settings, f"{collection_name}-nope")
     assert cli(settings, "gc", "--collection", f"{collection_name}-nope") == 3  # not found
     assert f"collection '{collection_name}-nope' does not exist" in capsys.readouterr().err
