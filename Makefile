@@ -20,7 +20,8 @@ BENCHES := $(filter-out bench/__init__.py bench/common.py bench/report.py bench/
 	$(sort $(wildcard bench/*.py)))
 PYTEST_ARGS ?=
 
-.PHONY: help venv deps java redis-server prometheus jars test lint unit integration demo bench up \
+.PHONY: help venv deps java redis-server prometheus jars test lint unit integration faults demo \
+	bench up \
 	down status clean distclean docs
 
 help: ## list the targets
@@ -85,6 +86,10 @@ unit: venv ## run the unit tests only (no servers)
 
 integration: venv deps ## run the integration tests only
 	$(BIN)/pytest -q -m integration tests $(PYTEST_ARGS)
+
+faults: venv deps ## run the fault-injection suite at full scale (long outages, 10,000 bad inputs)
+	STREAMVEC_FAULTS_SCALE=full OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \
+	  $(BIN)/pytest -q -m faults tests/faults $(PYTEST_ARGS)
 
 demo: venv deps up ## start the local stack and run the end-to-end demo
 	$(BIN)/streamvec demo

@@ -44,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     plain_load = segments.load
 
-    def tuned_load(store, record):
-        segment = plain_load(store, record)
-        if segment is not None and not apply_params(segment.index, args.search_params):
+    def tuned_load(store, record, identity=None):
+        segment = plain_load(store, record, identity)
+        if not apply_params(segment.index, args.search_params):
             log.warning("segment=%s: %s does not apply to its index", record.segment_id,
                         args.search_params)
         return segment

@@ -9,9 +9,10 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -147,29 +148,31 @@ def wait_registered(settings: Settings, spec: CollectionSpec, offsets: dict[int,
     return time.perf_counter() - started
 
 
-@contextmanager
-def sealed(base: Settings, prefix: str, data: np.ndarray, **spec_fields) -> Iterator[
+def sealed(base: Settings, prefix: str, data: np.ndarray, **spec_fields) -> AbstractContextManager[
         tuple[Settings, CollectionSpec, Path]]:
     """A scratch collection holding `data` as sealed rows, its indexer stopped once they were."""
-    with scratch_collection(base, prefix, dim=data.shape[1], **spec_fields) as (
-            settings, spec, tmp):
-        offsets = produce(settings, spec, data)
-        with running(settings, "indexer", spec.name, tmp) as indexer:
-            wait_registered(settings, spec, offsets, indexer=indexer)
-        yield settings, spec, tmp
+    return _loaded(base, prefix, data, spec_fields, serve=False)
+
+
+def serving(base: Settings, prefix: str, data: np.ndarray, **spec_fields) -> AbstractContextManager[
+        tuple[Settings, CollectionSpec, Path]]:
+    """A scratch collection holding `data` as sealed rows, with an indexer and a searcher up."""
+    return _loaded(base, prefix, data, spec_fields, serve=True)
 
 
 @contextmanager
-def serving(base: Settings, prefix: str, data: np.ndarray, **spec_fields) -> Iterator[
-        tuple[Settings, CollectionSpec, Path]]:
-    """A scratch collection holding `data` as sealed rows, with an indexer and a searcher up."""
+def _loaded(base: Settings, prefix: str, data: np.ndarray, spec_fields: dict[str, Any], *,
+            serve: bool) -> Iterator[tuple[Settings, CollectionSpec, Path]]:
+    """A scratch collection holding `data` as sealed rows; its roles run inside if `serve`."""
     with scratch_collection(base, prefix, dim=data.shape[1], **spec_fields) as (
-            settings, spec, tmp):
+            settings, spec, tmp), ExitStack() as roles:
         offsets = produce(settings, spec, data)
-        with running(settings, "indexer", spec.name, tmp) as indexer:
-            wait_registered(settings, spec, offsets, indexer=indexer)
-            with running(settings, "searcher", spec.name, tmp):
-                with Client(settings=settings) as client:  # answers once the tail caught up
-                    client.search(spec.name, data[0], consistency={"session": offsets},
-                                  timeout=60)
-                yield settings, spec, tmp
+        indexer = roles.enter_context(running(settings, "indexer", spec.name, tmp))
+        wait_registered(settings, spec, offsets, indexer=indexer)
+        if serve:
+            roles.enter_context(running(settings, "searcher", spec.name, tmp))
+            with Client(settings=settings) as client:  # answers once the tail caught up
+                client.search(spec.name, data[0], consistency={"session": offsets}, timeout=60)
+        else:
+            roles.close()  # the rows are sealed: measurements run without an indexer
+        yield settings, spec, tmp

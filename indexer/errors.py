@@ -24,11 +24,14 @@ class BuildError(IndexerError, InvalidInput):
 class CorruptSegment(IndexerError):
     """A segment folder whose files do not match its manifest; names the file and the reason."""
 
-    def __init__(self, path: object, file: str, reason: str) -> None:
+    def __init__(self, path: object, file: str, reason: str, *, transient: bool = False) -> None:
         super().__init__(f"segment {path} is corrupt: {file}: {reason}")
         self.path = path
         self.file = file
         self.reason = reason
+        # True when an I/O error (EIO, EMFILE, ESTALE...) stood in the way, not what was read:
+        # reading again may succeed, so a reader that can wait retries instead of refusing.
+        self.transient = transient
 
 
 class RebuildError(IndexerError):

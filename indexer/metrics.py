@@ -37,6 +37,16 @@ class IndexerMetrics(CollectionMetrics):
                                  "checkpoint is no longer in the log (retention ran past it).",
                                  ("partition",))
         self.paused = make(Gauge, "paused", "1 while consumption is paused for back-pressure.")
+        self.dlq_truncated = make(Counter, "dlq_truncated", "Dead letters whose payload was "
+                                  "cut to the copy limit (header sv-truncated).")
+        self.unavailable = make(Gauge, "unavailable", "1 while the worker waits for a "
+                                "dependency it cannot reach (redis, kafka, dlq, store).",
+                                ("dependency",))
+        self.retries = make(Counter, "dependency_retries", "Calls to a dependency tried again "
+                            "after a connection or timeout error, by dependency.",
+                            ("dependency",))
+        self.discarded_builds = make(Counter, "discarded_builds", "Builds dropped unregistered "
+                                     "because their partition was revoked or reset.")
         self.last_seal = LastSealAge(collection)
         registry.register(self.last_seal)
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import redis
 
@@ -45,16 +47,58 @@ class SegmentRecord:
 
     @classmethod
     def from_json(cls, segment_id: str, text: str | bytes) -> SegmentRecord:
-        """Parse the JSON stored under `segment_id`, ignoring fields this version does not know."""
+        """Parse and check the JSON stored under `segment_id`; ValueError names what is wrong.
+
+        Fields this version does not know are ignored. The path must stay inside the store,
+        and the id must be the one its partition and offsets imply.
+        """
+        try:
+            body = json.loads(text)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"registry record {segment_id!r} is not JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise ValueError(f"registry record {segment_id!r} is not a JSON object")
         known = set(cls.__dataclass_fields__)
-        return cls(segment_id=segment_id, **{k: v for k, v in json.loads(text).items()
-                                             if k in known})
+        try:
+            record = cls(segment_id=segment_id, **{k: v for k, v in body.items() if k in known})
+        except TypeError as exc:
+            raise ValueError(f"registry record {segment_id!r}: {exc}") from None
+        record.check()
+        return record
+
+    def check(self) -> None:
+        """Raise ValueError unless every field has its type and the path is store-relative."""
+        ints = (self.partition, self.start_offset, self.end_offset, self.rows, self.generation)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints):
+            raise ValueError(f"registry record {self.segment_id!r}: partition, offsets, rows and "
+                             "generation must be integers >= 0")
+        if not (isinstance(self.path, str) and isinstance(self.factory, str)
+                and isinstance(self.created_at, int | float)):
+            raise ValueError(f"registry record {self.segment_id!r}: path and factory must be "
+                             "strings, created_at a number")
+        expected = segment_id(self.partition, self.start_offset, self.end_offset)
+        if self.segment_id != expected or self.start_offset >= self.end_offset:
+            raise ValueError(f"registry record {self.segment_id!r} describes {expected!r}")
+        try:
+            store.check_rel_path(self.path)
+        except ValueError as exc:  # a path that leaves the store would read beside it
+            raise ValueError(f"registry record {self.segment_id!r}: {exc}") from None
 
     def to_json(self) -> str:
         """The canonical JSON stored in the segments hash (the id is the hash field)."""
         body = asdict(self)
         del body["segment_id"]
         return json.dumps(body, sort_keys=True, separators=(",", ":"))
+
+
+class Fence(Protocol):
+    """A lock that a fenced write checks: its Redis key, its holder's token, its error."""
+
+    key: str
+    token: str
+
+    def lost(self) -> Exception:
+        """The error to raise when the lock is no longer the holder's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +131,7 @@ class Registry:
         self.epoch_key, self.version_key = key("epoch"), key("version")
         self.generation_key, self.generations_key = key("gen"), key("generations")
         self._script = client.register_script(_REGISTER)
+        self.released_key = key("released")
         self._swap = client.register_script(_SWAP)
 
     @property
@@ -130,10 +175,22 @@ class Registry:
                         record.segment_id, status, result.checkpoint, result.epoch, epoch)
         return result
 
-    def segments(self, partition: int | None = None) -> list[SegmentRecord]:
-        """Registered segments, of one partition or all, by (partition, start_offset)."""
-        records = [SegmentRecord.from_json(k.decode(), v)
-                   for k, v in self.client.hgetall(self.segments_key).items()]
+    def segments(self, partition: int | None = None, *,
+                 skipped: dict[str, str] | None = None) -> list[SegmentRecord]:
+        """Registered segments, of one partition or all, by (partition, start_offset).
+
+        A malformed record raises ValueError, unless `skipped` is given: then it is left out
+        and noted there (segment id -> why), so a reader that only serves can go on.
+        """
+        records = []
+        for key, value in self.client.hgetall(self.segments_key).items():
+            sid = key.decode(errors="replace")
+            try:
+                records.append(SegmentRecord.from_json(sid, value))
+            except ValueError as exc:
+                if skipped is None:
+                    raise
+                skipped[sid] = str(exc)
         if partition is not None:
             records = [r for r in records if r.partition == partition]
         return sorted(records, key=lambda r: (r.partition, r.start_offset))
@@ -201,27 +258,44 @@ class Registry:
         self.client.hdel(self.generations_key, str(generation))
 
     def swap(self, removed: list[SegmentRecord], added: list[SegmentRecord], *, kind: str,
-             generation: int | None = None) -> int:
+             generation: int | None = None, fence: Fence | None = None) -> int:
         """Replace registered segments by others over the same offsets in one step; new version.
 
         Raises SwapConflict when a removed record is no longer registered as given, or an added
         id is taken by a segment not being removed: someone else changed the registry first.
+        With `fence` (the lifecycle lock of the action), nothing is swapped unless its token
+        is still the lock's: `fence.lost()` is raised instead. The removed paths are noted as
+        released now (`released()`).
         """
         check_same_coverage(removed, added)
         args: list[object] = [self.events_channel, json.dumps({"type": kind}),
-                              "" if generation is None else generation, len(removed)]
+                              "" if generation is None else generation, len(removed),
+                              repr(time.time()), "" if fence is None else fence.token]
         for rec in removed:
             args += [rec.segment_id, rec.to_json()]
         for rec in added:
             args += [rec.segment_id, rec.to_json()]
-        reply = self._swap(keys=[self.segments_key, self.version_key, self.generation_key],
-                           args=args)
+        lock_key = self.collection.key("lifecycle") if fence is None else fence.key
+        reply = self._swap(keys=[self.segments_key, self.version_key, self.generation_key,
+                                 self.released_key, lock_key], args=args)
         status = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
         detail = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+        if status == "fenced" and fence is not None:
+            raise fence.lost()
         if status != "ok":
             raise SwapConflict(f"{self.collection}: segment {detail} changed during the {kind}; "
                                "nothing was swapped")
         return int(detail)
+
+    def released(self) -> dict[str, float]:
+        """Store-relative path -> when a swap stopped referencing it (Unix time)."""
+        out = {}
+        for path, at in self.client.hgetall(self.released_key).items():
+            try:
+                out[path.decode()] = float(at)
+            except ValueError:
+                continue
+        return out
 
     def clear(self) -> int:
         """Delete checkpoints, segments and version (not epochs, not the spec); return the count.
@@ -289,15 +363,31 @@ class RegistryState:
     records: tuple[SegmentRecord, ...]  # by (partition, start offset); empty if not read
 
 
-def records_of(client: redis.Redis, collections: Iterable[str]) -> dict[str, list[SegmentRecord]]:
-    """The registered segments of several collections, read in one round trip."""
+def records_of(client: redis.Redis, collections: Iterable[str], *,
+               skipped: dict[tuple[str, str], bytes] | None = None
+               ) -> dict[str, list[SegmentRecord]]:
+    """The registered segments of several collections, read in one round trip.
+
+    A malformed record raises ValueError, unless `skipped` is given: then it is left out and
+    its stored text kept there under (collection, segment id).
+    """
     names = list(collections)
     with client.pipeline(transaction=False) as pipe:  # one slot per collection: no transaction
         for name in names:
             pipe.hgetall(Registry(client, name).segments_key)
         replies = pipe.execute() if names else []
-    return {name: [SegmentRecord.from_json(k.decode(), v) for k, v in reply.items()]
-            for name, reply in zip(names, replies, strict=True)}
+    out: dict[str, list[SegmentRecord]] = {}
+    for name, reply in zip(names, replies, strict=True):
+        out[name] = []
+        for key, value in reply.items():
+            sid = key.decode(errors="replace")
+            try:
+                out[name].append(SegmentRecord.from_json(sid, value))
+            except ValueError:
+                if skipped is None:
+                    raise
+                skipped[(name, sid)] = value
+    return out
 
 
 def check_same_coverage(removed: list[SegmentRecord], added: list[SegmentRecord]) -> None:

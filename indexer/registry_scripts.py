@@ -31,26 +31,38 @@ redis.call('PUBLISH', ARGV[7], string.sub(ARGV[8], 1, -2) .. ',"version":' .. ve
 return {'ok', tonumber(ARGV[4]), version, epoch}
 """
 
-# KEYS: segments, version, active generation. ARGV: channel, event JSON without its version,
-# new active generation ('' keeps it), removed count, then (id, exact JSON) per removed record,
-# then (id, JSON) per added record. Replaces registered segments without touching checkpoints:
+# KEYS: segments, version, active generation, released, lifecycle lock. ARGV: channel, event
+# JSON without its version, new active generation ('' keeps it), removed count, the time now,
+# the lifecycle lock's token ('' checks none), then (id, exact JSON) per removed record, then
+# (id, JSON) per added record. Replaces registered segments without touching checkpoints:
 # the caller proves the added ones cover exactly the removed offsets; this script proves that
-# nothing it removes changed since the caller read it, so a concurrent swap cannot be undone.
+# nothing it removes changed since the caller read it, so a concurrent swap cannot be undone,
+# and that the caller's action still holds the lifecycle lock (a fence: an action whose lease
+# ran out swaps nothing). Each removed path is noted in `released` with the time, from which
+# garbage collection counts its grace period; a path registered again leaves it.
 SWAP = """
+if ARGV[6] ~= '' and redis.call('GET', KEYS[5]) ~= ARGV[6] then return {'fenced', ''} end
 local removed = tonumber(ARGV[4])
 local gone = {}
+local first = 7 + 2 * removed
 for i = 0, removed - 1 do
-  local id, expected = ARGV[5 + 2 * i], ARGV[6 + 2 * i]
+  local id, expected = ARGV[7 + 2 * i], ARGV[8 + 2 * i]
   if redis.call('HGET', KEYS[1], id) ~= expected then return {'conflict', id} end
-  gone[id] = true
+  gone[id] = expected
 end
-for i = 5 + 2 * removed, #ARGV, 2 do
+for i = first, #ARGV, 2 do
   if not gone[ARGV[i]] and redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then
     return {'conflict', ARGV[i]}
   end
 end
-for id, _ in pairs(gone) do redis.call('HDEL', KEYS[1], id) end
-for i = 5 + 2 * removed, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for id, record in pairs(gone) do
+  redis.call('HDEL', KEYS[1], id)
+  redis.call('HSET', KEYS[4], cjson.decode(record).path, ARGV[5])
+end
+for i = first, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call('HDEL', KEYS[4], cjson.decode(ARGV[i + 1]).path)
+end
 if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3]) end
 local version = redis.call('INCR', KEYS[2])
 redis.call('PUBLISH', ARGV[1], string.sub(ARGV[2], 1, -2) .. ',"version":' .. version .. '}')

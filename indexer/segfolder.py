@@ -129,7 +129,9 @@ def read_manifest(path: Path | str) -> SegmentManifest:
         manifest = SegmentManifest(**body)
     except FileNotFoundError:
         raise CorruptSegment(path, MANIFEST, "missing") from None
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+    except OSError as exc:
+        raise CorruptSegment(path, MANIFEST, f"unreadable ({exc})", transient=True) from None
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise CorruptSegment(path, MANIFEST, f"unreadable ({exc})") from None
     if stored != _digest(body):
         raise CorruptSegment(path, MANIFEST, "checksum does not match the manifest's fields")
@@ -258,7 +260,10 @@ def _read(path: Path, name: str, reader: Callable[[Path], Any]) -> Any:
     try:
         return reader(path / name)
     except (OSError, ValueError, TypeError, AttributeError, RuntimeError) as exc:
-        raise CorruptSegment(path, name, f"unreadable ({exc})") from None
+        # FAISS reports a failed open or map (EMFILE, too many maps) as a RuntimeError.
+        transient = (isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError)) or (
+            isinstance(exc, RuntimeError) and ("could not open" in str(exc) or "mmap" in str(exc)))
+        raise CorruptSegment(path, name, f"unreadable ({exc})", transient=transient) from None
 
 
 def _read_index(file: Path, mmap: bool) -> Any:

@@ -24,6 +24,8 @@ from indexer import segfolder
 from indexer.errors import CorruptSegment, RebuildError, RemoteStoreError
 from indexer.objectstore import RemoteStore
 from indexer.segment import SealedRows, is_segment_id, parse_segment_id, segment_id
+from ingest.errors import InvalidName
+from ingest.names import CollectionName
 from streamvec import files
 
 if TYPE_CHECKING:
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MARKER_SUFFIX = ".registered"
+SEGMENT, TEMP, MARKER, OTHER = "segment", "temp", "marker", "other"  # kinds of StoreItem
 _NUMBERED = re.compile(r"([gp])(\d{4,})")
 
 
@@ -65,6 +68,27 @@ def marker_path(folder: Path) -> Path:
 def is_registered(folder: Path | str) -> bool:
     """Whether a local segment folder carries its registration marker."""
     return marker_path(Path(folder)).is_file()
+
+
+@dataclass(frozen=True, slots=True)
+class StoreItem:
+    """One thing found under a collection's local folder, placed in the layout.
+
+    `path` and `marker` are relative to the store root. `kind` is SEGMENT (a segment folder),
+    TEMP, MARKER (a registration marker whose folder is gone) or OTHER.
+    """
+
+    path: str
+    kind: str
+    generation: int | None = None
+    partition: int | None = None
+    segment: str | None = None
+    marker: str | None = None  # the registration marker beside a segment folder, if any
+
+    @property
+    def registered(self) -> bool:
+        """Whether a segment folder carried its registration marker when it was listed."""
+        return self.marker is not None
 
 
 @dataclass
@@ -114,6 +138,28 @@ class SegmentStore:
         found = [(g, parse_segment_id(s.name), s)
                  for g, gen in gens for _, part in _numbered(gen, "p") for s in _segments(part)]
         return [path for _, _, path in sorted(found)]
+
+    def walk(self, collection: str) -> list[StoreItem]:
+        """Everything under a collection's local folder, in name order, each level's own
+        entries before the levels below; a marker beside its folder goes with the folder.
+        """
+        found: list[StoreItem] = []
+        for gen, gen_dir in self._walk_level(self.path(collection), "g", found):
+            for part, part_dir in self._walk_level(gen_dir, "p", found):
+                found += self._walk_partition(part_dir, gen, part)
+        return found
+
+    def collections(self) -> list[str]:
+        """Folders directly under the local root that are named like collections."""
+        names = []
+        for entry in sorted(self.root.iterdir()) if self.root.is_dir() else ():
+            try:
+                CollectionName.parse(entry.name)
+            except InvalidName:
+                continue
+            if entry.is_dir():
+                names.append(entry.name)
+        return names
 
     def count_folders(self, collection: str) -> int:
         """How many local segment folders a collection has, in every generation."""
@@ -278,6 +324,40 @@ class SegmentStore:
             self.remove(rel)
         files.remove(self.root / base)  # temps, stray markers and the empty folders
         return len(rels)
+
+    def _walk_level(self, folder: Path, letter: str,
+                    found: list[StoreItem]) -> list[tuple[int, Path]]:
+        """Subfolders `<letter><number>` of `folder` by name; its other entries go to `found`."""
+        out = []
+        for entry in sorted(folder.iterdir()) if folder.is_dir() else ():
+            match = _NUMBERED.fullmatch(entry.name)
+            if match and match[1] == letter and entry.is_dir():
+                out.append((int(match[2]), entry))
+            else:
+                kind = TEMP if entry.name.startswith(files.TMP_PREFIX) else OTHER
+                found.append(StoreItem(self._rel(entry), kind))
+        return out
+
+    def _walk_partition(self, folder: Path, generation: int, partition: int) -> list[StoreItem]:
+        """The entries of one partition folder, each placed in the layout."""
+        entries = {e.name: e for e in folder.iterdir()}
+        found = []
+        for name, entry in sorted(entries.items()):
+            rel = self._rel(entry)
+            if name.startswith(files.TMP_PREFIX):
+                found.append(StoreItem(rel, TEMP))
+            elif is_segment_id(name) and entry.is_dir():
+                marker = rel + MARKER_SUFFIX if name + MARKER_SUFFIX in entries else None
+                found.append(StoreItem(rel, SEGMENT, generation, partition, name, marker))
+            elif name.endswith(MARKER_SUFFIX) and is_segment_id(name[:-len(MARKER_SUFFIX)]):
+                if not (folder / name[:-len(MARKER_SUFFIX)]).is_dir():
+                    found.append(StoreItem(rel, MARKER))
+            else:
+                found.append(StoreItem(rel, OTHER))
+        return found
+
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
 
     def _remote(self) -> RemoteStore:
         if self.remote is None:

@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from streamvec.lazy import lazy_exports
 
 __all__ = ["CollectionSpec", "IngestError", "Producer", "RecordError"]
 
-_EXPORTS = {
-    "CollectionSpec": "ingest.spec",
-    "IngestError": "ingest.errors",
-    "Producer": "ingest.producer",
-    "RecordError": "ingest.errors",
-}
-
-
-def __getattr__(name: str) -> Any:
-    """Import public names on first use, so `import ingest.names` stays light."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'ingest' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, {
+    "CollectionSpec": "ingest.spec", "IngestError": "ingest.errors",
+    "Producer": "ingest.producer", "RecordError": "ingest.errors"})

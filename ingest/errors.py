@@ -36,3 +36,11 @@ class CollectionNotFound(IngestError, NotFound):
 
 class DeliveryError(IngestError, Unavailable):
     """Kafka did not accept every message the producer sent."""
+
+
+class SpecUnavailable(IngestError, Unavailable):
+    """A collection's spec could not be read: Redis did not answer in time."""
+
+
+class ReadOnlyCollection(IngestError, Conflict):
+    """A write to a collection that only serves (a restored snapshot): nothing indexes it."""

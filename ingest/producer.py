@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 from confluent_kafka import KafkaError, Message
 from confluent_kafka import Producer as KafkaProducer
+from redis import Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
 from ingest import catalog, record
-from ingest.errors import DeliveryError, RecordError
+from ingest.errors import DeliveryError, ReadOnlyCollection, RecordError, SpecUnavailable
 from ingest.partition import partitions_for
 from ingest.spec import CollectionSpec
 from streamvec.settings import Settings
@@ -22,6 +28,9 @@ log = logging.getLogger(__name__)
 # Kafka's own default record cap is 1 MB; staying just under it keeps messages acceptable
 # to a broker whose topic config was not raised, while still holding ~600 rows at 384-d.
 DEFAULT_MAX_MESSAGE_BYTES = 1_000_000 - 16 * 1024
+# Reading the collection's spec at start-up gives up after this many seconds (each connect
+# and reply, retries included), so a frozen Redis fails the constructor instead of hanging it.
+DEFAULT_SPEC_TIMEOUT_S = 10.0
 
 
 class Producer:
@@ -41,10 +50,16 @@ class Producer:
         settings: Settings | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         linger_ms: int = 5,
+        spec_timeout: float = DEFAULT_SPEC_TIMEOUT_S,
         **overrides: Any,
     ) -> None:
         self.settings = settings or Settings(**overrides)
-        self.spec: CollectionSpec = catalog.load_spec(self.settings.redis_client(), collection)
+        self.spec: CollectionSpec = _load_spec(self.settings, collection, spec_timeout)
+        if self.spec.read_only:
+            raise ReadOnlyCollection(
+                f"collection {self.spec.name} is read-only: it was restored from a snapshot of "
+                f"{self.spec.restored_from} and nothing indexes what is written to it; write "
+                f"to {self.spec.restored_from} or to a new collection")
         self.topic = self.spec.collection.topic
         self.max_message_bytes = max_message_bytes
         self._lock = threading.Lock()
@@ -181,6 +196,22 @@ class Producer:
                 return
             p = msg.partition()
             self._last[p] = max(self._last.get(p, -1), msg.offset())
+
+
+def _load_spec(settings: Settings, collection: str, timeout: float) -> CollectionSpec:
+    """The collection's spec, read within `timeout` seconds; SpecUnavailable if Redis is not up."""
+    client = Redis.from_url(settings.redis_url, socket_timeout=timeout,
+                            socket_connect_timeout=timeout,
+                            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
+    started = time.monotonic()
+    try:
+        return catalog.load_spec(client, collection)
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        raise SpecUnavailable(
+            f"cannot read the spec of collection {collection!r} from Redis within "
+            f"{timeout:g}s ({time.monotonic() - started:.1f}s spent): {exc}") from exc
+    finally:
+        client.close()
 
 
 def _id_width(ids: Sequence[str] | np.ndarray) -> int:

@@ -28,9 +28,13 @@ class CollectionSpec:
     seal_seconds: float = 60.0
     seal_bytes: int = 256 * 1024 * 1024
     model_version: str = ""
+    # Set on a collection restored from a snapshot of this one: it serves, nothing writes it.
+    restored_from: str = ""
 
     def __post_init__(self) -> None:
         parsed = CollectionName.parse(self.name)
+        if self.restored_from:
+            CollectionName.parse(self.restored_from)
         _check(isinstance(self.dim, int) and 1 <= self.dim <= MAX_DIM, f"dim must be 1..{MAX_DIM}")
         _check(self.metric in METRICS, f"metric must be one of {', '.join(METRICS)}")
         _check(
@@ -49,6 +53,11 @@ class CollectionSpec:
         if parsed.version is not None and not self.model_version:
             # A versioned name is its model version: `products@v4` carries model_version v4.
             object.__setattr__(self, "model_version", parsed.version)
+
+    @property
+    def read_only(self) -> bool:
+        """True for a restored collection: producers and indexers refuse to write it."""
+        return bool(self.restored_from)
 
     @property
     def collection(self) -> CollectionName:

@@ -102,7 +102,7 @@ def compact(settings: Settings, collection: str, policy: CompactionPolicy | None
     registry = Registry(client, collection)
     store = SegmentStore.from_settings(settings)
     started = time.perf_counter()
-    with LifecycleLock(client, collection, "compact"):
+    with LifecycleLock(client, collection, "compact") as lock:
         records = registry.segments()
         groups = policy.plan(records)
         if dry_run or not groups:
@@ -123,9 +123,10 @@ def compact(settings: Settings, collection: str, policy: CompactionPolicy | None
                 views[first.partition] = loaded, hidden_rows(list(loaded.values()))
             loaded, hidden = views[group[0].partition]
             sealed = rewrite.rows_of([loaded[r.segment_id] for r in group], hidden)
+            lock.check()
             item = publish.write(store, spec.name, generation, sealed, metric=spec.metric,
                                  index=index)
-            registry.swap(group, [item.record], kind="compacted")
+            registry.swap(group, [item.record], kind="compacted", fence=lock)
             publish.mark(store, [item])
             written.append(item)
             rows_in += sum(r.rows for r in group)

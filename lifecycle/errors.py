@@ -55,3 +55,7 @@ class SnapshotExists(PointInTimeError, Conflict):
 
 class RestoreTargetExists(PointInTimeError, Conflict):
     """The name to restore as is taken by a collection or by registry keys left behind."""
+
+
+class RegistryUnreadable(LifecycleError, Conflict):
+    """A registry record an action must trust cannot be read; the message names it."""

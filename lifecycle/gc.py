@@ -5,20 +5,21 @@
 # its lifecycle lock (compaction, reindex, snapshot, restore) or through its own workers,
 # whose new folders start at or past the checkpoint. So, holding that lock, reading the
 # checkpoints before the records and keeping folders at or past the checkpoint, a decision
-# cannot race with any of them. The grace period spares what a writer is still finishing.
+# cannot race with any of them. The grace period spares what a writer is still finishing,
+# and what a searcher may still read: it counts from when a swap released a folder.
 # Every decision is made from the store as found on disk (`scan`) and what the registry and
 # the snapshots protect (`Rules`, `references`); only `_collect_one` and `prune` delete.
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
-import re
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Set
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -26,12 +27,12 @@ import redis
 from tqdm import tqdm
 
 from indexer.registry import Registry, records_of
-from indexer.segment import is_segment_id, parse_segment_id
-from indexer.store import MARKER_SUFFIX, SegmentStore
+from indexer.segment import parse_segment_id
+from indexer.store import MARKER, OTHER, SEGMENT, TEMP, SegmentStore
 from ingest import audit, catalog
-from ingest.errors import CollectionNotFound, InvalidName
+from ingest.errors import CollectionNotFound
 from ingest.names import CollectionName
-from lifecycle.errors import LifecycleBusy
+from lifecycle.errors import LifecycleBusy, RegistryUnreadable
 from lifecycle.lock import LifecycleLock
 from lifecycle.pointintime import pinned_paths
 from streamvec import files
@@ -41,8 +42,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_GRACE_S = 600.0
 DEFAULT_KEEP_GENERATIONS = 3
-SEGMENT, TEMP, MARKER, OTHER = "segment", "temp", "marker", "other"  # kinds of Entry
-_NUMBERED = re.compile(r"(\d{4,})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +49,7 @@ class Entry:
     """One thing found under a collection's store folder; `path` is relative to the root."""
 
     path: str
-    kind: str  # SEGMENT, TEMP, MARKER (one without its folder) or OTHER
+    kind: str  # the store's kinds: SEGMENT, TEMP, MARKER (one without its folder) or OTHER
     age_s: float
     generation: int | None = None
     partition: int | None = None
@@ -141,7 +140,7 @@ def collect(settings: Settings, collection: str | None = None, *,
             raise CollectionNotFound(f"collection {names[0]!r} does not exist and has no "
                                      f"folder in the segment store {root}")
     else:
-        names = store_names(root)
+        names = store.collections()
     report = _sweep(client, store, names, grace_s, keep_generations, dry_run=dry_run,
                     progress=progress, strict=collection is not None)
     if not dry_run:
@@ -158,13 +157,39 @@ def collect_dropped(settings: Settings, name: str) -> GcReport:
 
 
 def references(client: redis.Redis, names: Iterable[str], under: str) -> set[str]:
-    """Paths below `<under>/` that a registry record or a snapshot of `names` names."""
+    """Paths below `<under>/` that a registry record or a snapshot of `names` names.
+
+    A malformed record still protects the path it names, if it names one; one that names
+    none stops the collection of `under` when it is `under`'s own (it may name any folder
+    there) and is logged otherwise, so one bad record never blocks every collection.
+    """
     names = list(names)
+    bad: dict[tuple[str, str], bytes] = {}
     paths = {PurePosixPath(r.path).as_posix()
-             for records in records_of(client, names).values() for r in records}
+             for records in records_of(client, names, skipped=bad).values() for r in records}
+    for (name, sid), raw in sorted(bad.items()):
+        path = _raw_path(raw)
+        if path is not None:
+            paths.add(path)
+        elif name == under:
+            raise RegistryUnreadable(f"registry record {sid!r} of {name} names no readable "
+                                     "path: gc cannot tell which folder it keeps; repair the "
+                                     "record or rebuild the registry first")
+        else:
+            log.error("collection=%s registry record %s is malformed; ignored by gc of %s",
+                      name, sid, under)
     paths |= pinned_paths(client, names)
     prefix = under + "/"
     return {p for p in paths if p.startswith(prefix)}
+
+
+def _raw_path(raw: bytes) -> str | None:
+    """The path a malformed registry record names, if its JSON holds one."""
+    try:
+        path = json.loads(raw).get("path")
+    except (ValueError, AttributeError):
+        return None
+    return PurePosixPath(path).as_posix() if isinstance(path, str) and path else None
 
 
 def _sweep(client: redis.Redis, store: SegmentStore, names: list[str], grace_s: float,
@@ -174,9 +199,9 @@ def _sweep(client: redis.Redis, store: SegmentStore, names: list[str], grace_s: 
     report = GcReport(dry_run=dry_run)
     for name in names:
         try:
-            with LifecycleLock(client, name, "gc"):
+            with LifecycleLock(client, name, "gc") as lock:
                 _collect_one(client, store, name, grace_s, keep, report, dry_run=dry_run,
-                             progress=progress)
+                             progress=progress, lock=lock)
         except LifecycleBusy as exc:
             if strict:
                 raise
@@ -186,12 +211,16 @@ def _sweep(client: redis.Redis, store: SegmentStore, names: list[str], grace_s: 
 
 
 def _collect_one(client: redis.Redis, store: SegmentStore, name: str, grace_s: float,
-                 keep: int, report: GcReport, *, dry_run: bool, progress: bool) -> None:
+                 keep: int, report: GcReport, *, dry_run: bool, progress: bool,
+                 lock: LifecycleLock) -> None:
     """Decide and delete for one collection; the caller holds its lifecycle lock."""
     rules = _rules(client, name, grace_s, keep)  # checkpoints first: see the top of the module
     referenced = references(client, catalog.list_names(client), name)
     root = store.root
-    entries = scan(root, name, time.time())
+    registry = Registry(client, name)
+    released = registry.released()
+    now = time.time()
+    entries = [since_released(e, released, now) for e in scan(store, name, now)]
     for entry in tqdm(entries, desc=f"gc {name}", unit="entries", disable=not progress):
         keep_it, reason = decide(entry, referenced, rules)
         if keep_it:
@@ -202,8 +231,11 @@ def _collect_one(client: redis.Redis, store: SegmentStore, name: str, grace_s: f
         paths = [root / p for p in (entry.marker, entry.path) if p is not None]
         report.bytes_freed += sum(tree_bytes(p) for p in paths)
         if not dry_run:
+            lock.check()  # a lease run out: another action may be using what is left
             if entry.kind == SEGMENT:  # the object store's copy goes with the local one
                 store.remove(entry.path)
+                if entry.path in released:
+                    client.hdel(registry.released_key, entry.path)
             else:
                 for path in paths:
                     files.remove(path)
@@ -222,59 +254,31 @@ def _rules(client: redis.Redis, name: str, grace_s: float, keep: int) -> Rules:
                  kept_generations(state.generation, state.generations, keep), state.checkpoints)
 
 
-# The store as found on disk: a collection folder's entries, classified and aged.
+def since_released(entry: Entry, released: Mapping[str, float], now: float) -> Entry:
+    """A segment folder aged from when a swap stopped referencing it, where that is known.
 
-def scan(root: Path | str, name: str, now: float) -> list[Entry]:
-    """Everything under `<root>/<name>`: segment folders (with markers), temps, the rest."""
-    root = Path(root)
-    found: list[Entry] = []
-    for gen_dir, gen in _numbered(root, root / name, "g", now, found):
-        for part_dir, part in _numbered(root, gen_dir, "p", now, found):
-            found += _partition(root, part_dir, gen, part, now)
-    return found
-
-
-def _numbered(root: Path, folder: Path, letter: str, now: float,
-              found: list[Entry]) -> list[tuple[Path, int]]:
-    """Subfolders `<letter><number>` of `folder`; anything else there goes into `found`."""
-    out = []
-    for entry in sorted(folder.iterdir()) if folder.is_dir() else ():
-        match = _NUMBERED.fullmatch(entry.name[1:])
-        if entry.name[:1] == letter and match and entry.is_dir():
-            out.append((entry, int(match[1])))
-        else:
-            kind = TEMP if entry.name.startswith(files.TMP_PREFIX) else OTHER
-            found += _entry(root, entry, kind, now)
-    return out
+    Its mtime says when it was written, which for a segment served a month and released a
+    second ago is a month: searchers that have not reloaded yet still read it. Folders no
+    swap released (never registered, or pinned by a snapshot since deleted) keep their mtime.
+    """
+    at = released.get(entry.path) if entry.kind == SEGMENT else None
+    return entry if at is None else replace(entry, age_s=now - at)
 
 
-def _partition(root: Path, folder: Path, gen: int, part: int, now: float) -> list[Entry]:
-    """Classify the entries of one partition folder."""
-    names = {e.name: e for e in folder.iterdir()}
+# The store as found on disk: a collection folder's entries, as the store lists them, aged.
+
+def scan(store: SegmentStore, name: str, now: float) -> list[Entry]:
+    """Everything under a collection's folder: segment folders (with markers), temps, the rest."""
     found = []
-    for name, entry in sorted(names.items()):
-        if name.startswith(files.TMP_PREFIX):
-            found += _entry(root, entry, TEMP, now)
-        elif is_segment_id(name) and entry.is_dir():
-            marker = names.get(name + MARKER_SUFFIX)
-            found += _entry(root, entry, SEGMENT, now, generation=gen, partition=part,
-                            start=parse_segment_id(name)[1],
-                            marker=None if marker is None else _rel(root, marker))
-        elif name.endswith(MARKER_SUFFIX) and is_segment_id(
-                name[:-len(MARKER_SUFFIX)]):
-            if not (folder / name[:-len(MARKER_SUFFIX)]).is_dir():
-                found += _entry(root, entry, MARKER, now)
-        else:
-            found += _entry(root, entry, OTHER, now)
+    for item in store.walk(name):
+        start = None if item.segment is None else parse_segment_id(item.segment)[1]
+        try:
+            age_s = _age(store.root / item.path, now, deep=item.kind == TEMP)
+        except FileNotFoundError:  # vanished meanwhile: a worker sweeping its temps
+            continue
+        found.append(Entry(item.path, item.kind, age_s, item.generation, item.partition, start,
+                           item.marker))
     return found
-
-
-def _entry(root: Path, path: Path, kind: str, now: float, **where: Any) -> list[Entry]:
-    """The entry for `path`, or none if it vanished meanwhile (a worker sweeping its temps)."""
-    try:
-        return [Entry(_rel(root, path), kind, _age(path, now, deep=kind == TEMP), **where)]
-    except FileNotFoundError:
-        return []
 
 
 def _age(path: Path, now: float, *, deep: bool = False) -> float:
@@ -301,20 +305,3 @@ def prune(base: Path) -> None:
     for folder, _, _ in os.walk(base, topdown=False):  # children before their parents
         with contextlib.suppress(OSError):  # not empty: something referenced lies below
             os.rmdir(folder)
-
-
-def store_names(root: Path) -> list[str]:
-    """Folders directly under the store root that are named like collections."""
-    names = []
-    for entry in sorted(root.iterdir()) if root.is_dir() else ():
-        try:
-            CollectionName.parse(entry.name)
-        except InvalidName:
-            continue
-        if entry.is_dir():
-            names.append(entry.name)
-    return names
-
-
-def _rel(root: Path, path: Path) -> str:
-    return path.relative_to(root).as_posix()

@@ -63,17 +63,18 @@ def reindex(settings: Settings, collection: str, index: str, *, keep: int = DEFA
     spec = catalog.load_spec(client, collection)
     _check_index(index, spec.dim, spec.metric)
     registry = Registry(client, collection)
-    with LifecycleLock(client, collection, "reindex"):
+    with LifecycleLock(client, collection, "reindex") as lock:
         previous = registry.active_generation()
         known = registry.generations()
+        lock.check()
         if previous not in known:  # generation 0 predates any record: note what it was
             registry.record_generation(GenerationInfo(previous, spec.index, time.time(),
                                                       settings.actor, state="active"))
         target = max([previous, *known]) + 1
         registry.record_generation(GenerationInfo(target, index, time.time(), settings.actor,
                                                   source=previous))
-        report = _materialize(settings, registry, spec, target, index, previous, progress)
-        _retire(registry, previous, target, keep)
+        report = _materialize(settings, registry, spec, target, index, previous, progress, lock)
+        _retire(registry, previous, target, keep, lock)
     audit.record(client, "generation.reindex", collection, report.to_json(), settings.actor)
     return report
 
@@ -84,7 +85,7 @@ def rollback(settings: Settings, collection: str, *, to: int | None = None,
     client = settings.redis_client()
     spec = catalog.load_spec(client, collection)
     registry = Registry(client, collection)
-    with LifecycleLock(client, collection, "generation-rollback"):
+    with LifecycleLock(client, collection, "generation-rollback") as lock:
         current = registry.active_generation()
         known = registry.generations()
         if to is None:
@@ -101,14 +102,14 @@ def rollback(settings: Settings, collection: str, *, to: int | None = None,
             raise GenerationNotFound(f"{collection} has no generation {to}; kept: "
                                   f"{sorted(known) or 'none'}")
         index = known[to].index
-        report = _materialize(settings, registry, spec, to, index, current, progress)
-        _retire(registry, current, to, keep=len(known))
+        report = _materialize(settings, registry, spec, to, index, current, progress, lock)
+        _retire(registry, current, to, len(known), lock)
     audit.record(client, "generation.rollback", collection, report.to_json(), settings.actor)
     return report
 
 
 def _materialize(settings: Settings, registry: Registry, spec, target: int, index: str,
-                 previous: int, progress: bool) -> SwitchReport:
+                 previous: int, progress: bool, lock: LifecycleLock) -> SwitchReport:
     """Make every registered segment live in `target`, switching generations at the first swap."""
     started = time.perf_counter()
     store = SegmentStore.from_settings(settings)
@@ -122,6 +123,7 @@ def _materialize(settings: Settings, registry: Registry, spec, target: int, inde
         bar = tqdm(total=sum(r.rows for r in todo), unit="rows", disable=not progress,
                    desc=f"{spec.name} g{target} pass {passes}")
         for record in todo:
+            lock.check()  # every folder written is one more write of the action
             item = rewrite.reuse(store, spec.name, target, record)
             if item is None:
                 segment = load_segment(store.folder(record.path))
@@ -132,7 +134,8 @@ def _materialize(settings: Settings, registry: Registry, spec, target: int, inde
             bar.update(record.rows)
         bar.close()
         try:
-            registry.swap(todo, [m.record for m in made], kind="generation", generation=target)
+            registry.swap(todo, [m.record for m in made], kind="generation", generation=target,
+                          fence=lock)
         except SwapConflict as exc:  # a segment changed under us: plan again
             log.warning("%s", exc)
             continue
@@ -150,9 +153,11 @@ def _materialize(settings: Settings, registry: Registry, spec, target: int, inde
                         time.perf_counter() - started, passes)
 
 
-def _retire(registry: Registry, previous: int, active: int, keep: int) -> None:
+def _retire(registry: Registry, previous: int, active: int, keep: int,
+            lock: LifecycleLock) -> None:
     """Mark `active` active and `previous` retired; forget generations beyond the last `keep`."""
     known = registry.generations()
+    lock.check()
     for gen, info in known.items():
         state = "active" if gen == active else ("retired" if info.state != "building"
                                                 or gen == previous else info.state)

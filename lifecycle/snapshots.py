@@ -8,7 +8,8 @@ names.
 `restore` makes a new collection whose registry is the snapshot's. Its records point at the
 original collection's folders (no copies), so the restored collection is a read-only view of
 the data as of the snapshot: searchers serve it, but its topic is new and empty and its
-checkpoints are offsets of the original topic, so nothing should produce to it or index it.
+checkpoints are offsets of the original topic. Its spec says so (`restored_from`): the
+producer SDK refuses to write it and the indexer refuses to index it.
 Dropping a collection deletes its snapshots with its other Redis keys; folders that a
 restored collection still references survive the drop.
 """
@@ -71,8 +72,9 @@ def create(settings: Settings, collection: str, label: str | None = None, *,
     spec = catalog.load_spec(client, name)
     snapshot_id = check_label(label) if label is not None else new_id(time.time())
     actor = actor or settings.actor
-    with LifecycleLock(client, name, "snapshot"):
+    with LifecycleLock(client, name, "snapshot") as lock:
         pit = _read(client, name, snapshot_id, spec, actor)
+        lock.check()
         if not client.hsetnx(snapshots_key(name), snapshot_id, pit.to_json()):
             raise SnapshotExists(f"{name} already has a snapshot {snapshot_id!r}; pick another "
                                  "label or delete that snapshot first")
@@ -134,10 +136,11 @@ def restore(settings: Settings, collection: str, as_name: str, snapshot_id: str 
     actor = actor or settings.actor
     if target == source:
         raise RestoreTargetExists(f"cannot restore {source} onto itself; pick a new name")
-    with LifecycleLock(client, source, "restore"):
+    with LifecycleLock(client, source, "restore") as lock:
         pit = get(settings, source, snapshot_id)
         spec = target_spec(pit, target)
         _check_free(client, target)
+        lock.check()
         if not collections.create_collection(settings.model_copy(update={"actor": actor}),
                                              spec):
             raise RestoreTargetExists(f"collection {target} was created by someone else "
@@ -147,6 +150,7 @@ def restore(settings: Settings, collection: str, as_name: str, snapshot_id: str 
         registry.set_active_generation(pit.generation)
         if pit.generation_info is not None:
             registry.record_generation(GenerationInfo.from_json(json.dumps(pit.generation_info)))
+        lock.check()
         try:
             version = registry.replace_all(list(pit.records), pit.checkpoints, 0)
         except RebuildError:
@@ -174,7 +178,7 @@ def target_spec(pit: PointInTime, target: str) -> CollectionSpec:
             f"cannot restore as {target}: the snapshot's vectors come from model version "
             f"{spec.model_version!r}, not {version!r}; restore as {base}@{spec.model_version} "
             f"or as an unversioned name")
-    return replace(spec, name=target)
+    return replace(spec, name=target, restored_from=spec.restored_from or pit.collection)
 
 
 def check_label(label: str) -> str:

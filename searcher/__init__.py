@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from streamvec.lazy import lazy_exports
 
 __all__ = ["Client", "SearchError", "SearchResult", "SearchTimeout"]
 
-_EXPORTS = {
-    "Client": "searcher.client",
-    "SearchError": "searcher.errors",
-    "SearchResult": "searcher.client",
-    "SearchTimeout": "searcher.errors",
-}
-
-
-def __getattr__(name: str) -> Any:
-    """Import public names on first use, so `import searcher.query` stays light."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'searcher' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, {
+    "Client": "searcher.client", "SearchError": "searcher.errors",
+    "SearchResult": "searcher.client", "SearchTimeout": "searcher.errors"})

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from ingest import catalog
 from ingest.catalog import spec_key
@@ -23,7 +28,16 @@ from streamvec.settings import Settings
 
 # Waited beyond the request's own timeout: a searcher answers a consistency timeout only once
 # that timeout has run out, counted from when it read the request off a possibly busy stream.
-REPLY_MARGIN_S = 2.0
+REPLY_MARGIN_S = protocol.GIVE_UP_MARGIN_MS / 1000
+
+# A Redis call may take this long beyond the longest wait it asks for (BLPOP's own timeout)
+# before its socket gives up, so a frozen Redis ends a search within its timeout plus
+# REPLY_MARGIN_S plus this, instead of whenever the server wakes up.
+SOCKET_MARGIN_S = 0.5
+# Socket timeouts are rounded up to this step so that a client keeps few connection pools.
+SOCKET_STEP_S = 0.5
+# Shadow comparisons are logged through a connection bounded like a short request.
+SHADOW_LOG_TIMEOUT_S = 5.0
 
 # A shadow request's reply is awaited only this long past its timeout: a late answer from the
 # challenger is counted as a timeout rather than holding a shadow thread.
@@ -71,8 +85,7 @@ class Client:
         if settings is None:
             settings = Settings() if redis_url is None else Settings(redis=redis_url)
         self.settings = settings
-        self._redis = settings.redis_client()
-        self._submit = self._redis.register_script(_SUBMIT)
+        self._links = _Links(settings.redis_url)
         self._versions: dict[str, str] = {}  # collection -> model version; specs never change
         self._shadow_workers = shadow_workers
         self._shadow: shadow.Shadow | None = None  # started by the first shadowed search
@@ -83,7 +96,7 @@ class Client:
         with self._shadow_lock:
             if self._shadow is not None:
                 self._shadow.close()
-        self._redis.close()
+        self._links.close()
 
     def __enter__(self) -> Client:
         return self
@@ -91,9 +104,11 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _resolve(self, name: str) -> routing.Route:
+    def _resolve(self, name: str, wait: float) -> routing.Route:
         """Where a search of `name` goes: an alias's target and active challenge, else the name."""
-        return routing.route(self._redis, str(CollectionName.parse(name)))
+        parsed = str(CollectionName.parse(name))
+        with _bounded(name, wait):
+            return routing.route(self._links.get(wait), parsed)
 
     def search(self, collection_or_alias: str, vectors: Any, k: int = 10,
                filter: Mapping[str, Any] | None = None,
@@ -103,42 +118,56 @@ class Client:
 
         `vectors` may be a dict keyed by model version; the collection's version picks one.
         """
-        route = self._resolve(collection_or_alias)
+        started = time.perf_counter()
+        wait = _timeout_ms(timeout) / 1000 + REPLY_MARGIN_S
+        route = self._resolve(collection_or_alias, wait)
         name = route.target
-        request = QueryRequest(uuid.uuid4().hex, name, _queries(self._pick(name, vectors)),
+        request = QueryRequest(uuid.uuid4().hex, name, _queries(self._pick(name, vectors, wait)),
                                _k(k), _filter(filter), _consistency(consistency),
                                _timeout_ms(timeout), bool(with_metadata))
-        started = time.perf_counter()
-        result = self._ask(request, REPLY_MARGIN_S)
+        result = self._ask(request, REPLY_MARGIN_S, started)
         took = (time.perf_counter() - started) * 1000.0
         if route.challenge is not None and shadow.sampled(request.request_id,
                                                            route.challenge.share):
             self._shadow_of(route.challenge, request, result, took, vectors)
         return result
 
-    def _ask(self, request: QueryRequest, margin: float) -> SearchResult:
-        """Send one request and wait for its reply up to its timeout plus `margin` seconds."""
+    def _ask(self, request: QueryRequest, margin: float,
+             started: float | None = None) -> SearchResult:
+        """Send one request and wait for its reply up to its timeout plus `margin` seconds.
+
+        The time counts from `started` (a perf_counter reading; default now), and every Redis
+        call is bounded by what is left of it: a frozen Redis raises SearchTimeout in time.
+        """
         name = request.collection
+        wait = request.timeout_ms / 1000 + margin
+        deadline = (time.perf_counter() if started is None else started) + wait
         request = replace(request, reply_key=protocol.reply_key(name, request.request_id),
                           sent_at_ms=time.time() * 1000)
         fields = protocol.encode_request(request)
         args = [protocol.QUEUE_MAXLEN, *(x for pair in fields.items() for x in pair)]
-        if self._submit(keys=[spec_key(name), protocol.queue_key(name)], args=args) is None:
-            raise SearchError("unknown_collection", f"collection {name!r} does not exist")
-        wait = request.timeout_ms / 1000 + margin
-        got = self._redis.blpop([request.reply_key], timeout=wait)
+        conn = self._links.get(wait)
+        with _bounded(name, wait):
+            sent = conn.eval(_SUBMIT, 2, spec_key(name), protocol.queue_key(name), *args)
+            if sent is None:
+                raise SearchError("unknown_collection", f"collection {name!r} does not exist")
+            left = deadline - time.perf_counter()
+            # BLPOP takes whole milliseconds; 0 would mean forever.
+            got = None if left < 0.001 else conn.blpop([request.reply_key], timeout=left)
         if got is None:
             raise SearchTimeout(f"no searcher answered a query on {name!r} within {wait:g}s: "
                                 f"is `streamvec searcher --collection {name}` running?")
         return _result(request, got[1])
 
-    def _pick(self, name: str, vectors: Any) -> Any:
+    def _pick(self, name: str, vectors: Any, wait: float = SHADOW_LOG_TIMEOUT_S) -> Any:
         """The query vectors for collection `name` (a per-model-version dict picks one)."""
         if not isinstance(vectors, Mapping):
             return vectors
         if name not in self._versions:
             try:
-                self._versions[name] = catalog.load_spec(self._redis, name).model_version
+                with _bounded(name, wait):
+                    spec = catalog.load_spec(self._links.get(wait), name)
+                self._versions[name] = spec.model_version
             except CollectionNotFound:
                 raise SearchError("unknown_collection",
                                   f"collection {name!r} does not exist") from None
@@ -149,7 +178,8 @@ class Client:
         """Queue the challenger's copy of a request; the caller does not wait for it."""
         with self._shadow_lock:
             if self._shadow is None:
-                self._shadow = shadow.Shadow(self._redis, self._shadow_workers)
+                self._shadow = shadow.Shadow(self._links.get(SHADOW_LOG_TIMEOUT_S),
+                                             self._shadow_workers)
         # Copies: the caller may reuse its arrays once search() returns.
         given = {v: np.array(x, copy=True) for v, x in vectors.items()} \
             if isinstance(vectors, Mapping) else request.vectors
@@ -165,6 +195,48 @@ class Client:
             challenge, request.request_id, request.k, request.collection, request.vectors,
             _id_rows(result), took_ms,
             lambda: _queries(self._pick(challenge.challenger, given)), send))
+
+
+class _Links:
+    """Redis clients of one server, one per socket timeout: each call is bounded by its wait."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._lock = threading.Lock()
+        self._clients: dict[float, redis.Redis] = {}
+
+    def get(self, wait: float) -> redis.Redis:
+        """A client whose every call gives up `wait` (plus a margin) seconds after it was sent."""
+        step = math.ceil((wait + SOCKET_MARGIN_S) / SOCKET_STEP_S) * SOCKET_STEP_S
+        with self._lock:
+            client = self._clients.get(step)
+            if client is None:
+                # One retry, of a connection error only: a pooled connection that a restarted
+                # Redis closed is replaced at once; a timeout is never repeated, it would
+                # double the wait.
+                client = self._clients[step] = redis.Redis.from_url(
+                    self.url, socket_timeout=step, socket_connect_timeout=step,
+                    retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)))
+            return client
+
+    def close(self) -> None:
+        """Close every client's connections."""
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()
+
+
+@contextmanager
+def _bounded(name: str, wait: float) -> Iterator[None]:
+    """Turn a Redis timeout or connection error during one search into SearchTimeout."""
+    try:
+        yield
+    except redis.TimeoutError as exc:
+        raise SearchTimeout(f"Redis did not answer a query on {name!r} within {wait:g}s: "
+                            f"{exc}") from exc
+    except redis.ConnectionError as exc:
+        raise SearchTimeout(f"Redis unreachable for a query on {name!r}: {exc}") from exc
 
 
 def _id_rows(result: SearchResult) -> list[list[str]]:

@@ -1,11 +1,16 @@
 """Consistency levels (invariant 6): what a level records at arrival, when it is met."""
 
 # Nothing here blocks: the server polls `reached` while a request waits and answers
-# consistency_timeout itself when its deadline passes.
+# consistency_timeout itself when its deadline passes. A strong request's log ends come from
+# LogEnds, which asks the brokers on a thread of its own: a broker that is slow or down makes
+# strong requests wait (and time out), never the request loop that serves the others.
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
+from dataclasses import dataclass
 
 from confluent_kafka import KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
@@ -14,7 +19,11 @@ from searcher.errors import QueryError
 from searcher.query import Consistency
 from streamvec.settings import Settings
 
+log = logging.getLogger(__name__)
+
 WATERMARK_TIMEOUT_S = 5.0
+# Pause before asking again after the brokers could not say.
+RETRY_PAUSE_S = 0.5
 
 
 class Watermarks:
@@ -36,6 +45,75 @@ class Watermarks:
                              f"cannot read the log ends of {self.topic}: {exc}") from None
 
 
+@dataclass(slots=True)
+class StrongArrival:
+    """A strong request's arrival state: the fetch it waits for, then the log ends it got."""
+
+    ticket: int
+    highs: dict[int, int] | None = None
+
+
+class LogEnds:
+    """The log ends of a topic, fetched on a thread: one fetch answers every request before it."""
+
+    def __init__(self, watermarks: Watermarks) -> None:
+        self.watermarks = watermarks
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._asked = self._answered = 0
+        self._highs: dict[int, int] = {}
+        self.last_error: str | None = None
+        self._thread = threading.Thread(target=self._run, name=f"sv-ends-{watermarks.topic}",
+                                        daemon=True)
+
+    def start(self) -> None:
+        """Start the fetching thread."""
+        self._thread.start()
+
+    def stop(self, timeout: float = WATERMARK_TIMEOUT_S + 1) -> None:
+        """Stop the fetching thread."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def ask(self) -> StrongArrival:
+        """A strong request arrived: a fetch that starts from now on will answer it."""
+        with self._lock:
+            self._asked += 1
+            ticket = self._asked
+        self._wake.set()
+        return StrongArrival(ticket)
+
+    def answer(self, arrival: StrongArrival) -> dict[int, int] | None:
+        """The log ends for `arrival` once a fetch begun after it returned; None until then."""
+        if arrival.highs is None:
+            with self._lock:
+                if self._answered >= arrival.ticket:
+                    arrival.highs = dict(self._highs)
+        return arrival.highs
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(1.0)
+            self._wake.clear()
+            with self._lock:
+                ticket = self._asked
+            if ticket == self._answered or self._stop.is_set():
+                continue
+            try:
+                highs = self.watermarks.fetch()
+            except QueryError as exc:  # waiting requests time out; the next turn asks again
+                self.last_error = exc.message
+                log.warning("topic=%s %s", self.watermarks.topic, exc.message)
+                self._wake.set()
+                self._stop.wait(RETRY_PAUSE_S)
+                continue
+            with self._lock:
+                self._highs, self._answered, self.last_error = highs, ticket, None
+
+
 def reached(consistency: Consistency, arrival: object, positions: dict[int, int],
             caught_up_at: dict[int, float], now: float) -> bool:
     """True once an answer computed now meets the level; `arrival` is what arrival_state gave."""
@@ -46,6 +124,8 @@ def reached(consistency: Consistency, arrival: object, positions: dict[int, int]
         wanted = consistency.offsets or {}
         return all(positions.get(int(p), -1) > int(o) for p, o in wanted.items())
     if level == "strong":
+        if isinstance(arrival, StrongArrival):
+            arrival = arrival.highs
         if not isinstance(arrival, dict):
             return False
         return all(positions.get(p, -1) >= high for p, high in arrival.items())

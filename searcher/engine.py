@@ -10,15 +10,19 @@ from confluent_kafka.admin import AdminClient
 from indexer.registry import Registry
 from indexer.store import SegmentStore
 from ingest import catalog
+from searcher import budgets as costs
 from searcher import execute
-from searcher.consistency import Watermarks
+from searcher.budgets import Budgets
+from searcher.consistency import LogEnds, StrongArrival, Watermarks
 from searcher.consistency import reached as level_met
 from searcher.errors import QueryError
 from searcher.metrics import SearcherMetrics
 from searcher.query import Consistency, QueryAnswer, QueryRequest
+from searcher.segments import SegmentIdentity
 from searcher.state import ServingState
 from searcher.tail import TailReader
 from searcher.watcher import SegmentWatcher
+from streamvec.health import KafkaProbe
 from streamvec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,20 +51,34 @@ class Engine:
         self.state: ServingState | None = None
         self._watcher: SegmentWatcher | None = None
         self._reader: TailReader | None = None
-        self._watermarks: Watermarks | None = None
+        self._log_ends: LogEnds | None = None
+        self._kafka: KafkaProbe | None = None
+        self.budgets = Budgets.from_settings(settings)
 
     def start(self) -> None:
         """Load the registered segments, then start the segment watcher and the tail threads."""
         partitions = self._partitions()
         self.state = ServingState(self.spec.dim, partitions, self.metrics)
-        self._watermarks = Watermarks(self.settings, self.topic, partitions)
+        self._log_ends = LogEnds(Watermarks(self.settings, self.topic, partitions))
         self._watcher = SegmentWatcher(self.registry, self.store, self.state,
-                                       self.reconcile_s)
+                                       self.reconcile_s, identity=SegmentIdentity.of(self.spec),
+                                       metrics=self.metrics)
         self._watcher.subscribe()
         self._watcher.reconcile()  # the tail starts where the loaded segments end
-        self._reader = TailReader(self.settings, self.spec, partitions, self.state)
+        unavailable = self.metrics.labels(self.metrics.unavailable, "kafka")
+        unavailable.set(0)
+        # While the brokers do not answer, the live tail cannot read: the searcher says so.
+        self._kafka = KafkaProbe(self.settings.kafka_config(), self.topic,
+                                 on_change=lambda why: unavailable.set(int(why is not None)))
+        self._reader = TailReader(self.settings, self.spec, partitions, self.state,
+                                  max_rows=self.budgets.tail_rows,
+                                  held_rows=self.state.tail.row_count,
+                                  full_gauge=self.metrics.labels(self.metrics.tail_full),
+                                  on_brokers_down=self._kafka.report)
         self.state.on_rewind = self._reader.request_reassign
         self._reader.start()
+        self._kafka.start()
+        self._log_ends.start()
         self._watcher.start()
         log.info("collection=%s engine started: %d segments, positions %s", self.collection,
                  len(self.state.segments.entries()), self.state.positions())
@@ -71,16 +89,48 @@ class Engine:
             self._watcher.stop()
         if self._reader is not None:
             self._reader.stop()
-        self._watcher = self._reader = None
+        if self._log_ends is not None:
+            self._log_ends.stop()
+        if self._kafka is not None:
+            self._kafka.stop()
+        self._watcher = self._reader = self._log_ends = self._kafka = None
 
     def search_batch(self, requests: list[QueryRequest]) -> list[QueryAnswer | QueryError]:
         """Answer a batch: each request gets its answer or its own QueryError."""
         # Timings (search_seconds, the reply's timings_ms) are the server's: it times the batch.
         state = self._started()
-        queries = [execute.validate(r, self.spec.dim) for r in requests]
-        with state.lock:
-            return execute.execute(requests, queries, state.searchables(), self.spec.metric,
-                                   state.positions_locked())
+        answers: dict[int, QueryAnswer | QueryError] = {}
+        fitting: list[int] = []
+        valid = {}
+        for i, r in enumerate(requests):
+            vectors = execute.validate(r, self.spec.dim)
+            refused = vectors if isinstance(vectors, QueryError) else self.budgets.check(r)
+            if refused is not None:
+                answers[i] = refused
+            else:
+                fitting.append(i)
+                valid[i] = vectors
+        # Requests that share one query matrix run in groups within the batch budget; the lock
+        # is let go between groups, so the tail and segment swaps go on during a long batch.
+        for group in costs.split_batch([requests[i] for i in fitting],
+                                       self.budgets.batch_results, execute.CANARY_SLACK):
+            chosen = [requests[fitting[j]] for j in group]
+            queries = [valid[fitting[j]] for j in group]
+            with state.lock:
+                got = execute.execute(chosen, queries, state.searchables(), self.spec.metric,
+                                      state.positions_locked(), self.budgets)
+            answers.update((fitting[j], a) for j, a in zip(group, got, strict=True))
+        return [answers[i] for i in range(len(requests))]
+
+    def problem(self) -> str | None:
+        """Why the searcher is not ready (a readiness check), or None."""
+        kafka = self._kafka
+        if kafka is not None and (problem := kafka.problem()) is not None:
+            return f"{problem}: the live tail cannot read"
+        if self.state is not None and self.state.tail.row_count() >= self.budgets.tail_rows:
+            return (f"the live tail is at its bound of {self.budgets.tail_rows} rows: reading "
+                    "stops until sealed segments cover them (the searcher lags)")
+        return None
 
     def positions(self) -> dict[int, int]:
         """Per partition, the next offset the tail reads: never below the checkpoint."""
@@ -89,8 +139,8 @@ class Engine:
     def arrival_state(self, consistency: Consistency) -> object:
         """What `reached` compares against, taken when a request arrives: log ends for strong."""
         self._started()
-        if consistency.level == "strong":
-            return self._watermarks.fetch()
+        if consistency.level == "strong" and self._log_ends is not None:
+            return self._log_ends.ask()  # fetched off the request loop; `reached` waits for it
         return None
 
     def reached(self, consistency: Consistency, arrival_state: object) -> bool:
@@ -98,6 +148,8 @@ class Engine:
         state = self._started()
         if consistency.level == "eventual":
             return True
+        if isinstance(arrival_state, StrongArrival) and self._log_ends is not None:
+            self._log_ends.answer(arrival_state)
         return level_met(consistency, arrival_state, state.positions(), state.caught_up_at(),
                          time.monotonic())
 

@@ -12,6 +12,7 @@ ERROR_CODES = frozenset({
     "unknown_collection",   # no collection or alias of that name
     "consistency_timeout",  # the consistency level could not be reached before the timeout
     "malformed",            # the request cannot be parsed (fields, types, sizes, filter)
+    "too_large",            # the request is over a budget: results, values, bytes, filter scan
     "internal",             # the searcher failed; the message says how
 })
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -13,9 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from searcher import search
+from searcher.budgets import Budgets
 from searcher.errors import QueryError
 from searcher.query import MAX_K, Filter, QueryAnswer, QueryRequest
-from searcher.search import Source
+from searcher.search import ScanBudgetExceeded, Source
 
 log = logging.getLogger(__name__)
 
@@ -61,22 +63,26 @@ def validate(request: QueryRequest, dim: int) -> np.ndarray | QueryError:
 
 
 def execute(requests: Sequence[QueryRequest], queries: Sequence[np.ndarray | QueryError],
-            sources: Sequence[Searchable], metric: str,
-            offsets: dict[int, int]) -> list[QueryAnswer | QueryError]:
+            sources: Sequence[Searchable], metric: str, offsets: dict[int, int],
+            budgets: Budgets | None = None) -> list[QueryAnswer | QueryError]:
     """Answer every valid request; a request that fails gets its error, the others still run."""
+    budgets = budgets or Budgets()
+    gathered = _Gathered(budgets)  # metadata bytes of the whole batch
     answers: list[QueryAnswer | QueryError | None] = list(
         q if isinstance(q, QueryError) else None for q in queries)
     ends = np.cumsum([s.source.rows for s in sources], dtype=np.int64)  # global key bounds
     plain = [i for i, q in enumerate(queries)
              if not isinstance(q, QueryError) and not _filtered(requests[i])]
     if plain:
-        _answer_plain(requests, queries, plain, sources, ends, metric, offsets, answers)
+        _answer_plain(requests, queries, plain, sources, ends, metric, offsets, answers, gathered)
     for i, q in enumerate(queries):
         if answers[i] is None:
             try:
                 scores, keys = fan_out(sources, q, _fetch_k(requests[i]), metric,
-                                       requests[i].filter)
-                answers[i] = _answer(requests[i], scores, keys, sources, ends, offsets)
+                                       requests[i].filter, budgets.filter_rows)
+                answers[i] = _answer(requests[i], scores, keys, sources, ends, offsets, gathered)
+            except ScanBudgetExceeded as exc:
+                answers[i] = budgets.filter_exhausted(exc.examined)
             except Exception as exc:  # one request's failure must not fail the batch
                 log.exception("request %s failed", requests[i].request_id)
                 answers[i] = QueryError("internal", f"{type(exc).__name__}: {exc}")
@@ -84,30 +90,72 @@ def execute(requests: Sequence[QueryRequest], queries: Sequence[np.ndarray | Que
 
 
 def fan_out(sources: Sequence[Searchable], queries: np.ndarray, k: int, metric: str,
-            flt: Filter | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Search every source and merge: (scores, keys), keys = source base + row, -1 = none."""
+            flt: Filter | None = None,
+            max_examined: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Search every source and merge: (scores, keys), keys = source base + row, -1 = none.
+
+    A filter examines at most `max_examined` rows over all sources (ScanBudgetExceeded).
+    """
+    nq = len(queries)
     ends = np.cumsum([s.source.rows for s in sources], dtype=np.int64)
     bases = (ends - [s.source.rows for s in sources]).tolist()
     small = [i for i, s in enumerate(sources) if 0 < s.source.visible <= search.SCAN_MAX_VISIBLE]
     large = [i for i, s in enumerate(sources) if s.source.visible > search.SCAN_MAX_VISIBLE]
-    parts = []
+    examined = _Examined(max_examined)
+    # Each source's (nq, k) result is merged into the best so far at once: holding every
+    # source's result until one final merge would take memory in proportion to the sources.
+    best: tuple[np.ndarray, np.ndarray] | None = None
     for i in large:
-        accept = _accept(lambda rows, i=i: (np.full(len(rows), i), rows), sources, flt)
-        scores, rows = _search(sources[i].source, queries, k, metric, accept)
-        parts.append((scores, np.where(rows >= 0, rows + bases[i], -1)))
+        accept = _accept(lambda rows, i=i: (np.full(len(rows), i), rows), sources, flt, examined)
+        scores, rows = _search(sources[i].source, queries, k, metric, accept, examined.left())
+        part = (scores, np.where(rows >= 0, rows + bases[i], -1))
+        best = part if best is None else search.merge([best, part], nq, k, metric)
     if small:
         block, keys = search.gather([sources[i].source for i in small], [bases[i] for i in small])
-        accept = _accept(lambda rows: _locate(keys[rows], ends), sources, flt)
-        scores, rows = _search(block, queries, k, metric, accept)
-        parts.append((scores, np.where(rows >= 0, keys[np.maximum(rows, 0)], -1)))
-    return search.merge(parts, len(queries), k, metric)
+        accept = _accept(lambda rows: _locate(keys[rows], ends), sources, flt, examined)
+        scores, rows = _search(block, queries, k, metric, accept, examined.left())
+        part = (scores, np.where(rows >= 0, keys[np.maximum(rows, 0)], -1))
+        best = part if best is None else search.merge([best, part], nq, k, metric)
+    return search.merge([] if best is None else [best], nq, k, metric)
+
+
+class _Gathered:
+    """Bytes of metadata JSON gathered for one batch's replies, against the reply budget."""
+
+    def __init__(self, budgets: Budgets) -> None:
+        self.budgets, self.size = budgets, 0
+
+    def add(self, row: list[dict | None]) -> QueryError | None:
+        """Count one query's metadata; the too_large error once the batch is past its budget."""
+        self.size += sum(len(json.dumps(m, separators=(",", ":"))) for m in row
+                         if m is not None)
+        return self.budgets.reply_exhausted(self.size) if self.size > self.budgets.reply_bytes \
+            else None
+
+
+class _Examined:
+    """Rows a filter has examined in one request, over every source, against its budget."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit, self.count = limit, 0
+
+    def add(self, rows: int) -> None:
+        """Count rows about to be examined; ScanBudgetExceeded when they pass the budget."""
+        self.count += rows
+        if self.limit is not None and self.count > self.limit:
+            raise ScanBudgetExceeded(self.count)
+
+    def left(self) -> int | None:
+        """Rows still allowed (None: no budget)."""
+        return None if self.limit is None else max(0, self.limit - self.count)
 
 
 def _search(src: Source, queries: np.ndarray, k: int, metric: str,
-            accept: Callable[[np.ndarray], np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+            accept: Callable[[np.ndarray], np.ndarray] | None,
+            max_examined: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     if accept is None:
         return search.search(src, queries, k, metric)
-    return search.search_filtered(src, queries, k, metric, accept)
+    return search.search_filtered(src, queries, k, metric, accept, max_examined)
 
 
 def _locate(keys: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -118,7 +166,7 @@ def _locate(keys: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 def _answer_plain(requests: Sequence[QueryRequest], queries: Sequence, plain: list[int],
                   sources: Sequence[Searchable], ends: np.ndarray, metric: str,
-                  offsets: dict[int, int], answers: list) -> None:
+                  offsets: dict[int, int], answers: list, gathered: _Gathered) -> None:
     """Search every unfiltered request with one query matrix and split the result."""
     try:
         matrix = np.vstack([queries[i] for i in plain])
@@ -132,14 +180,18 @@ def _answer_plain(requests: Sequence[QueryRequest], queries: Sequence, plain: li
     for i in plain:
         n, k = len(queries[i]), _fetch_k(requests[i])
         answers[i] = _answer(requests[i], scores[start:start + n, :k], keys[start:start + n, :k],
-                             sources, ends, offsets)
+                             sources, ends, offsets, gathered)
         start += n
 
 
 def _answer(request: QueryRequest, scores: np.ndarray, keys: np.ndarray,
-            sources: Sequence[Searchable], ends: np.ndarray,
-            offsets: dict[int, int]) -> QueryAnswer:
-    """Turn merged keys into the request's k ids (and metadata), dropping empty slots."""
+            sources: Sequence[Searchable], ends: np.ndarray, offsets: dict[int, int],
+            gathered: _Gathered | None = None) -> QueryAnswer | QueryError:
+    """Turn merged keys into the request's k ids (and metadata), dropping empty slots.
+
+    Metadata is gathered up to the batch's reply budget; past it the request gets too_large.
+    """
+    gathered = gathered or _Gathered(Budgets())
     canary = wants_canary(request)
     ids, out_scores, metadata = [], [], []
     for row_scores, row_keys in zip(scores, keys, strict=True):
@@ -152,7 +204,11 @@ def _answer(request: QueryRequest, scores: np.ndarray, keys: np.ndarray,
         ids.append([f[0] for f in kept])
         out_scores.append(row_scores[[f[3] for f in kept]].tolist())
         if request.with_metadata:
-            metadata.append([_metadata(sources[s], r) for s, r in pairs])
+            row_meta = [_metadata(sources[s], r) for s, r in pairs]
+            refused = gathered.add(row_meta)
+            if refused is not None:
+                return refused
+            metadata.append(row_meta)
     return QueryAnswer(ids, out_scores, metadata if request.with_metadata else None,
                        dict(offsets))
 
@@ -172,13 +228,15 @@ def _filtered(request: QueryRequest) -> bool:
 
 
 def _accept(locate: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
-            sources: Sequence[Searchable], flt: Filter | None):
+            sources: Sequence[Searchable], flt: Filter | None, examined: _Examined | None = None):
     """The filter as a predicate over a searched source's rows (None without a filter)."""
     if flt is None or not flt.allowed:
         return None
 
     def accept(rows: np.ndarray) -> np.ndarray:
         """True for each row whose metadata passes the filter; unreadable metadata fails."""
+        if examined is not None:  # every row costs a JSON parse under the serving lock
+            examined.add(len(rows))
         which, local = locate(rows)
         return np.fromiter((flt.matches(_metadata(sources[s], r))
                             for s, r in zip(which.tolist(), local.tolist(), strict=True)),

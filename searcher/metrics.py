@@ -32,6 +32,20 @@ class SearcherMetrics(CollectionMetrics):
         self.loaded_segments = make(Gauge, "loaded_segments", "Sealed segments being served.")
         self.loaded_rows = make(Gauge, "loaded_rows", "Rows in the served sealed segments.")
         self.tail_rows = make(Gauge, "tail_rows", "Rows in the live tail.")
+        self.tail_full = make(Gauge, "tail_full", "1 while the live tail is at its row bound "
+                              "and reading stops (the searcher lags).")
+        self.expired = make(Counter, "expired", "Requests dropped unexecuted: their client had "
+                            "given up (past its timeout) before a searcher read them.")
+        self.redelivered = make(Counter, "redelivered", "Requests answered with an error "
+                                "instead of running again: delivered more than the limit.")
         self.refused_segments = make(Counter, "refused_segments", "Segments refused at load "
-                                     "(checksum or format).")
+                                     "(checksum, manifest or identity mismatch).")
+        self.unloaded_segments = make(Gauge, "unloaded_segments", "Registered segments not "
+                                      "served yet, by reason (corrupt, unavailable): the tail "
+                                      "serves their offsets and loading is retried.", ("reason",))
+        self.malformed_records = make(Gauge, "malformed_records", "Registry records skipped "
+                                      "because they cannot be parsed or name an unsafe path.")
         self.swaps = make(Counter, "swaps", "Segment-set changes applied.")
+        self.unavailable = make(Gauge, "unavailable", "1 while the searcher cannot reach a "
+                                "dependency (kafka: the live tail cannot read).",
+                                ("dependency",))

@@ -22,6 +22,9 @@ DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS, MAX_BOUND_MS = 5000, 60_000, 86_400_000
 MAX_VECTOR_BYTES, MAX_JSON_BYTES, REPLY_TTL_S = 64 * 1024 * 1024, 64 * 1024, 60
 # Longer than any client waits (timeout + margin), so a late duplicate still finds the marker.
 DONE_TTL_S = 600
+# A client waits for a reply this long past its request's timeout, counted from when it adds
+# the request; a searcher drops, unexecuted, a request read later than that.
+GIVE_UP_MARGIN_MS = 2000
 
 _ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _INT = re.compile(rb"-?[0-9]{1,18}")

@@ -28,6 +28,7 @@ import faiss
 import numpy as np
 
 from indexer.build import normalize, prepare
+from searcher.errors import SearcherError
 
 # FAISS ranks in float32; rows whose float32 and exact order differ sit next to each other,
 # so fetching this many rows beyond what is needed keeps the exact top-k among candidates.
@@ -43,6 +44,8 @@ SCAN_MAX_VISIBLE = 4096
 # (query, row) pairs scored per block of an exact scan: 16 MiB of float32 costs, so a scan over
 # a large segment (the recall probe's ground truth) takes bounded memory.
 SCAN_BLOCK_PAIRS = 1 << 22
+# Candidate values (candidates x dim) rescored per block: 32 MiB of float64 copies at a time.
+RESCORE_BLOCK_VALUES = 1 << 22
 
 Accept = Callable[[np.ndarray], np.ndarray]
 
@@ -109,19 +112,34 @@ def cost(scores: np.ndarray, metric: str) -> np.ndarray:
 
 def rescore(vectors: np.ndarray, rows: np.ndarray, queries: np.ndarray, metric: str) -> np.ndarray:
     """Exact scores of candidate `rows` (nq, m; -1 = none) for each query; none -> worst."""
+    # The float64 copies of the candidates are made a block at a time: 1024 queries x 1000
+    # candidates x 384 dims at once would take 3 GiB, twice over for the differences.
+    scores = np.zeros(rows.shape, dtype=np.float64)
     if rows.size == 0:
-        return np.zeros(rows.shape, dtype=np.float64)
-    picked = np.asarray(vectors[np.maximum(rows, 0).ravel()], dtype=np.float64)
-    picked = picked.reshape(*rows.shape, -1)
-    q = np.asarray(queries, dtype=np.float64)[:, None, :]
-    if metric == "l2":
-        scores = ((picked - q) ** 2).sum(axis=2)
-    elif metric == "ip":
-        scores = (picked * q).sum(axis=2)
-    else:
-        scores = (normalize(picked) * normalize(q)).sum(axis=2)
+        return scores
+    nq, m = rows.shape
+    dim = vectors.shape[1] if vectors.ndim == 2 else 1
+    q_step = max(1, RESCORE_BLOCK_VALUES // max(m * dim, 1))
+    c_step = m if q_step > 1 else max(1, RESCORE_BLOCK_VALUES // max(dim, 1))
+    for qlo in range(0, nq, q_step):
+        qhi = min(nq, qlo + q_step)
+        q = np.asarray(queries[qlo:qhi], dtype=np.float64)[:, None, :]
+        for clo in range(0, m, c_step):
+            chi = min(m, clo + c_step)
+            scores[qlo:qhi, clo:chi] = _exact(vectors, rows[qlo:qhi, clo:chi], q, metric)
     scores[rows < 0] = worst(metric)
     return scores
+
+
+def _exact(vectors: np.ndarray, rows: np.ndarray, q: np.ndarray, metric: str) -> np.ndarray:
+    """Exact float64 scores of one block of candidates against its queries (nq, 1, dim)."""
+    picked = np.asarray(vectors[np.maximum(rows, 0).ravel()], dtype=np.float64)
+    picked = picked.reshape(*rows.shape, -1)
+    if metric == "l2":
+        return ((picked - q) ** 2).sum(axis=2)
+    if metric == "ip":
+        return (picked * q).sum(axis=2)
+    return (normalize(picked) * normalize(q)).sum(axis=2)
 
 
 def top_k(scores: np.ndarray, keys: np.ndarray, k: int,
@@ -180,50 +198,72 @@ def candidates(src: Source, prepared: np.ndarray, metric: str,
     return _hide(rows.astype(np.int64, copy=False), src.hidden), k == src.rows
 
 
-def search_filtered(src: Source, queries: np.ndarray, k: int, metric: str,
-                    accept: Accept) -> tuple[np.ndarray, np.ndarray]:
-    """The k best visible rows that `accept` admits, per query, growing the fetch as needed."""
+def search_filtered(src: Source, queries: np.ndarray, k: int, metric: str, accept: Accept,
+                    max_examined: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The k best visible rows that `accept` admits, per query, growing the fetch as needed.
+
+    `accept` is called on at most `max_examined` distinct rows: past that, ScanBudgetExceeded.
+    """
     # A query stops once k accepted rows are among its certain candidates (all but the last
     # MARGIN) or every visible row was a candidate: it returns k rows whenever k exist.
-    memo = _Memo(accept)
+    memo = _Memo(accept, max_examined)
     prepared = prepare(queries, metric)
     nq = len(queries)
     out_scores = np.full((nq, k), worst(metric))
     out_rows = np.full((nq, k), -1, dtype=np.int64)
     active = np.arange(nq)
-    want = GROWTH * k + MARGIN
+    want = min(GROWTH * k + MARGIN, max(src.visible, 1))
     while len(active):
-        rows, complete = candidates(src, prepared[active], metric, want)
+        if max_examined is not None and want > max_examined:
+            # One query's candidates are distinct rows, each one examined.
+            raise ScanBudgetExceeded(max(want, len(memo.known)))
         found = np.zeros(len(active), dtype=np.int64)
         done = np.zeros(len(active), dtype=bool)
-        for j, i in enumerate(active):
-            cand = rows[j][rows[j] >= 0]
-            ok = memo(cand)
-            certain = len(cand) if complete else max(0, len(cand) - MARGIN)
-            found[j] = np.count_nonzero(ok[:certain])
-            if complete or found[j] >= k:
-                done[j] = True
-                hits = cand[ok][None, :]
-                scores = rescore(src.vectors, hits, queries[i : i + 1], metric)
-                best_scores, best_rows = top_k(scores, hits, k, metric)
-                out_scores[i], out_rows[i] = best_scores[0], best_rows[0]
+        # Candidate arrays are (queries x want): taken a block of queries at a time.
+        step = max(1, SCAN_BLOCK_PAIRS // want)
+        for lo in range(0, len(active), step):
+            block = active[lo:lo + step]
+            rows, complete = candidates(src, prepared[block], metric, want)
+            for j, i in enumerate(block, start=lo):
+                cand = rows[j - lo][rows[j - lo] >= 0]
+                ok = memo(cand)
+                certain = len(cand) if complete else max(0, len(cand) - MARGIN)
+                found[j] = np.count_nonzero(ok[:certain])
+                if complete or found[j] >= k:
+                    done[j] = True
+                    hits = cand[ok][None, :]
+                    scores = rescore(src.vectors, hits, queries[i : i + 1], metric)
+                    best_scores, best_rows = top_k(scores, hits, k, metric)
+                    out_scores[i], out_rows[i] = best_scores[0], best_rows[0]
         if not done.all():
             rate = max(int(found[~done].min()), 1) / want
-            want = max(want * GROWTH, math.ceil((k + MARGIN) / rate * 1.5))
+            # Past every visible row a fetch is complete: asking for more only costs memory.
+            want = min(max(want * GROWTH, math.ceil((k + MARGIN) / rate * 1.5)), src.visible)
         active = active[~done]
     return out_scores, out_rows
 
 
-class _Memo:
-    """`accept` evaluated at most once per row within one search."""
+class ScanBudgetExceeded(SearcherError):
+    """A filtered search that would examine more rows than its budget allows."""
 
-    def __init__(self, accept: Accept) -> None:
+    def __init__(self, examined: int) -> None:
+        super().__init__(f"the filter would examine {examined} rows")
+        self.examined = examined
+
+
+class _Memo:
+    """`accept` evaluated at most once per row within one search, on at most `limit` rows."""
+
+    def __init__(self, accept: Accept, limit: int | None = None) -> None:
         self.accept = accept
+        self.limit = limit
         self.known: dict[int, bool] = {}
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         new = [r for r in dict.fromkeys(rows.tolist()) if r not in self.known]
         if new:
+            if self.limit is not None and len(self.known) + len(new) > self.limit:
+                raise ScanBudgetExceeded(len(self.known) + len(new))
             verdicts = self.accept(np.asarray(new, dtype=np.int64))
             self.known.update(zip(new, np.asarray(verdicts, dtype=bool).tolist(), strict=True))
         return np.fromiter((self.known[r] for r in rows.tolist()), dtype=bool, count=len(rows))

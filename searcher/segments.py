@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from indexer.errors import CorruptSegment
+from indexer.errors import CorruptSegment, RemoteStoreError
 from indexer.registry import SegmentRecord
-from indexer.segfolder import LoadedSegment, load_segment
+from indexer.segfolder import MANIFEST, LoadedSegment, load_segment
 from indexer.store import SegmentStore
+from ingest.spec import CollectionSpec
 from searcher.search import Source
+from streamvec.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -25,22 +27,72 @@ _ROW_BITS = 32
 _ROW_MASK = (1 << _ROW_BITS) - 1
 
 
-def load(store: SegmentStore, record: SegmentRecord) -> LoadedSegment | None:
-    """Open a registered segment with every checksum verified; None (logged) if it is refused."""
+class SegmentUnavailable(Unavailable):
+    """A registered segment that cannot be read now (I/O error, folder not there yet): retried."""
+
+
+def load(store: SegmentStore, record: SegmentRecord,
+         identity: SegmentIdentity | None = None) -> LoadedSegment:
+    """Open a registered segment with every checksum verified and its identity checked.
+
+    Raises CorruptSegment when a checksum, the manifest or the identity does not match (the
+    folder itself is wrong), SegmentUnavailable on any other failure to read it (trouble
+    that may pass: EMFILE, EIO, ESTALE, a folder not yet in the object store).
+    """
     try:
         # A folder missing here is fetched (and verified) from the object store, if one is set.
-        segment = load_segment(store.folder(record.path), verify=True)
-    except (CorruptSegment, ValueError) as exc:  # ValueError: a path that leaves the store
-        log.error('partition="%d" segment=%s refused: %s', record.partition,
-                  record.segment_id, exc)
-        return None
+        folder = store.folder(record.path)
+        if not folder.is_dir():
+            raise SegmentUnavailable(f"segment {record.segment_id}: no folder at {folder}")
+        segment = load_segment(folder, verify=True)
+    except CorruptSegment as exc:
+        # A folder without its manifest is one still arriving (an upload or a copy under way).
+        if exc.transient or (exc.file == MANIFEST and exc.reason.startswith("missing")):
+            raise SegmentUnavailable(f"segment {record.segment_id} unreadable: {exc.file}: "
+                                     f"{exc.reason}") from exc
+        raise
+    except ValueError as exc:  # a path that leaves the store: the record is wrong, not the disk
+        raise CorruptSegment(record.path, MANIFEST, str(exc)) from None
+    except (OSError, RemoteStoreError) as exc:
+        raise SegmentUnavailable(f"segment {record.segment_id}: {exc}") from exc
     manifest = segment.manifest
     if (manifest.segment_id, manifest.partition, manifest.start_offset, manifest.end_offset) != (
             record.segment_id, record.partition, record.start_offset, record.end_offset):
-        log.error('partition="%d" segment=%s refused: its manifest describes %s',
-                  record.partition, record.segment_id, manifest.segment_id)
-        return None
+        raise CorruptSegment(segment.path, MANIFEST,
+                             f"describes segment {manifest.segment_id}, not the registered "
+                             f"{record.segment_id}")
+    if identity is not None:
+        identity.check(segment)
     return segment
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentIdentity:
+    """What every segment of a collection must say of itself: collection, dim and metric."""
+
+    collections: frozenset[str]  # its own name, and the source of a restored collection
+    dim: int
+    metric: str
+
+    @classmethod
+    def of(cls, spec: CollectionSpec) -> SegmentIdentity:
+        """The identity a collection spec implies."""
+        names = {spec.name, *([spec.restored_from] if spec.restored_from else [])}
+        return cls(frozenset(names), spec.dim, spec.metric)
+
+    def check(self, segment: LoadedSegment) -> None:
+        """Raise CorruptSegment unless the segment's manifest fits this collection."""
+        manifest = segment.manifest
+        if manifest.collection not in self.collections:
+            why = f"belongs to collection {manifest.collection!r}"
+        elif manifest.dim != self.dim:
+            why = f"has dim {manifest.dim}, the collection {self.dim}"
+        elif manifest.metric != self.metric:
+            why = f"has metric {manifest.metric!r}, the collection {self.metric!r}"
+        else:
+            return
+        raise CorruptSegment(segment.path, MANIFEST,
+                             f"{why}: not a segment of {'/'.join(sorted(self.collections))}")
 
 
 @dataclass(slots=True)
@@ -81,9 +133,8 @@ class _Partition:
 
     entries: list[Entry] = field(default_factory=list)
     ids: dict[bytes, int] = field(default_factory=dict)
-    refused: dict[str, int] = field(default_factory=dict)  # segment id -> end offset
     tail_marked: set[int] = field(default_factory=set)  # entry numbers with tail-hidden rows
-    covered: int = 0  # end offset of the served and refused segments
+    covered: int = 0  # end offset of the served segments
 
 
 class SegmentSet:
@@ -99,40 +150,29 @@ class SegmentSet:
         return [e for p in sorted(self._parts) for e in self._parts[p].entries]
 
     def coverage(self, partition: int) -> int:
-        """The end of the offsets the served (or refused) segments of `partition` cover."""
+        """The end of the offsets the served segments of `partition` cover."""
         part = self._parts.get(partition)
         return 0 if part is None else part.covered
 
-    def replace(self, gone: set[str], segments: list[LoadedSegment],
-                refused: list[SegmentRecord]) -> set[int]:
-        """Drop `gone`, serve `segments`, refuse `refused`, all in one step; return the partitions.
+    def replace(self, gone: set[str], segments: list[LoadedSegment]) -> set[int]:
+        """Drop `gone` and serve `segments`, all in one step; return the partitions touched.
 
-        A refused segment's offsets count as covered, its rows are not served. A partition
-        that only gains segments past its coverage is extended in place; any other change
-        (compaction, a generation switch, a segment older than the served ones) replays the
-        partition in offset order.
+        A partition that only gains segments past its coverage is extended in place; any
+        other change (compaction, a generation switch, a segment older than the served ones)
+        replays the partition in offset order.
         """
         new: dict[int, list[LoadedSegment]] = {}
         for segment in sorted(segments, key=lambda s: s.manifest.start_offset):
             new.setdefault(segment.manifest.partition, []).append(segment)
         hit = {p for p, part in self._parts.items()
-               if any(e.segment_id in gone for e in part.entries) or not gone.isdisjoint(
-                   part.refused)}
-        for partition in hit:  # before the new refusals: a moved segment may be refused again
-            part = self._parts[partition]
-            part.refused = {sid: end for sid, end in part.refused.items() if sid not in gone}
-        for record in refused:
-            part = self._parts.setdefault(record.partition, _Partition())
-            part.refused[record.segment_id] = record.end_offset
-        touched = hit | set(new) | {r.partition for r in refused}
+               if any(e.segment_id in gone for e in part.entries)}
+        touched = hit | set(new)
         for partition in touched:
             part = self._parts.setdefault(partition, _Partition())
             adding = new.get(partition, [])
-            if partition not in hit and (
-                    not adding or adding[0].manifest.start_offset >= part.covered):
+            if partition not in hit and adding[0].manifest.start_offset >= part.covered:
                 for segment in adding:
                     self._apply(part, segment)
-                part.covered = max([part.covered, *part.refused.values()])
                 continue
             keep = [e.segment for e in part.entries if e.segment_id not in gone]
             self._rebuild(partition, keep + adding)
@@ -180,7 +220,7 @@ class SegmentSet:
             packed = part.ids.pop(key, None)
             if packed is None:
                 continue
-            # Latest write wins even where the hides do not say so (hides of a refused segment).
+            # Latest write wins even where the hides do not say so.
             old = self._by_number[packed >> _ROW_BITS]
             old.sealed_hidden[packed & _ROW_MASK] = True
             old.changed()
@@ -195,7 +235,7 @@ class SegmentSet:
         old = self._parts.get(partition, _Partition())
         for entry in old.entries:
             del self._by_number[entry.number]
-        part = _Partition(refused=old.refused, covered=max(old.refused.values(), default=0))
+        part = _Partition()
         self._parts[partition] = part
         for segment in sorted(segments, key=lambda s: s.manifest.start_offset):
             self._apply(part, segment)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from contextlib import nullcontext
@@ -13,7 +14,9 @@ import redis
 
 from ingest.names import CollectionName
 from searcher import protocol
+from searcher.budgets import Budgets, split_batch
 from searcher.errors import QueryError
+from searcher.execute import CANARY_SLACK
 from searcher.metrics import SearcherMetrics
 from searcher.query import QueryAnswer, QueryRequest
 from streamvec.health import TurnHook
@@ -24,6 +27,62 @@ log = logging.getLogger(__name__)
 GROUP = "searchers"
 # Pause after Redis stayed unreachable through the client's own retries, before trying again.
 RETRY_PAUSE_S = 0.5
+# The stream is polled (a script cannot block): this often for ACTIVE_S after the last request
+# read, every block_ms after that or while requests wait for their consistency level.
+ACTIVE_POLL_S = 0.002
+ACTIVE_S = 1.0
+
+# Shared by the read and claim scripts: an entry as {id, fields, bytes, deliveries}; one over
+# the byte budget keeps only its id field (cut short), so its payload never leaves Redis.
+_SIZED = """
+local function sized(entry, limit, deliveries)
+  local fields, size = entry[2], 0
+  for i = 1, #fields do size = size + #fields[i] end
+  if size <= limit then return {entry[1], fields, size, deliveries} end
+  local kept = {}
+  for i = 1, #fields - 1, 2 do
+    if fields[i] == 'id' then kept = {'id', string.sub(fields[i + 1], 1, 128)} end
+  end
+  return {entry[1], kept, size, deliveries}
+end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+# KEYS: request stream. ARGV: group, consumer, most entries, turn byte budget, entry byte budget.
+# Entries are read one at a time until the turn's bytes are spent (an entry may overshoot by at
+# most its own budget). Returns {Redis time in ms, entries}.
+_READ = _SIZED + """
+local out, left, limit = {}, tonumber(ARGV[4]), tonumber(ARGV[5])
+for _ = 1, tonumber(ARGV[3]) do
+  if left <= 0 then break end
+  local got = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 1,
+                         'STREAMS', KEYS[1], '>')
+  if not got then break end
+  local entry = sized(got[1][2][1], limit, 1)
+  if entry[3] <= limit then left = left - entry[3] end
+  out[#out + 1] = entry
+end
+return {now_ms(), out}
+"""
+# KEYS: request stream. ARGV: group, consumer, min idle ms, start id, most entries, entry byte
+# budget. Claims entries idle that long with their delivery count (XAUTOCLAIM does not say it).
+# Returns {Redis time in ms, next start id ('-' after a full pass), entries}.
+_CLAIM = _SIZED + """
+local most = tonumber(ARGV[5])
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', tonumber(ARGV[3]), ARGV[4],
+                           '+', most)
+local out = {}
+for _, p in ipairs(pending) do
+  local claimed = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], p[1])
+  local entry = claimed[1]
+  if entry and entry[2] then out[#out + 1] = sized(entry, tonumber(ARGV[6]), p[4] + 1) end
+end
+local cursor = '-'
+if #pending >= most then cursor = '(' .. pending[#pending][1] end
+return {now_ms(), cursor, out}
+"""
 
 # KEYS: done marker, reply list, request stream. ARGV: reply JSON, reply TTL, marker TTL, group,
 # entry id. Replicas that both answer a claimed request race here: only the one that sets the
@@ -48,6 +107,16 @@ return 1
 """
 
 
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """A stream entry as read or claimed: its fields (only `id` when over the byte budget)."""
+
+    entry_id: bytes
+    fields: dict[bytes, bytes]
+    size: int  # bytes of every field name and value
+    deliveries: int  # times the group has handed it to a replica, this one included
+
+
 @dataclass(slots=True)
 class _Waiting:  # a decoded request waiting for its consistency level
     entry_id: bytes
@@ -67,6 +136,7 @@ class _Reply:  # an outcome to write
     started_ms: float  # the client's send time when known, else when the searcher read it
     with_metadata: bool = False
     timings_ms: dict[str, float] = field(default_factory=dict)
+    counted: bool = True  # False for an expired request: dropped, not answered
 
 
 class Server:
@@ -74,20 +144,26 @@ class Server:
 
     def __init__(self, settings: Settings, collection: str, engine: Any, *, consumer: str,
                  metrics: SearcherMetrics, batch_max: int = 64, block_ms: int = 20,
-                 claim_idle_ms: int = 2000, turn_hook: TurnHook | None = None) -> None:
+                 claim_idle_ms: int = 2000, turn_hook: TurnHook | None = None,
+                 budgets: Budgets | None = None) -> None:
         self.collection = CollectionName.parse(collection)
         self._turn = turn_hook("serve") if turn_hook else nullcontext()
         self.engine, self.consumer, self.metrics = engine, consumer, metrics
         self.batch_max, self.block_ms, self.claim_idle_ms = batch_max, block_ms, claim_idle_ms
         self.redis = settings.redis_client()
         self.stream = protocol.queue_key(self.collection)
+        self.budgets = budgets or Budgets.from_settings(settings)
         self._reply_script = self.redis.register_script(_REPLY)
         self._drop_script = self.redis.register_script(_DROP)
+        self._read_script = self.redis.register_script(_READ)
+        self._claim_script = self.redis.register_script(_CLAIM)
+        self._redis_ms = 0  # Redis's clock at the last read: entry ids carry the same clock
+        self._last_entry = -math.inf
         self._waiting: dict[bytes, _Waiting] = {}
         self._outbox: list[_Reply] = []
         self._stop = threading.Event()
         self._group_ready = False
-        self._claim_cursor: bytes | str = "0-0"
+        self._claim_cursor: bytes | str = "-"
         self._next_claim = self._next_heartbeat = 0.0
 
     def stop(self) -> None:
@@ -121,67 +197,109 @@ class Server:
         now = time.monotonic()
         try:
             self._heartbeat(now)
-            entries = self._claim(now) + self._read()
+            # Claimed entries are taken in before reading, so both count against the bound.
+            self.admit(self._claim(now))
+            self.admit(self._read())
         except redis.ResponseError as exc:
-            if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
+            if "NOGROUP" not in str(exc) and not str(exc).startswith("UNBLOCKED"):
                 raise
             log.warning("stream=%s was deleted under us; recreating it", self.stream)
             self._group_ready, self._waiting = False, {}
             return
-        self.admit(entries)
         ready = self._sweep()
         if ready:
             self._execute(ready)
         self._send()
 
-    def admit(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+    def admit(self, entries: list[Delivered]) -> None:
         """Take in entries just read or claimed: bad ones get an error reply, good ones wait."""
         now, now_ms = time.monotonic(), time.time() * 1000
-        for entry_id, fields in entries:
-            if entry_id in self._waiting:
+        for e in entries:
+            if e.entry_id in self._waiting:
                 continue
-            rid = protocol.request_id(fields)
+            rid = protocol.request_id(e.fields)
             try:
-                request = protocol.decode_request(self.collection, fields, dim=self.engine.spec.dim)
+                request = self._decode(e)
+                if self._expired(e.entry_id, request):
+                    # Its client stopped waiting: an answer would go unread, so none is made.
+                    self.metrics.labels(self.metrics.expired).inc()
+                    self._outbox.append(_Reply(e.entry_id, None, QueryError(
+                        "consistency_timeout", "expired"), now, now_ms, counted=False))
+                    continue
+                refused = self.budgets.check(request)
+                if refused is not None:
+                    raise refused
                 state = self.engine.arrival_state(request.consistency)
             except QueryError as exc:
-                self._outbox.append(_Reply(entry_id, rid, exc, now, now_ms))
+                self._outbox.append(_Reply(e.entry_id, rid, exc, now, now_ms))
                 continue
             except Exception as exc:  # an engine failure on one request must not stop the loop
-                log.exception("stream=%s entry=%s arrival failed", self.stream, entry_id)
-                self._outbox.append(_Reply(entry_id, rid, _internal(exc), now, now_ms))
+                log.exception("stream=%s entry=%s arrival failed", self.stream, e.entry_id)
+                self._outbox.append(_Reply(e.entry_id, rid, _internal(exc), now, now_ms))
                 continue
             if request.sent_at_ms is not None:
                 self.metrics.labels(self.metrics.queue_wait).observe(
                     max(0.0, now_ms - request.sent_at_ms) / 1000)
-            self._waiting[entry_id] = _Waiting(entry_id, request, state, now,
-                                               now + request.timeout_ms / 1000)
+            self._waiting[e.entry_id] = _Waiting(e.entry_id, request, state, now,
+                                                 now + request.timeout_ms / 1000)
 
-    def _read(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        # Redis times out blocked reads on its own clock (every 100 ms at the default hz), so
-        # while requests wait for consistency we poll and pace the loop ourselves.
-        polling = bool(self._waiting) or self.block_ms <= 0
-        got = self.redis.xreadgroup(GROUP, self.consumer, {self.stream: ">"},
-                                    count=self.batch_max, block=None if polling else self.block_ms)
-        entries = [entry for _, batch in got or [] for entry in batch]
-        if polling and not entries:
-            self._stop.wait(self.block_ms / 1000)
+    def _decode(self, e: Delivered) -> QueryRequest:
+        """The entry's request; a QueryError for one that is redelivered, oversize or bad."""
+        if e.deliveries > self.budgets.deliveries:
+            # Every replica that took it stopped before answering: it may be what stops them.
+            self.metrics.labels(self.metrics.redelivered).inc()
+            raise QueryError("internal", f"the request was delivered {e.deliveries} times "
+                             "without being answered (the searchers that took it stopped); it "
+                             f"is not run again (limit {self.budgets.deliveries} deliveries)")
+        if e.size > self.budgets.request_bytes:
+            raise self.budgets.oversize(e.size)
+        return protocol.decode_request(self.collection, e.fields, dim=self.engine.spec.dim)
+
+    def _expired(self, entry_id: bytes, request: QueryRequest) -> bool:
+        """True when the request's client has given up: it waits its timeout plus a margin."""
+        added_ms = _entry_ms(entry_id)
+        return added_ms is not None and self._redis_ms > (
+            added_ms + request.timeout_ms + protocol.GIVE_UP_MARGIN_MS)
+
+    def _room(self) -> int:
+        """Entries this turn may take in: the batch size, less near the bounds on held ones."""
+        held = sum(w.request.vectors.nbytes for w in self._waiting.values())
+        if held >= self.budgets.waiting_bytes:
+            return 0
+        return max(0, min(self.batch_max, self.budgets.waiting - len(self._waiting)))
+
+    def _read(self) -> list[Delivered]:
+        """New entries, up to the turn's count and byte budgets; paces the loop when none."""
+        room = self._room()
+        entries: list[Delivered] = []
+        if room:
+            self._redis_ms, got = self._read_script(
+                keys=[self.stream], args=[GROUP, self.consumer, room, self.budgets.read_bytes,
+                                          self.budgets.request_bytes])
+            entries = _delivered(got)
+        now = time.monotonic()
+        if entries:
+            self._last_entry = now
+        elif self.block_ms > 0:
+            recent = not self._waiting and now - self._last_entry < ACTIVE_S
+            self._stop.wait(ACTIVE_POLL_S if recent else self.block_ms / 1000)
         return entries
 
-    def _claim(self, now: float) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    def _claim(self, now: float) -> list[Delivered]:
         """Take over entries another replica read and then left idle (it crashed or hangs)."""
-        if now < self._next_claim:
+        room = self._room()
+        if now < self._next_claim or not room:
             return []
-        cursor, entries, *_ = self.redis.xautoclaim(
-            self.stream, GROUP, self.consumer, self.claim_idle_ms, start_id=self._claim_cursor,
-            count=self.batch_max)
+        self._redis_ms, cursor, got = self._claim_script(
+            keys=[self.stream], args=[GROUP, self.consumer, self.claim_idle_ms,
+                                      self._claim_cursor, room, self.budgets.request_bytes])
         self._claim_cursor = cursor
-        if cursor in (b"0-0", "0-0"):  # a full pass over the pending list: rest a while
+        if cursor in (b"-", "-"):  # a full pass over the pending list: rest a while
             self._next_claim = now + self.claim_idle_ms / 2000
-        fresh = [(i, f) for i, f in entries if i is not None and i not in self._waiting]
+        fresh = [e for e in _delivered(got) if e.entry_id not in self._waiting]
         if fresh:
             log.info("stream=%s claimed %d idle request(s)", self.stream, len(fresh))
-        return [(i, f or {}) for i, f in fresh]
+        return fresh
 
     def _heartbeat(self, now: float) -> None:
         """Reset the idle time of held requests so no replica claims them while they wait."""
@@ -224,7 +342,15 @@ class Server:
             return {}
 
     def _execute(self, ready: list[_Waiting]) -> None:
-        """Run every ready request in one engine batch; a failing batch gets `internal` errors."""
+        """Run the ready requests in batches within the batch budget, replying after each."""
+        # Replies go out batch by batch, so answers are held for one batch at a time.
+        requests = [w.request for w in ready]
+        for group in split_batch(requests, self.budgets.batch_results, CANARY_SLACK):
+            self._execute_batch([ready[i] for i in group])
+            self._send()
+
+    def _execute_batch(self, ready: list[_Waiting]) -> None:
+        """Run requests in one engine batch; a failing batch gets `internal` errors."""
         start = time.perf_counter()
         try:
             results = self.engine.search_batch([w.request for w in ready])
@@ -266,7 +392,7 @@ class Server:
         for r, outcome in zip(replies, outcomes, strict=True):
             if isinstance(outcome, Exception):
                 log.error("stream=%s entry=%s reply failed: %s", self.stream, r.entry_id, outcome)
-            elif outcome == 1:  # 0: another replica answered first and counted it
+            elif outcome == 1 and r.counted:  # 0: another replica answered first and counted it
                 m.labels(m.queries).inc()
                 if isinstance(r.result, QueryError):
                     m.labels(m.errors, r.result.code).inc()
@@ -283,6 +409,22 @@ class Server:
             return protocol.encode_reply(r.request_id or "", r.result)
 
 
+def _delivered(got: list) -> list[Delivered]:
+    """Entries as the read and claim scripts return them."""
+    out = []
+    for entry_id, flat, size, deliveries in got or []:
+        it = iter(flat)
+        out.append(Delivered(entry_id, dict(zip(it, it, strict=False)), int(size),
+                             int(deliveries)))
+    return out
+
+
+def _entry_ms(entry_id: bytes | str) -> int | None:
+    """Redis's clock in ms when the entry was added, from its id."""
+    head = (entry_id.decode() if isinstance(entry_id, bytes) else entry_id).partition("-")[0]
+    return int(head) if head.isdigit() else None
+
+
 def _internal(exc: BaseException) -> QueryError:
     return QueryError("internal", f"{type(exc).__name__}: {exc}")
 
@@ -291,6 +433,9 @@ def timeout_message(request: QueryRequest, state: Any, positions: dict[int, int]
     """Say which level a timed-out request asked for and what it was still waiting for."""
     c = request.consistency
     head = f"{c.level} consistency not reached within {request.timeout_ms} ms: waiting for "
+    state = getattr(state, "highs", state)  # a strong request's log ends, once fetched
+    if c.level == "strong" and state is None:
+        return head + "the log ends of the topic (the brokers have not answered)"
     if c.level == "session" or (c.level == "strong" and isinstance(state, dict)):
         need = (c.offsets or {}) if c.level == "session" else state
         # Positions are next offsets to read: a session offset is read once the position passes

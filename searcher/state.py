@@ -43,25 +43,21 @@ class ServingState:
         self._published_caught_up: dict[int, float] = {}
 
     def served(self) -> dict[str, str]:
-        """Segment id -> registered path of every segment served or refused."""
+        """Segment id -> registered path of every segment served."""
         with self.lock:
             return dict(self._paths)
 
-    def replace(self, gone: set[str],
-                loaded: list[tuple[SegmentRecord, LoadedSegment | None]]) -> None:
+    def replace(self, gone: set[str], loaded: list[tuple[SegmentRecord, LoadedSegment]]) -> None:
         """Apply one registry change as one swap: no query sees half of it.
 
-        `loaded` pairs each new record with its segment, None where it was refused. A
-        compaction or generation switch removes segments and adds others over the same
-        offsets; done in two steps, a query in between would miss those rows. Where coverage
-        went back, the tail is read again from there; elsewhere it drops what is now covered.
+        `loaded` pairs each new record with its opened segment. A compaction or generation
+        switch removes segments and adds others over the same offsets; done in two steps, a
+        query in between would miss those rows. Where coverage went back, the tail is read
+        again from there; elsewhere it drops what is now covered.
         """
         with self.lock:
             before = {p: self.segments.coverage(p) for p in self.partitions}
-            refused = [record for record, segment in loaded if segment is None]
-            touched = self.segments.replace(
-                gone, [segment for _, segment in loaded if segment is not None], refused)
-            self.metrics.labels(self.metrics.refused_segments).inc(len(refused))
+            touched = self.segments.replace(gone, [segment for _, segment in loaded])
             for sid in gone:
                 self._paths.pop(sid, None)
             self._paths.update({record.segment_id: record.path for record, _ in loaded})
@@ -73,8 +69,7 @@ class ServingState:
                     self.tail.trim(partition, coverage)
                 self.segments.reset_tail_hides(partition, self.tail.ids(partition))
             self._swapped()
-        log.info("segments swapped: %d released, %d installed (%d refused)", len(gone),
-                 len(loaded) - len(refused), len(refused))
+        log.info("segments swapped: %d released, %d installed", len(gone), len(loaded))
 
     def start_offsets(self) -> tuple[dict[int, int], int]:
         """Where the reader must read each partition from, and the rewind generation."""

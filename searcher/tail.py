@@ -14,9 +14,9 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
@@ -171,7 +171,8 @@ class TailBuffer:
 
     def row_count(self) -> int:
         """Rows held, every partition, deletes and superseded rows included."""
-        return sum(p.n for p in self._parts.values())
+        # A copy of the values: readiness probes call this without the serving lock.
+        return sum(p.n for p in list(self._parts.values()))
 
     def sources(self) -> Iterator[TailRows]:
         """Every non-empty partition's rows as a search source."""
@@ -218,13 +219,22 @@ class TailReader:
     """Reads every partition of a collection's topic into a sink, on its own thread."""
 
     def __init__(self, settings: Settings, spec: CollectionSpec, partitions: list[int],
-                 sink: TailSink) -> None:
+                 sink: TailSink, *, max_rows: int | None = None,
+                 held_rows: Callable[[], int] | None = None, full_gauge: Any = None,
+                 on_brokers_down: Callable[[str], None] | None = None) -> None:
         self.spec = spec
+        # Told when librdkafka finds every broker down (it reconnects by itself meanwhile).
+        self._on_brokers_down = on_brokers_down
+        # The tail's bound: at `max_rows` held rows reading stops (the searcher lags, and
+        # `bounded`/`session` requests wait) until a sealed segment lets the tail drop rows.
+        self.max_rows, self._held_rows, self._full_gauge = max_rows, held_rows, full_gauge
+        self.full = False
         self.topic = spec.collection.topic
         self.partitions = list(partitions)
         self.sink = sink
         self._consumer = Consumer(settings.kafka_config(
-            **{"group.id": f"{self.topic}.searcher", **CONSUMER_CONFIG}))
+            **{"group.id": f"{self.topic}.searcher", "error_cb": self._on_kafka_error,
+               **CONSUMER_CONFIG}))
         self._stop = threading.Event()
         self._reassign = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"sv-tail-{spec.name}",
@@ -264,8 +274,13 @@ class TailReader:
         if self._reassign.is_set():
             self._reassign.clear()
             self._assign()
+        room = self._room()
+        if room <= 0:
+            self.sink.observe(self._highs(), time.monotonic())
+            self._stop.wait(POLL_TIMEOUT_S)
+            return
         decoded = []
-        for msg in self._poll():
+        for msg in self._poll(room):
             if msg.error() is not None:
                 self._report(msg)
             else:
@@ -274,14 +289,34 @@ class TailReader:
             self.sink.apply(decoded)
         self.sink.observe(self._highs(), time.monotonic())
 
-    def _poll(self) -> list[Message]:
+    def _room(self) -> int:
+        """Messages this turn may read: POLL_MESSAGES, fewer near the row bound, 0 at it."""
+        if self.max_rows is None or self._held_rows is None:
+            return POLL_MESSAGES
+        room = self.max_rows - self._held_rows()
+        full = room <= 0
+        if full != self.full:
+            self.full = full
+            if self._full_gauge is not None:
+                self._full_gauge.set(int(full))
+            if full:
+                log.warning("topic=%s live tail holds %d rows, its bound: reading stops until "
+                            "segments cover them (STREAMVEC_SEARCHER_MAX_TAIL_ROWS)",
+                            self.topic, self.max_rows)
+            else:
+                log.info("topic=%s live tail below its bound again: reading", self.topic)
+        return max(0, min(POLL_MESSAGES, room))
+
+    def _poll(self, most: int = POLL_MESSAGES) -> list[Message]:
         """Wait for one message, then take what else is already fetched without waiting."""
         # consume(n, timeout) alone holds a lone message until n arrive or the timeout passes,
         # which would add the whole timeout to read-your-writes latency whenever ingest is quiet.
         first = self._consumer.poll(POLL_TIMEOUT_S)
         if first is None:
             return []
-        return [first, *self._consumer.consume(POLL_MESSAGES - 1, timeout=0)]
+        if most <= 1:
+            return [first]
+        return [first, *self._consumer.consume(most - 1, timeout=0)]
 
     def _decode(self, msg: Message) -> TailMessage:
         try:
@@ -299,6 +334,13 @@ class TailReader:
             if high != _UNKNOWN and high >= 0:
                 highs[p] = high
         return highs
+
+    def _on_kafka_error(self, err: KafkaError) -> None:
+        """librdkafka's error callback: passes "all brokers down" on, logs the rest."""
+        if err.code() == KafkaError._ALL_BROKERS_DOWN and self._on_brokers_down is not None:
+            self._on_brokers_down(err.str())
+        else:
+            log.debug("topic=%s kafka: %s", self.topic, err.str())
 
     def _report(self, msg: Message) -> None:
         err = msg.error()

@@ -23,6 +23,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from redis import Redis
@@ -39,12 +41,17 @@ METRICS_PATH = "/metrics"
 LIVENESS_PATH = "/healthz"
 READINESS_PATH = "/readyz"
 PATHS = (METRICS_PATH, LIVENESS_PATH, READINESS_PATH)
-ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - scraped and probed from other hosts
+# The default bind address (STREAMVEC_METRICS_HOST): scraped and probed from other hosts.
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104
 # A turn is stuck when it runs longer than this. Generous on purpose: an indexer's turn can
 # load a partition's segments on assignment, and a false alarm restarts a healthy process.
 DEFAULT_STALL_S = 600.0
 # A probe answers within the prober's timeout (1 s by default in Kubernetes).
 CHECK_TIMEOUT_S = 0.8
+# The Kafka probe asks the brokers this often, and calls them unavailable when an answer takes
+# longer than its timeout: a frozen broker is noticed within about the sum of the two.
+KAFKA_PROBE_EVERY_S = 2.0
+KAFKA_PROBE_TIMEOUT_S = 3.0
 
 # What a loop is handed to report its turns: called once with the loop's name, it registers
 # the loop and returns the context manager that brackets each of its turns.
@@ -182,6 +189,90 @@ def redis_check(settings: Settings) -> Callable[[], str | None]:
         return None
 
     return check
+
+
+class KafkaProbe:
+    """Asks the brokers for a topic's metadata every few seconds on its own thread.
+
+    A readiness check (`problem`): a broker that is down fails the request at once, and one that
+    is frozen (stopped, partitioned away) keeps its connections open and never answers, which
+    only a request with a deadline shows. The role's own loop never waits for the probe.
+
+    Usage: probe = KafkaProbe(settings.kafka_config(), topic); probe.start(); probe.problem()
+    """
+
+    def __init__(self, config: dict[str, Any], topic: str, *,
+                 every_s: float = KAFKA_PROBE_EVERY_S, timeout_s: float = KAFKA_PROBE_TIMEOUT_S,
+                 on_change: Callable[[str | None], None] | None = None) -> None:
+        self.topic = topic
+        self.every_s, self.timeout_s = every_s, timeout_s
+        self._on_change = on_change  # told why Kafka became unavailable, or None once it is back
+        self._admin = AdminClient(config)
+        self._lock = threading.Lock()
+        self._problem: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"sv-kafka-probe-{topic}",
+                                        daemon=True)
+
+    def start(self) -> KafkaProbe:
+        """Start probing on a daemon thread and return self."""
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop probing; waits for a request in flight at most its own timeout."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(self.timeout_s + 1 if timeout is None else timeout)
+
+    def problem(self) -> str | None:
+        """Why Kafka counts as unavailable now, or None."""
+        return self._problem
+
+    def report(self, why: str) -> None:
+        """Mark Kafka unavailable (e.g. librdkafka said every broker is down) until it answers."""
+        self._set(f"Kafka unreachable: {why}")
+
+    def probe(self) -> bool:
+        """Ask once, now, on the caller's thread; True if the brokers answered in time."""
+        started = time.monotonic()
+        try:
+            meta = self._admin.list_topics(self.topic, timeout=self.timeout_s)
+        except KafkaException as exc:
+            self._set(f"Kafka unreachable: no metadata of {self.topic} within "
+                      f"{time.monotonic() - started:.1f}s ({_kafka_reason(exc)})")
+            return False
+        topic = meta.topics.get(self.topic)
+        if topic is not None and topic.error is not None:
+            self._set(f"Kafka cannot serve {self.topic}: {topic.error.str()}")
+            return False
+        self._set(None)
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.probe()
+            except Exception as exc:  # keep probing; a failed probe counts as unavailable
+                self._set(f"Kafka probe failed: {type(exc).__name__}: {exc}")
+            self._stop.wait(self.every_s)
+
+    def _set(self, problem: str | None) -> None:
+        with self._lock:
+            changed = (problem is None) != (self._problem is None)
+            self._problem = problem
+        if changed:
+            if problem is None:
+                log.info("Kafka reachable again (%s)", self.topic)
+            else:
+                log.warning("%s", problem)
+            if self._on_change is not None:
+                self._on_change(problem)
+
+
+def _kafka_reason(exc: KafkaException) -> str:
+    err = exc.args[0] if exc.args else None
+    return err.str() if isinstance(err, KafkaError) else str(exc)
 
 
 class HealthServer(ThreadingHTTPServer):

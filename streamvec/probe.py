@@ -14,7 +14,10 @@ from http import HTTPStatus
 from pydantic import ValidationError
 
 from streamvec.health import LIVENESS_PATH, READINESS_PATH
-from streamvec.settings import Settings
+from streamvec.settings import Settings, describe_invalid
+
+# A server bound to every interface is probed on the loopback one.
+_ANY = {"0.0.0.0", "::", ""}  # noqa: S104 - compared, never bound
 
 
 def probe(port: int, path: str = LIVENESS_PATH, *, host: str = "127.0.0.1",
@@ -29,6 +32,11 @@ def probe(port: int, path: str = LIVENESS_PATH, *, host: str = "127.0.0.1",
         conn.close()
 
 
+def local_address(bound: str) -> str:
+    """Where this machine reaches a server bound to `bound`."""
+    return "127.0.0.1" if bound.strip("[]") in _ANY else bound
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit 0 when the local health endpoint answers 200 (or when none is configured)."""
     parser = argparse.ArgumentParser(
@@ -40,21 +48,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                         choices=(LIVENESS_PATH, READINESS_PATH),
                         help=f"endpoint to probe (default {LIVENESS_PATH})")
     parser.add_argument("--port", type=int, help="port [env STREAMVEC_METRICS_PORT]")
-    parser.add_argument("--host", default="127.0.0.1", help="host (default 127.0.0.1)")
+    parser.add_argument("--host", help="host (default: STREAMVEC_METRICS_HOST, or 127.0.0.1 "
+                        "where that is every interface)")
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
     args = parser.parse_args(argv)
     try:
-        port = args.port if args.port is not None else Settings().metrics_port
-    except ValidationError as exc:
-        print(f"streamvec probe: invalid settings: {exc}", file=sys.stderr)
+        settings = Settings()
+    except ValidationError as exc:  # its own text repeats input values, secrets included
+        print(f"streamvec probe: invalid settings: {describe_invalid(exc)}", file=sys.stderr)
         return 1
+    port = args.port if args.port is not None else settings.metrics_port
+    host = args.host or local_address(settings.metrics_host)
     if port is None:
         print("streamvec probe: no health endpoint configured; nothing to check")
         return 0
     try:
-        status, body = probe(port, args.path, host=args.host, timeout=args.timeout)
+        status, body = probe(port, args.path, host=host, timeout=args.timeout)
     except OSError as exc:
-        print(f"streamvec probe: {args.host}:{port}{args.path}: {exc}", file=sys.stderr)
+        print(f"streamvec probe: {host}:{port}{args.path}: {exc}", file=sys.stderr)
         return 1
     print(f"{status} {body}")
     return 0 if status == HTTPStatus.OK else 1

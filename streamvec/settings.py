@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -66,7 +66,9 @@ def parse_kafka_options(value: Any) -> dict[str, str]:
     for pair in pairs:
         key, sep, val = str(pair).partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"kafka option {pair!r} is not of the form key=value")
+            # The text itself may hold a secret (a mistyped sasl.password): name its place.
+            raise ValueError(f"kafka option number {len(options) + 1} is not of the form "
+                             "key=value")
         options[key.strip()] = val.strip()
     return options
 
@@ -93,6 +95,38 @@ def parse_storage_options(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError("store options must be a JSON object")
     return dict(value)
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """What is wrong in a settings ValidationError, one `field: why` per problem, no values.
+
+    Pydantic's own text repeats each input value, and a value may be a secret (a Redis URL
+    with its password, object-store keys): only the field and the rule reach the reader, and
+    a message that quotes its input anyway has it masked.
+    """
+    problems = []
+    for error in exc.errors(include_url=False, include_input=True):
+        where = ".".join(map(str, error["loc"])) or "settings"
+        message = str(error["msg"])
+        for secret in _secrets_in(error.get("input")):
+            message = message.replace(secret, "***")
+        problems.append(f"{where}: {message}")
+    return "; ".join(problems)
+
+
+def _secrets_in(value: Any) -> list[str]:
+    """Every text in an input value that a message could quote: the value, its parts."""
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _secrets_in(v)]
+    if isinstance(value, list | tuple):
+        return [t for v in value for t in _secrets_in(v)]
+    if not isinstance(value, str) or len(value) < 3:
+        return []
+    found = [value, *(p for p in value.replace("=", ",").split(",") if len(p) >= 3)]
+    password = urlsplit(value).password if "://" in value else None
+    return sorted({*found, *([password] if password else [])}, key=len, reverse=True)
 
 
 def redact_storage_options(options: Any) -> Any:
@@ -175,9 +209,20 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Extra librdkafka options (SASL, SSL, ...): JSON object or k=v,k=v.",
     )
+    dlq_max_copy_bytes: int = Field(
+        default=1 << 20, ge=0,
+        description="Indexer: most payload bytes a dead letter copies of a bad message; a "
+                    "longer payload is cut and its dead letter says so (header sv-truncated).",
+    )
     metrics_port: int | None = Field(
         default=None, ge=0, le=65535,
         description="Port of the /metrics endpoint of a long-running role (off if unset)",
+    )
+    metrics_host: str = Field(
+        default="0.0.0.0",  # noqa: S104 - scraped and probed from other hosts by default
+        min_length=1,
+        description="Address the /metrics and health endpoint binds: 0.0.0.0 (default) "
+                    "listens on every interface, 127.0.0.1 only on this machine.",
     )
     home: Path = Field(
         default_factory=default_home,
@@ -186,6 +231,59 @@ class Settings(BaseSettings):
     actor: str = Field(
         default_factory=default_actor, min_length=1, max_length=256,
         description="Who is acting, as the audit trail records it (default: the OS user).",
+    )
+    # Searcher budgets (docs/operations.md, "Searcher memory"): what one request, one batch
+    # and the serving loop may hold, so that no input can exhaust a searcher's memory.
+    searcher_max_request_results: int = Field(
+        default=100_000, ge=1,
+        description="Searcher: most result slots (query vectors x k) one request may ask for; "
+                    "over it the reply is a too_large error.",
+    )
+    searcher_max_request_values: int = Field(
+        default=1 << 20, ge=1,
+        description="Searcher: most query values (query vectors x dim) in one request.",
+    )
+    searcher_max_request_bytes: int = Field(
+        default=8 << 20, ge=1024,
+        description="Searcher: most bytes of one request entry; a larger one is refused "
+                    "without being read in full.",
+    )
+    searcher_max_batch_results: int = Field(
+        default=262_144, ge=1,
+        description="Searcher: most result slots (query vectors x k) searched in one engine "
+                    "call; ready requests beyond it run in further calls.",
+    )
+    searcher_max_reply_bytes: int = Field(
+        default=64 << 20, ge=1024,
+        description="Searcher: most bytes of metadata gathered for the replies of one batch.",
+    )
+    searcher_max_filter_rows: int = Field(
+        default=100_000, ge=1,
+        description="Searcher: most rows whose metadata one filtered request may examine.",
+    )
+    searcher_max_waiting: int = Field(
+        default=1024, ge=1,
+        description="Searcher: most requests held at once (waiting for their consistency "
+                    "level or their turn); further ones stay on the stream.",
+    )
+    searcher_max_waiting_bytes: int = Field(
+        default=64 << 20, ge=1024,
+        description="Searcher: most bytes of query vectors held in waiting requests.",
+    )
+    searcher_read_bytes: int = Field(
+        default=32 << 20, ge=1024,
+        description="Searcher: most request bytes read from the stream per turn.",
+    )
+    searcher_max_deliveries: int = Field(
+        default=3, ge=1,
+        description="Searcher: a request delivered more times than this (its searchers "
+                    "stopped while holding it) is answered with an error, not run again.",
+    )
+    searcher_max_tail_rows: int = Field(
+        default=500_000, ge=1,
+        description="Searcher: most rows in the live tail; at the bound it stops reading "
+                    "Kafka (and reports lagging) until segments cover its rows. Keep it above "
+                    "what the indexers leave unsealed (partitions x seal_rows at most).",
     )
 
     @field_validator("kafka_options", mode="before")
@@ -204,8 +302,7 @@ class Settings(BaseSettings):
         if value is None or not value.strip():
             return None
         if "://" not in value:
-            raise ValueError(f"store URL must name its protocol, such as s3://bucket/prefix, "
-                             f"not {value!r}")
+            raise ValueError("store URL must name its protocol, such as s3://bucket/prefix")
         return value.strip()
 
     @field_validator("kafka")
@@ -233,12 +330,18 @@ class Settings(BaseSettings):
         """Return a librdkafka config dict: bootstrap servers, pass-through options, `extra`."""
         return {"bootstrap.servers": self.kafka, **self.kafka_options, **extra}
 
-    def redis_client(self) -> Redis:
-        """Open a Redis client for these settings (bytes in, bytes out)."""
+    def redis_client(self, *, timeout: float | None = None) -> Redis:
+        """Open a Redis client for these settings (bytes in, bytes out).
+
+        `timeout` bounds each connect and reply, so a server that stopped answering (paused,
+        partitioned) surfaces as a TimeoutError instead of a call that never returns.
+        """
         # Transient network errors are retried with backoff (a few seconds in all) before surfacing;
         # every registry write is idempotent, so re-sending one whose reply was lost is safe.
         return Redis.from_url(
             self.redis_url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
             health_check_interval=30,
             retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), 5),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],

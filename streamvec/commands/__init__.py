@@ -31,7 +31,7 @@ from streamvec.commands import (
     status,
 )
 from streamvec.commands.errors import ExitCode, UsageError, describe, exit_code
-from streamvec.settings import Settings
+from streamvec.settings import Settings, describe_invalid
 
 log = logging.getLogger(__name__)
 
@@ -78,17 +78,16 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             overrides[field] = value
     if getattr(args, "kafka_option", None):
         merged = dict(Settings().kafka_options)
-        for pair in args.kafka_option:
+        for number, pair in enumerate(args.kafka_option, 1):
             key, sep, value = pair.partition("=")
-            if not sep:
-                raise UsageError(f"--kafka-option {pair!r} is not of the form KEY=VALUE")
+            if not sep:  # not echoed: a mistyped option may hold a password
+                raise UsageError(f"--kafka-option number {number} is not of the form KEY=VALUE")
             merged[key.strip()] = value.strip()
         overrides["kafka_options"] = merged
     try:
         return Settings(**overrides)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise UsageError(f"invalid settings: {problems}") from None
+    except ValidationError as exc:  # the problems only: an input value may be a secret
+        raise UsageError(f"invalid settings: {describe_invalid(exc)}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

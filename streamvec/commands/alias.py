@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
-import time
 
-from streamvec.commands.common import positive_int
+from streamvec.commands.common import add_group, add_json, positive_int, print_json, utc
 from streamvec.settings import Settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `alias` command group and the `rollback` command to the top-level parser."""
-    group = sub.add_parser(
-        "alias", help="point stable names at collections (blue-green, rollback)",
+    verbs = add_group(
+        sub, "alias", help="point stable names at collections (blue-green, rollback)",
         description="An alias such as `products` points at one collection, such as "
         "products@v4; clients search the alias and follow every switch at once.")
-    group.set_defaults(group_parser=group)
-    verbs = group.add_subparsers(title="verbs", metavar="VERB")
 
     s = verbs.add_parser("set", help="point an alias at a collection (creates the alias)",
                          description="Switch ALIAS to TARGET atomically; the switch is kept in "
@@ -29,11 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = verbs.add_parser("get", help="show where an alias points",
                          description="Show an alias's target, since when and who set it.")
     g.add_argument("alias")
-    g.add_argument("--json", action="store_true", help="print JSON")
+    add_json(g)
     g.set_defaults(handler=_get)
 
     lister = verbs.add_parser("list", help="list aliases", description="List every alias.")
-    lister.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_json(lister, "print JSON instead of a table")
     lister.set_defaults(handler=_list)
 
     h = verbs.add_parser("history", help="list an alias's past switches",
@@ -41,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     h.add_argument("alias")
     h.add_argument("--limit", type=positive_int, default=20,
                    help="switches to show (default 20)")
-    h.add_argument("--json", action="store_true", help="print JSON")
+    add_json(h)
     h.set_defaults(handler=_history)
 
     d = verbs.add_parser("delete", help="delete an alias and its history",
@@ -77,10 +73,8 @@ def _get(args: argparse.Namespace, settings: Settings) -> int:
 
     found = aliases.get(settings.redis_client(), args.alias)
     if args.json:
-        print(json.dumps(found.to_json(), indent=2))
-    else:
-        print(f"{found.name} -> {found.target} (since {_when(found.since)} UTC, "
-              f"set by {found.actor})")
+        return print_json(found.to_json())
+    print(f"{found.name} -> {found.target} (since {utc(found.since)} UTC, set by {found.actor})")
     return 0
 
 
@@ -89,14 +83,13 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
 
     found = aliases.list_aliases(settings.redis_client())
     if args.json:
-        print(json.dumps([a.to_json() for a in found], indent=2))
-        return 0
+        return print_json([a.to_json() for a in found])
     if not found:
         print("no aliases")
         return 0
     print(f"{'ALIAS':<24} {'TARGET':<32} {'SINCE (UTC)':<20} ACTOR")
     for a in found:
-        print(f"{a.name:<24} {a.target:<32} {_when(a.since):<20} {a.actor}")
+        print(f"{a.name:<24} {a.target:<32} {utc(a.since):<20} {a.actor}")
     return 0
 
 
@@ -107,11 +100,10 @@ def _history(args: argparse.Namespace, settings: Settings) -> int:
     aliases.get(client, args.alias)  # a clear error for an unknown alias
     switches = aliases.history(client, args.alias, args.limit)
     if args.json:
-        print(json.dumps([s.to_json() for s in switches], indent=2))
-        return 0
+        return print_json([s.to_json() for s in switches])
     print(f"{'TIME (UTC)':<20} {'ACTOR':<16} {'ACTION':<9} {'FROM':<32} TO")
     for s in switches:
-        print(f"{_when(s.at):<20} {s.actor:<16} {s.action:<9} {s.source or '-':<32} {s.target}")
+        print(f"{utc(s.at):<20} {s.actor:<16} {s.action:<9} {s.source or '-':<32} {s.target}")
     return 0
 
 
@@ -129,9 +121,5 @@ def _rollback(args: argparse.Namespace, settings: Settings) -> int:
     before, after = aliases.rollback(settings.redis_client(), args.alias, settings.actor)
     print(f"alias {args.alias} rolled back: {before} -> {after}")
     return 0
-
-
-def _when(seconds: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
 
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
-import time
 
+from streamvec.commands.common import add_json, print_json, utc
 from streamvec.commands.errors import UsageError
 from streamvec.settings import Settings
 
@@ -30,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--challenger", help="collection to shadow-test (start)")
     c.add_argument("--share", type=float, default=0.1,
                    help="fraction of searches to shadow, 0..1 (start; default 0.1)")
-    c.add_argument("--json", action="store_true", help="print JSON (report)")
+    add_json(c, "print JSON (report)")
     c.set_defaults(handler=_challenge)
 
     p = sub.add_parser("promote", help="switch an alias to its challenger, ending the challenge",
@@ -58,7 +57,9 @@ def _challenge(args: argparse.Namespace, settings: Settings) -> int:
               f"{config.challenger}); the alias keeps its target")
     else:
         out = report(settings, alias)
-        print(json.dumps(out, indent=2) if args.json else "\n".join(_lines(out)))
+        if args.json:
+            return print_json(out)
+        print("\n".join(_lines(out)))
     return 0
 
 
@@ -108,8 +109,8 @@ def _lines(out: dict) -> list[str]:
     from lifecycle.challenges import ROLES
 
     state = "active" if out["active"] else "ended"
-    started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(out["started_at"]))
-    lines = [f"challenge {out['id']} on alias {out['alias']} ({state}, started {started} UTC, "
+    lines = [f"challenge {out['id']} on alias {out['alias']} ({state}, "
+             f"started {utc(out['started_at'])} UTC, "
              f"share {out['share']:g})",
              f"searches {out['searches']}  queries {out['queries']}  compared "
              f"{out['compared']}  shadow errors {out['errors']}",

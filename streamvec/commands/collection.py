@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict
 
+from streamvec.commands.common import add_group, add_json, print_json
 from streamvec.commands.errors import UsageError
 from streamvec.settings import Settings
 
@@ -16,10 +16,8 @@ METRICS = ("l2", "ip", "cosine")
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `collection` command group to the top-level parser."""
-    group = sub.add_parser("collection", help="create, list, describe and drop collections",
-                           description="Manage collections: topics, dead-letter topics and specs.")
-    group.set_defaults(group_parser=group)
-    verbs = group.add_subparsers(title="verbs", metavar="VERB")
+    verbs = add_group(sub, "collection", help="create, list, describe and drop collections",
+                      description="Manage collections: topics, dead-letter topics and specs.")
 
     create = verbs.add_parser("create", help="create a collection (idempotent for an equal spec)",
                               description="Create the topic, its dead-letter topic and the spec.")
@@ -45,13 +43,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     create.set_defaults(handler=_create)
 
     lister = verbs.add_parser("list", help="list collections", description="List collections.")
-    lister.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_json(lister, "print JSON instead of a table")
     lister.set_defaults(handler=_list)
 
     describe = verbs.add_parser("describe", help="show a collection's spec and partitions",
                                 description="Show the spec, topics and per-partition offsets.")
     describe.add_argument("name")
-    describe.add_argument("--json", action="store_true", help="print JSON")
+    add_json(describe)
     describe.set_defaults(handler=_describe)
 
     drop = verbs.add_parser(
@@ -85,8 +83,7 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
 
     specs = admin.list_collections(settings)
     if args.json:
-        print(json.dumps([asdict(s) for s in specs], indent=2))
-        return 0
+        return print_json([asdict(s) for s in specs])
     if not specs:
         print("no collections")
         return 0
@@ -104,9 +101,8 @@ def _describe(args: argparse.Namespace, settings: Settings) -> int:
     info = collections.describe_collection(settings, args.name)
     spec = info["spec"]
     if args.json:
-        out = {**info, "spec": asdict(spec), "partitions": [asdict(p) for p in info["partitions"]]}
-        print(json.dumps(out, indent=2))
-        return 0
+        return print_json({**info, "spec": asdict(spec),
+                           "partitions": [asdict(p) for p in info["partitions"]]})
     for field, value in asdict(spec).items():
         print(f"{field:<14} {value}")
     print(f"{'topic':<14} {info['topic']}")

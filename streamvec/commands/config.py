@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from streamvec import configdoc, files
+from streamvec.commands.common import add_group
 from streamvec.commands.errors import CommandError, UsageError
 from streamvec.settings import Settings
 
@@ -15,10 +16,8 @@ REGENERATE = "make docs (or: streamvec config reference --output docs/configurat
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `config` command group to the top-level parser."""
-    group = sub.add_parser("config", help="the configuration reference",
-                           description="Every setting, its env var, flag, type and default.")
-    group.set_defaults(group_parser=group)
-    verbs = group.add_subparsers(title="verbs", metavar="VERB")
+    verbs = add_group(sub, "config", help="the configuration reference",
+                      description="Every setting, its env var, flag, type and default.")
     ref = verbs.add_parser(
         "reference", help="render the configuration reference as Markdown",
         description="Render the configuration reference (docs/configuration.md) from "

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from streamvec import devstack
+from streamvec.commands.common import add_group
 from streamvec.devstack.jars import S3PROXY, ensure_jars
 from streamvec.settings import Settings
 
@@ -98,14 +99,13 @@ VERBS = (
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `dev` command group and its verbs."""
-    group = subparsers.add_parser(
+    verbs = add_group(
+        subparsers,
         "dev",
         help="run a local Kafka broker and Redis server for development and tests",
         description="A single-node Kafka (KRaft, jars from Maven, run on Java 17) and a "
         "redis-server on loopback, with data, logs and pid files under $STREAMVEC_HOME/stack.",
     )
-    group.set_defaults(group_parser=group)
-    verbs = group.add_subparsers(title="verbs", metavar="VERB")
     parsers = {}
     for name, handler, help_text, description in VERBS:
         parsers[name] = verbs.add_parser(name, help=help_text, description=description)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import TYPE_CHECKING
 
+from streamvec.commands import common
 from streamvec.commands.common import collection_arg as _name
-from streamvec.commands.common import positive_int
 from streamvec.settings import Settings
 
 if TYPE_CHECKING:
@@ -26,24 +25,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "--index into a new generation over the same offsets, then switch to it "
                     "atomically. Ingest and queries go on meanwhile; the last --keep "
                     "generations stay available to `streamvec generation rollback`.")
-    re_p.add_argument("--collection", required=True, help="collection name")
+    common.add_collection(re_p)
     re_p.add_argument("--index", required=True,
                       help="'auto' or a FAISS index_factory string, e.g. HNSW32, IVF256,PQ32")
-    re_p.add_argument("--keep", type=positive_int, default=DEFAULT_KEEP,
+    re_p.add_argument("--keep", type=common.positive_int, default=DEFAULT_KEEP,
                       help=f"generations to keep for rollback (default {DEFAULT_KEEP})")
-    re_p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    re_p.add_argument("--json", action="store_true", help="print the report as JSON")
+    common.add_no_progress(re_p)
+    common.add_json(re_p, common.REPORT_JSON)
     re_p.set_defaults(handler=_reindex)
 
-    group = sub.add_parser("generation", help="list index generations or roll back to one",
-                           description="Index generations: the same offsets built with "
-                                       "different index specs.")
-    group.set_defaults(group_parser=group)
-    verbs = group.add_subparsers(title="verbs", metavar="VERB")
+    verbs = common.add_group(sub, "generation", help="list index generations or roll back to one",
+                             description="Index generations: the same offsets built with "
+                                         "different index specs.")
     ls = verbs.add_parser("list", help="list a collection's generations",
                           description="Print each kept generation: index spec, state, origin.")
     ls.add_argument("collection", help="collection name")
-    ls.add_argument("--json", action="store_true", help="print JSON")
+    common.add_json(ls)
     ls.set_defaults(handler=_list)
     rb = verbs.add_parser("rollback", help="switch back to an earlier generation",
                           description="Switch atomically back to the generation the active one "
@@ -51,8 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                       "as they are, so answers are those from before.")
     rb.add_argument("collection", help="collection name")
     rb.add_argument("--to", type=int, help="generation number (default: the previous one)")
-    rb.add_argument("--no-progress", action="store_true", help="no progress bar")
-    rb.add_argument("--json", action="store_true", help="print the report as JSON")
+    common.add_no_progress(rb)
+    common.add_json(rb, common.REPORT_JSON)
     rb.set_defaults(handler=_rollback)
 
     cp = sub.add_parser(
@@ -63,12 +60,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "atomically. Indexers also do this on their own: see `streamvec indexer "
                     "--compact-interval`.")
     cp.add_argument("collection", help="collection name")
-    cp.add_argument("--max-rows", type=positive_int,
+    cp.add_argument("--max-rows", type=common.positive_int,
                     help="largest merged segment, in rows (default: 8 x the seal_rows policy)")
-    cp.add_argument("--max-segments", type=positive_int, default=4,
+    cp.add_argument("--max-segments", type=common.positive_int, default=4,
                     help="compact partitions with more segments than this (default 4)")
     cp.add_argument("--dry-run", action="store_true", help="only print what would be merged")
-    cp.add_argument("--json", action="store_true", help="print the report as JSON")
+    common.add_json(cp, common.REPORT_JSON)
     cp.set_defaults(handler=_compact)
 
 
@@ -101,8 +98,7 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
              "source": i.source, "created_at": i.created_at, "actor": i.actor}
             for g, i in sorted(known.items())]
     if args.json:
-        print(json.dumps({"collection": name, "active": active, "generations": rows}, indent=2))
-        return 0
+        return common.print_json({"collection": name, "active": active, "generations": rows})
     if not rows:
         print(f"{name}: generation {active} (no reindex yet)")
         return 0
@@ -124,8 +120,7 @@ def _compact(args: argparse.Namespace, settings: Settings) -> int:
     policy = compaction.CompactionPolicy(args.max_rows or 8 * spec.seal_rows, args.max_segments)
     report = compaction.compact(settings, name, policy, dry_run=args.dry_run)
     if args.json:
-        print(json.dumps(report.to_json(), indent=2))
-        return 0
+        return common.print_json(report.to_json())
     if not report.merged:
         print(f"{name}: nothing to compact ({report.segments_before} segments)")
         return 0
@@ -140,7 +135,7 @@ def _compact(args: argparse.Namespace, settings: Settings) -> int:
 
 def _print_switch(report: SwitchReport, as_json: bool, verb: str) -> None:
     if as_json:
-        print(json.dumps(report.to_json(), indent=2))
+        common.print_json(report.to_json())
         return
     print(f"{report.collection}: {verb} to generation {report.generation} ({report.index}) "
           f"from {report.previous}: {report.built} segments built, {report.reused} reused, "

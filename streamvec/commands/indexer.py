@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from streamvec.commands.common import positive_int
+from streamvec.commands import common
 from streamvec.settings import Settings
 
 if TYPE_CHECKING:
@@ -29,30 +29,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         "them. Run any number of workers: the group spreads the partitions. SIGTERM finishes "
         "builds in flight and exits; growing rows are replayed by the next owner.",
     )
-    p.add_argument("--collection", required=True, help="collection to index")
+    common.add_collection(p, "collection to index")
     p.add_argument("--group-id", help="consumer group (default sv.NAME.indexer)")
-    p.add_argument("--metrics-port", type=int, default=None,
-                   help="serve Prometheus /metrics on this port [env STREAMVEC_METRICS_PORT]")
+    common.add_metrics_port(p)
     p.add_argument("--max-held-mb", type=int, default=DEFAULT_MAX_HELD_MB,
                    help="memory cap for growing and building segments, MiB "
                         f"(default {DEFAULT_MAX_HELD_MB})")
     p.add_argument("--compact-interval", type=float, default=60.0,
                    help="seconds between automatic compaction runs; 0 turns it off (default 60)")
-    p.add_argument("--compact-max-rows", type=positive_int, default=None,
+    p.add_argument("--compact-max-rows", type=common.positive_int, default=None,
                    help="largest merged segment in rows (default 8 x the collection's seal_rows)")
-    p.add_argument("--compact-max-segments", type=positive_int, default=4,
+    p.add_argument("--compact-max-segments", type=common.positive_int, default=4,
                    help="compact partitions holding more segments than this (default 4)")
-    p.add_argument("--max-seconds", type=float, default=None,
-                   help="exit after this many seconds (default: run until stopped)")
+    common.add_max_seconds(p)
     p.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
-    from streamvec.commands.role import run_role
-
-    return run_role("indexer", settings, args.metrics_port,
-                    lambda turn_hook: _indexing(args, settings, turn_hook),
-                    max_seconds=args.max_seconds)
+    return common.run_role_command("indexer", args, settings, _indexing)
 
 
 @contextmanager
@@ -72,7 +66,8 @@ def _indexing(args: argparse.Namespace, settings: Settings, turn_hook: TurnHook)
         compactor.start()
     try:
         yield Role(worker, f"indexing {args.collection}",
-                   stopping="finishing builds in flight, then exiting")
+                   stopping="finishing builds in flight, then exiting",
+                   checks=(worker.problem,))
     finally:
         if compactor is not None:
             compactor.stop()

@@ -6,12 +6,11 @@ import argparse
 import json
 import logging
 import math
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from streamvec.commands.common import positive_int
+from streamvec.commands import common
 from streamvec.settings import Settings
 
 if TYPE_CHECKING:
@@ -35,9 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     a = sub.add_parser("audit", help="list the audit trail",
                        description="List who created, dropped or re-pinned what, oldest first.")
     a.add_argument("--collection", help="only entries about this collection")
-    a.add_argument("--limit", type=positive_int, default=50,
+    a.add_argument("--limit", type=common.positive_int, default=50,
                    help="latest entries to show (default 50)")
-    a.add_argument("--json", action="store_true", help="print JSON lines")
+    common.add_json(a, "print JSON lines")
     a.set_defaults(handler=_audit)
 
 
@@ -50,26 +49,22 @@ def _register_monitor(sub: argparse._SubParsersAction) -> None:
         "/metrics and keep a summary in Redis for `streamvec status`. SIGTERM stops it.")
     m.add_argument("--collection", action="append", required=True,
                    help="collection to watch (repeatable)")
-    m.add_argument("--metrics-port", type=int, default=None,
-                   help="serve Prometheus /metrics on this port [env STREAMVEC_METRICS_PORT]")
+    common.add_metrics_port(m)
     m.add_argument("--drift-every", type=float, default=defaults["drift"],
                    help=f"seconds between drift checks, 0 = off (default {defaults['drift']:g})")
     m.add_argument("--canary-every", type=float, default=defaults["canary"],
                    help=f"seconds between canary cycles, 0 = off (default {defaults['canary']:g})")
     m.add_argument("--recall-every", type=float, default=defaults["recall"],
                    help=f"seconds between recall probes, 0 = off (default {defaults['recall']:g})")
-    m.add_argument("--window-rows", type=positive_int, default=defaults["window_rows"],
+    m.add_argument("--window-rows", type=common.positive_int, default=defaults["window_rows"],
                    help=f"rows in the current drift window (default {defaults['window_rows']})")
-    m.add_argument("--max-seconds", type=float, default=None,
-                   help="exit after this many seconds (default: run until stopped)")
+    common.add_max_seconds(m)
     m.set_defaults(handler=_monitor)
 
 
 def _register_drift(sub: argparse._SubParsersAction) -> None:
-    group = sub.add_parser("drift", help="manage the drift reference",
-                           description="Manage the reference window drift is measured against.")
-    group.set_defaults(group_parser=group)
-    verbs = group.add_subparsers(title="verbs", metavar="VERB")
+    verbs = common.add_group(sub, "drift", help="manage the drift reference",
+                             description="Manage the reference window drift is measured against.")
     pin = verbs.add_parser(
         "pin-reference", help="pin the latest rows as the drift reference",
         description="Store the collection's latest N rows (from the registered segments, or "
@@ -83,11 +78,7 @@ def _register_drift(sub: argparse._SubParsersAction) -> None:
 
 
 def _monitor(args: argparse.Namespace, settings: Settings) -> int:
-    from streamvec.commands.role import run_role
-
-    return run_role("monitor", settings, args.metrics_port,
-                    lambda turn_hook: _watching(args, settings, turn_hook),
-                    max_seconds=args.max_seconds)
+    return common.run_role_command("monitor", args, settings, _watching)
 
 
 @contextmanager
@@ -131,8 +122,7 @@ def _audit(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     print(f"{'TIME (UTC)':<20} {'ACTOR':<16} {'ACTION':<20} {'TARGET':<24} DETAILS")
     for e in entries:
-        when = (time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.time))
-                if math.isfinite(e.time) else "-")
+        when = common.utc(e.time) if math.isfinite(e.time) else "-"
         details = json.dumps(e.details, sort_keys=True, separators=(",", ":"))
         print(f"{when:<20} {e.actor:<16} {e.action:<20} {e.target:<24} {details}")
     return 0

@@ -10,6 +10,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from streamvec.commands.common import add_group
 from streamvec.commands.errors import UsageError
 from streamvec.settings import Settings
 
@@ -26,10 +27,9 @@ SPREAD = 0.6
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `produce` command group to the top-level parser."""
-    group = sub.add_parser("produce", help="publish rows to a collection",
-                           description="Publish rows to a collection's topic.")
-    group.set_defaults(group_parser=group)
-    sources = group.add_subparsers(title="sources", metavar="SOURCE")
+    sources = add_group(sub, "produce", help="publish rows to a collection",
+                        description="Publish rows to a collection's topic.", title="sources",
+                        metavar="SOURCE")
     syn = sources.add_parser(
         "synthetic", help="publish seeded, clustered vectors at a steady rate",
         description="Publish seeded, clustered, unit-norm vectors of the collection's dimension "

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
+from streamvec.commands.common import add_collection, add_group, add_json, print_json
 from streamvec.commands.common import collection_arg as _name
 from streamvec.commands.errors import UsageError
 from streamvec.settings import Settings
@@ -19,16 +19,14 @@ if TYPE_CHECKING:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `registry` command group to the top-level parser."""
-    group = sub.add_parser("registry", help="show a collection's registry or rebuild it",
-                           description="The Redis registry: checkpoints and sealed segments.")
-    group.set_defaults(group_parser=group)
-    verbs = group.add_subparsers(title="verbs", metavar="VERB")
+    verbs = add_group(sub, "registry", help="show a collection's registry or rebuild it",
+                      description="The Redis registry: checkpoints and sealed segments.")
 
     show = verbs.add_parser("show", help="print checkpoints and registered segments",
                             description="Print each partition's checkpoint and owner epoch, "
                                         "then every registered segment.")
-    show.add_argument("--collection", required=True, help="collection name")
-    show.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    add_collection(show)
+    add_json(show, "print JSON instead of tables")
     show.set_defaults(handler=_show)
 
     rebuild_p = verbs.add_parser(
@@ -36,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Derive checkpoints and segments from the registered, checksum-verified "
                     "segment folders of the segment store. Without --yes, only print the plan. "
                     "Stop the collection's indexer workers first.")
-    rebuild_p.add_argument("--collection", required=True, help="collection name")
+    add_collection(rebuild_p)
     rebuild_p.add_argument("--generation", type=int, default=None,
                            help="generation (default: the active one, 0 if Redis lost it)")
     rebuild_p.add_argument("--yes", action="store_true",
@@ -55,11 +53,10 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
     ckpts, records, version = registry.checkpoints(), registry.segments(), registry.version()
     epochs = {p: registry.epoch(p) for p in ckpts}
     if args.json:
-        print(json.dumps({"collection": name, "version": version,
-                          "checkpoints": {str(p): c for p, c in sorted(ckpts.items())},
-                          "epochs": {str(p): e for p, e in sorted(epochs.items())},
-                          "segments": [asdict(r) for r in records]}, indent=2))
-        return 0
+        return print_json({"collection": name, "version": version,
+                           "checkpoints": {str(p): c for p, c in sorted(ckpts.items())},
+                           "epochs": {str(p): e for p, e in sorted(epochs.items())},
+                           "segments": [asdict(r) for r in records]})
     print(f"collection {name}  registry version {version}")
     if not ckpts:
         print("no registered segments")

@@ -40,6 +40,9 @@ class Role:
     loop: Loop
     doing: str
     stopping: str = "stopping"
+    # Readiness conditions of the role itself (each returns why not ready, or None), beside
+    # the runner's own Redis ping: e.g. a dependency the loop is waiting for.
+    checks: tuple[Callable[[], str | None], ...] = ()
 
 
 Start = Callable[[TurnHook], AbstractContextManager[Role]]
@@ -52,11 +55,14 @@ def run_role(component: str, settings: Settings, metrics_port: int | None, start
     stopper = _Stopper(health)
     signal.signal(signal.SIGTERM, stopper)
     signal.signal(signal.SIGINT, stopper)
-    serve(health, metrics_port or settings.metrics_port)
+    serve(health, metrics_port or settings.metrics_port, host=settings.metrics_host)
     with start(health.turns) as role:
         if not stopper.attach(role):
             return 0
         health.add_check(redis_check(settings))
+        for check in role.checks:
+            health.add_check(check)
+
         health.ready(role.doing)
         try:
             role.loop.run(max_seconds=max_seconds)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from streamvec.commands import common
 from streamvec.commands.errors import UsageError
 from streamvec.settings import Settings
 
@@ -20,6 +21,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# `streamvec searcher` flags over the searcher's budget settings (docs/operations.md).
+BUDGET_FLAGS = {
+    "--max-request-results": "searcher_max_request_results",
+    "--max-request-bytes": "searcher_max_request_bytes",
+    "--max-batch-results": "searcher_max_batch_results",
+    "--max-waiting": "searcher_max_waiting",
+    "--max-tail-rows": "searcher_max_tail_rows",
+    "--max-deliveries": "searcher_max_deliveries",
+}
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `searcher` and `query` commands to the top-level parser."""
@@ -28,17 +39,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Load the registered segments, tail Kafka from the checkpoints and answer "
         "the queries on the stream sv:{NAME}:q. Run several replicas: they share the stream "
         "through a consumer group, and a replica claims what a dead one left pending.")
-    p.add_argument("--collection", required=True, help="collection to serve")
+    common.add_collection(p, "collection to serve")
     p.add_argument("--replica", default=None,
                    help="consumer name in the group (default: host-pid)")
-    p.add_argument("--metrics-port", type=int, default=None,
-                   help="serve Prometheus /metrics on this port [env STREAMVEC_METRICS_PORT]")
+    common.add_metrics_port(p)
     p.add_argument("--batch-max", type=int, default=64, help="requests per batch (default 64)")
     p.add_argument("--threads", type=int, default=1,
                    help="FAISS/OpenMP threads per search call (default 1: batches are small, "
                    "and spinning threads cost more than they give on a shared machine)")
-    p.add_argument("--max-seconds", type=float, default=None,
-                   help="exit after this many seconds (default: run until stopped)")
+    for flag, field in BUDGET_FLAGS.items():
+        p.add_argument(flag, type=_positive, default=None, dest=field, metavar="N",
+                       help=f"{Settings.model_fields[field].description} "
+                            f"[env STREAMVEC_{field.upper()}]")
+    common.add_max_seconds(p)
     p.set_defaults(handler=_serve)
 
     q = sub.add_parser(
@@ -53,16 +66,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--consistency", default="eventual",
                    help="eventual, strong, bounded:<ms> or session:<json offsets>")
     q.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
-    q.add_argument("--json", action="store_true", help="print JSON")
+    common.add_json(q)
     q.set_defaults(handler=_query)
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from streamvec.commands.role import run_role
+    # Budget flags win over their env vars, as every flag does.
+    given = {f: getattr(args, f) for f in BUDGET_FLAGS.values() if getattr(args, f) is not None}
+    settings = settings.model_copy(update=given) if given else settings
+    return common.run_role_command("searcher", args, settings, _serving)
 
-    return run_role("searcher", settings, args.metrics_port,
-                    lambda turn_hook: _serving(args, settings, turn_hook),
-                    max_seconds=args.max_seconds)
+
+def _positive(text: str) -> int:
+    """An integer >= 1, for the budget flags."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 @contextmanager
@@ -85,7 +108,7 @@ def _serving(args: argparse.Namespace, settings: Settings, turn_hook: TurnHook) 
     engine.start()  # segments loaded, the tail running
     log.info("searcher replica=%s collection=%s serving", replica, args.collection)
     try:
-        yield Role(server, f"serving {args.collection}")
+        yield Role(server, f"serving {args.collection}", checks=(engine.problem,))
     finally:
         engine.stop()
 
@@ -100,10 +123,8 @@ def _query(args: argparse.Namespace, settings: Settings) -> int:
     result = client.search(args.collection, vectors, k=args.k, filter=query_filter,
                            consistency=consistency, timeout=args.timeout, with_metadata=True)
     if args.json:
-        out = [[{"id": i, "score": s, "metadata": m} for i, s, m in result.rows(q)]
-               for q in range(len(result))]
-        print(json.dumps(out, indent=2))
-        return 0
+        return common.print_json([[{"id": i, "score": s, "metadata": m}
+                                   for i, s, m in result.rows(q)] for q in range(len(result))])
     for q in range(len(result)):
         for rank, (id_, score, meta) in enumerate(result.rows(q), 1):
             text = (meta or {}).get("text", "") if isinstance(meta, dict) else ""

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from collections.abc import Callable
 
+from streamvec.commands.common import (
+    REPORT_JSON,
+    add_group,
+    add_json,
+    add_no_progress,
+    print_json,
+    utc,
+)
 from streamvec.commands.common import collection_arg as _name
 from streamvec.settings import Settings
 
@@ -23,25 +29,24 @@ _VIEW_NOTE = ("The restored collection references the original's segment folders
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `snapshot` command group and the `gc` command to the top-level parser."""
-    group = sub.add_parser(
-        "snapshot", help="point-in-time snapshots of a collection: take, list, restore, delete",
+    verbs = add_group(
+        sub, "snapshot",
+        help="point-in-time snapshots of a collection: take, list, restore, delete",
         description="A point-in-time snapshot records a collection's registry (segments, "
                     "checkpoints, generation, spec) without copying any file; the garbage "
                     "collector keeps every folder a snapshot names. " + _VIEW_NOTE)
-    group.set_defaults(group_parser=group)
-    verbs = group.add_subparsers(title="verbs", metavar="VERB")
 
     create = verbs.add_parser("create", help="take a snapshot of a collection now",
                               description="Record the collection's registry as it is now.")
     create.add_argument("name", help="collection name")
     create.add_argument("--label", help="the snapshot's id (default: UTC time plus 4 hex digits)")
-    create.add_argument("--json", action="store_true", help="print JSON")
+    add_json(create)
     create.set_defaults(handler=_create)
 
     lister = verbs.add_parser("list", help="list a collection's snapshots, oldest first",
                               description="List a collection's snapshots, oldest first.")
     lister.add_argument("name", help="collection name")
-    lister.add_argument("--json", action="store_true", help="print JSON")
+    add_json(lister)
     lister.set_defaults(handler=_list)
 
     restore = verbs.add_parser(
@@ -51,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     restore.add_argument("--as", dest="as_name", required=True, metavar="NEW",
                          help="name of the new collection (must not exist)")
     restore.add_argument("--snapshot", help="snapshot id (default: the latest)")
-    restore.add_argument("--json", action="store_true", help="print JSON")
+    add_json(restore)
     restore.set_defaults(handler=_restore)
 
     delete = verbs.add_parser("delete", help="delete a snapshot (folders go at the next gc)",
@@ -80,8 +85,8 @@ def _register_gc(sub: argparse._SubParsersAction) -> None:
                    help=f"generations kept for rollback (default "
                         f"{DEFAULT_KEEP_GENERATIONS})")
     g.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_no_progress(g)
+    add_json(g, REPORT_JSON)
     g.set_defaults(handler=_gc)
 
 
@@ -90,8 +95,7 @@ def _create(args: argparse.Namespace, settings: Settings) -> int:
 
     pit = snapshots.create(settings, _name(args.name), args.label)
     if args.json:
-        print(json.dumps(pit.summary(), indent=2))
-        return 0
+        return print_json(pit.summary())
     print(f"snapshot {pit.snapshot_id} of {pit.collection}: {pit.segments} segments, "
           f"{pit.rows} rows, generation {pit.generation}")
     return 0
@@ -102,15 +106,13 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
 
     found = snapshots.list_snapshots(settings, _name(args.name))
     if args.json:
-        print(json.dumps([p.summary() for p in found], indent=2))
-        return 0
+        return print_json([p.summary() for p in found])
     if not found:
         print(f"{args.name}: no snapshots")
         return 0
     print(f"{'ID':<28} {'CREATED (UTC)':<19} {'SEGMENTS':>8} {'ROWS':>10} {'GEN':>4}  ACTOR")
     for p in found:
-        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(p.created_at))
-        print(f"{p.snapshot_id:<28} {created:<19} {p.segments:>8} {p.rows:>10} "
+        print(f"{p.snapshot_id:<28} {utc(p.created_at):<19} {p.segments:>8} {p.rows:>10} "
               f"{p.generation:>4}  {p.actor}")
     return 0
 
@@ -120,8 +122,7 @@ def _restore(args: argparse.Namespace, settings: Settings) -> int:
 
     done = snapshots.restore(settings, _name(args.name), _name(args.as_name), args.snapshot)
     if args.json:
-        print(json.dumps(done.to_json(), indent=2))
-        return 0
+        return print_json(done.to_json())
     print(f"restored snapshot {done.snapshot_id} of {done.source} as {done.collection}: "
           f"{done.segments} segments, {done.rows} rows (a read-only view; start a searcher "
           f"with `streamvec searcher --collection {done.collection}`)")
@@ -145,8 +146,7 @@ def _gc(args: argparse.Namespace, settings: Settings) -> int:
                         keep_generations=args.keep_generations, dry_run=args.dry_run,
                         progress=not args.no_progress)
     if args.json:
-        print(json.dumps(report.to_json(), indent=2))
-        return 0
+        return print_json(report.to_json())
     verb = "would remove" if args.dry_run else "removed"
     for path in report.removed if args.dry_run else ():
         print(f"{verb} {path}")

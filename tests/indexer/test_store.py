@@ -199,6 +199,30 @@ def test_a_collection_is_counted_and_removed_here_and_in_the_object_store(tmp_pa
     assert not objects.exists(rel_path(other))
 
 
+def test_walk_places_every_entry_of_a_collection_in_the_layout(tmp_path: Path) -> None:
+    store = SegmentStore(tmp_path)
+    marked, unmarked = (rel_path(write_segment(store, 3, s, s + 10)) for s in (0, 10))
+    store.mark_registered(marked)
+    part = store.root / COLLECTION / "g0000" / "p0003"
+    (part / "p0003-000000000020-000000000030.registered").write_text("{}")
+    (part / ".tmp-p0003-x").mkdir()
+    (store.root / COLLECTION / "g0000" / "notes").write_text("x")
+    (store.root / COLLECTION / "g1").mkdir()  # too few digits to be a generation
+    (store.root / "not a collection").mkdir()
+    items = store.walk(COLLECTION)
+    assert [(i.path.removeprefix(COLLECTION + "/"), i.kind) for i in items] == [
+        ("g1", "other"), ("g0000/notes", "other"), ("g0000/p0003/.tmp-p0003-x", "temp"),
+        ("g0000/p0003/p0003-000000000000-000000000010", "segment"),
+        ("g0000/p0003/p0003-000000000010-000000000020", "segment"),
+        ("g0000/p0003/p0003-000000000020-000000000030.registered", "marker")]
+    first, second = items[3], items[4]
+    assert (first.generation, first.partition, first.segment, first.registered) == (
+        0, 3, "p0003-000000000000-000000000010", True)
+    assert first.marker == marked + ".registered" and second.path == unmarked
+    assert not second.registered and second.marker is None
+    assert store.walk("absent") == [] and store.collections() == [COLLECTION]
+
+
 def test_a_broken_store_fails_with_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(RemoteStoreError, match="cannot open the segment store nope://x"):
         RemoteStore("nope://x")

@@ -119,7 +119,8 @@ def test_a_tampered_remote_object_is_refused_and_nothing_is_installed(
         "vectors.npy", "sha256 does not match the manifest")
     assert str(refused.value).startswith(f"segment {mirrored.store_url}/{rel} is corrupt")
     record = SegmentRecord.from_manifest(manifest)
-    assert segments.load(reader, record) is None  # a searcher refuses it, logged
+    with pytest.raises(CorruptSegment):  # a searcher refuses it too
+        segments.load(reader, record)
     partition = reader.root / rel.rsplit("/", 1)[0]
     assert [p.name for p in partition.iterdir()] == []  # no folder and no temp left behind
 

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from ingest import admin, record
@@ -14,32 +11,9 @@ from ingest.errors import DeliveryError, RecordError
 from ingest.partition import partitions_for
 from ingest.producer import Producer
 from ingest.spec import CollectionSpec
+from tests.support.topics import read_topic
 
 pytestmark = pytest.mark.integration
-
-
-def read_all(settings, topic: str, deadline_s: float = 60.0) -> list:
-    """Read every message of `topic` up to the high watermarks seen at the start."""
-    consumer = Consumer(settings.kafka_config(**{"group.id": f"reader-{topic}",
-                                                 "enable.auto.commit": False}))
-    try:
-        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        highs = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                 for p in parts}
-        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
-        pending = {p for p, h in highs.items() if h > 0}
-        out = []
-        deadline = time.monotonic() + deadline_s
-        while pending:
-            assert time.monotonic() < deadline, f"still waiting for partitions {pending}"
-            for msg in consumer.consume(500, timeout=0.5):
-                assert msg.error() is None, msg.error()
-                out.append(msg)
-                if msg.offset() >= highs[msg.partition()] - 1:
-                    pending.discard(msg.partition())
-        return out
-    finally:
-        consumer.close()
 
 
 @pytest.fixture
@@ -62,7 +36,7 @@ def test_100k_rows_round_trip_bit_identical(settings, spec):
 
     got_vectors = {}
     got_meta = {}
-    for msg in read_all(settings, spec.collection.topic):
+    for msg in read_topic(settings, spec.collection.topic):
         batch = record.decode_valid(msg.value(), dim=spec.dim, model_version="")
         for i, id_ in enumerate(raw.decode() for raw in batch.ids.tolist()):
             assert id_ not in got_vectors, f"{id_} arrived twice"
@@ -83,7 +57,7 @@ def test_every_op_on_an_id_lands_in_one_partition(settings, spec):
         producer.delete(ids[::3])
         producer.upsert(ids[::5], rng.standard_normal((400, spec.dim)))
     seen: dict[str, set[int]] = {}
-    for msg in read_all(settings, spec.collection.topic):
+    for msg in read_topic(settings, spec.collection.topic):
         for raw in record.decode(msg.value()).ids.tolist():
             id_ = raw.decode()
             seen.setdefault(id_, set()).add(msg.partition())
@@ -100,7 +74,7 @@ def test_flush_offsets_are_what_a_consumer_reads(settings, spec):
         producer.delete(["k1", "k2"])
         later = producer.flush()
     last_read: dict[int, int] = {}
-    for msg in read_all(settings, spec.collection.topic):
+    for msg in read_topic(settings, spec.collection.topic):
         last_read[msg.partition()] = max(last_read.get(msg.partition(), -1), msg.offset())
     assert later == last_read
     assert all(later[p] >= offsets[p] for p in offsets)

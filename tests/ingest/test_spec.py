@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ingest.errors import SpecError
+from ingest.errors import InvalidName, SpecError
 from ingest.spec import CollectionSpec
 
 
@@ -43,3 +43,11 @@ def test_corrupt_stored_spec_is_a_clear_error():
         CollectionSpec.from_json(b"{nope")
     with pytest.raises(SpecError, match="not a JSON object"):
         CollectionSpec.from_json(b"[1]")
+
+
+def test_a_restored_collection_is_read_only_and_names_a_valid_source():
+    spec = CollectionSpec("copy", dim=4, restored_from="products@v4")
+    assert spec.read_only and not CollectionSpec("products", dim=4).read_only
+    assert CollectionSpec.from_json(spec.to_json()) == spec
+    with pytest.raises(InvalidName, match="'Not A Name'"):
+        CollectionSpec("copy", dim=4, restored_from="Not A Name")

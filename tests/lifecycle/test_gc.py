@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from indexer.store import SegmentStore
 from lifecycle import gc
 from lifecycle.gc import MARKER, OTHER, SEGMENT, TEMP, Entry, GcReport, Rules
 
@@ -82,7 +83,7 @@ def test_scan_classifies_a_collection_folder(tmp_path):
     old = time.time() - 100
     os.utime(unmarked, (old, old))
 
-    found = {e.path: e for e in gc.scan(tmp_path, "c", time.time())}
+    found = {e.path: e for e in gc.scan(SegmentStore(tmp_path), "c", time.time())}
     base = "c/g0001/p0003/"
     assert {p: e.kind for p, e in found.items()} == {
         base + marked.name: SEGMENT, base + unmarked.name: SEGMENT,
@@ -95,7 +96,7 @@ def test_scan_classifies_a_collection_folder(tmp_path):
     assert found[base + unmarked.name].marker is None
     assert 99 < found[base + unmarked.name].age_s < 200
     assert found[base + marked.name].age_s < 50
-    assert gc.scan(tmp_path, "absent", time.time()) == []
+    assert gc.scan(SegmentStore(tmp_path), "absent", time.time()) == []
 
 
 def test_a_temp_folder_being_filled_counts_as_young(tmp_path):
@@ -104,7 +105,7 @@ def test_a_temp_folder_being_filled_counts_as_young(tmp_path):
     (tmp / "vectors.npy").write_bytes(b"x")
     old = time.time() - 1000
     os.utime(tmp, (old, old))
-    [entry] = gc.scan(tmp_path, "c", time.time())
+    [entry] = gc.scan(SegmentStore(tmp_path), "c", time.time())
     assert entry.age_s < 50
 
 

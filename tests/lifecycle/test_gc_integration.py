@@ -14,15 +14,16 @@ from indexer import publish
 from indexer.registry import GenerationInfo, Registry, SegmentRecord
 from indexer.segment import SealedRows, parse_segment_id
 from indexer.store import SegmentStore
-from ingest import admin, audit
+from ingest import admin, audit, catalog
 from ingest.errors import CollectionExists, CollectionNotFound
 from ingest.producer import Producer
 from ingest.spec import CollectionSpec
 from lifecycle import collections, gc, snapshots
-from lifecycle.errors import LifecycleBusy
+from lifecycle.errors import LifecycleBusy, RegistryUnreadable
 from lifecycle.lock import LifecycleLock
 from searcher.client import Client
 from streamvec.commands import main
+from streamvec.settings import Settings
 from tests.support.cli import argv
 from tests.support.stack import SearcherThread, exact_top_k, serving
 from tests.support.workers import Workload, wait_fully_indexed
@@ -74,6 +75,8 @@ def test_gc_removes_only_what_nothing_protects(settings, collection_name, redis_
     snapshots.create(settings, name, label="s1")
     merged = write(root, name, 0, 0, 20)
     registry.swap([a, b], [merged], kind="compacted")  # a and b now live only in s1
+    # Released an hour ago: past the grace, which counts from the release.
+    redis_client.hset(registry.released_key, mapping={a.path: OLD, b.path: OLD})
     SegmentStore(root).mark_registered(merged.path)
     stale, young = write(root, name, 0, 0, 5), write(root, name, 0, 5, 10)
     pending = write(root, name, 0, 20, 30)
@@ -229,3 +232,59 @@ def is_segment_folder(rel: str) -> bool:
 def _rel(root: Path, path: Path) -> str:
     """A path relative to the store root, as the registry writes it."""
     return path.relative_to(root).as_posix()
+
+
+def test_grace_counts_from_when_a_swap_released_a_folder_not_from_its_mtime(
+        redis_server, collection_name, tmp_path) -> None:
+    settings = Settings(redis=redis_server.url, kafka="127.0.0.1:9", store=tmp_path / "store")
+    client = settings.redis_client()
+    catalog.claim_spec(client, CollectionSpec(collection_name, dim=DIM, partitions=1))
+    registry = Registry(client, collection_name)
+    root = Path(settings.store)
+    old = write(root, collection_name, 0, 0, 4)
+    assert registry.register(old, registry.claim(0)).ok
+    age(root / old.path)  # written an hour ago, served until now
+    merged = SegmentRecord(old.segment_id, 0, 0, 4, 4, 0, f"{old.path}-merged", "Flat", 1.0)
+    (root / merged.path).mkdir()
+    registry.swap([old], [merged], kind="compacted")
+    released = registry.released()
+    assert list(released) == [old.path] and time.time() - released[old.path] < 60
+
+    report = gc.collect(settings, collection_name)
+    assert report.removed == [] and report.kept["young"] == 1
+    assert (root / old.path).is_dir()
+
+    client.hset(registry.released_key, old.path, time.time() - 3600)  # released an hour ago
+    report = gc.collect(settings, collection_name)
+    assert report.removed == [old.path] and not (root / old.path).exists()
+    assert registry.released() == {}
+
+
+def test_a_malformed_record_protects_its_path_and_blocks_only_its_own_collection(
+        redis_server, collection_name, tmp_path) -> None:
+    settings = Settings(redis=redis_server.url, kafka="127.0.0.1:9", store=tmp_path / "store")
+    client = settings.redis_client()
+    other = f"{collection_name}-other"
+    for name in (collection_name, other):
+        catalog.claim_spec(client, CollectionSpec(name, dim=DIM, partitions=1))
+    root = Path(settings.store)
+    named, lost = write(root, collection_name, 0, 0, 4), write(root, collection_name, 0, 4, 8)
+    for rec in (named, lost):
+        age(root / rec.path)
+    own, theirs = Registry(client, collection_name), Registry(client, other)
+    bad_path = json.dumps({**json.loads(named.to_json()), "rows": "four"})
+    client.hset(own.segments_key, named.segment_id, bad_path)
+    client.hset(own.ckpt_key, "0", 8)  # both ranges were registered once
+    client.hset(theirs.segments_key, "p0000-000000000000-000000000001", "{not json")
+    try:
+        report = gc.collect(settings, collection_name)  # the other's bad record is no obstacle
+        assert report.removed == [lost.path] and report.kept["referenced"] == 1
+        assert (root / named.path).is_dir()
+        client.hset(own.segments_key, "p0000-000000000009-000000000010", "{not json")
+        with pytest.raises(RegistryUnreadable, match="registry record "
+                           "'p0000-000000000009-000000000010' of .* names no readable path"):
+            gc.collect(settings, collection_name)
+    finally:
+        client.delete(own.segments_key, theirs.segments_key)
+        for name in (collection_name, other):
+            catalog.forget(client, name)

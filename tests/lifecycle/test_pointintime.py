@@ -64,7 +64,7 @@ def test_new_ids_are_utc_times_with_a_random_tail():
 def test_target_spec_renames_and_keeps_the_model_version():
     versioned = pit(CollectionSpec("src@v3", dim=4, partitions=2, index="Flat"))
     assert target_spec(versioned, "copy") == CollectionSpec(
-        "copy", dim=4, partitions=2, index="Flat", model_version="v3")
+        "copy", dim=4, partitions=2, index="Flat", model_version="v3", restored_from="src@v3")
     assert target_spec(versioned, "copy@v3").model_version == "v3"
     with pytest.raises(PointInTimeError, match=r"restore as copy@v3 or as an unversioned name"):
         target_spec(versioned, "copy@v4")

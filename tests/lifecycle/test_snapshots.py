@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from indexer.registry import Registry
+from indexer.worker import Worker
 from ingest import admin, audit, catalog
-from ingest.errors import CollectionNotFound
+from ingest.errors import CollectionNotFound, ReadOnlyCollection
 from ingest.producer import Producer
 from ingest.spec import CollectionSpec
 from lifecycle import snapshots
@@ -76,7 +77,15 @@ def test_restored_snapshot_answers_as_of_the_snapshot(settings, collection_name)
         assert copy.segments() == list(pit.records)
         assert copy.checkpoints() == pit.checkpoints and copy.active_generation() == 0
         assert catalog.load_spec(settings.redis_client(), restored) == CollectionSpec(
-            restored, dim=DIM, partitions=2, index="Flat", seal_rows=150, seal_seconds=0.2)
+            restored, dim=DIM, partitions=2, index="Flat", seal_rows=150, seal_seconds=0.2,
+            restored_from=spec.name)
+        # Read-only: a write would never be indexed, so the producer and the indexer refuse.
+        with pytest.raises(ReadOnlyCollection, match=(
+                f"collection {restored} is read-only: it was restored from a snapshot of "
+                f"{spec.name} and nothing indexes what is written to it")):
+            Producer(restored, settings=settings)
+        with pytest.raises(ReadOnlyCollection, match=f"collection {restored} is read-only"):
+            Worker(settings, restored)
 
         searcher = SearcherThread(settings, restored)
         try:

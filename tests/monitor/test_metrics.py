@@ -138,10 +138,19 @@ def test_status_table_prints_dashes_for_what_is_unknown() -> None:
             StatusRow("films", 0, 0, None, None, None, None, None, None, None)]
     lines = render(rows).splitlines()
     assert lines[0].split() == ["COLLECTION", "ROWS", "SEGS", "LAG", "QPS", "P99", "MS",
-                                "DRIFT", "RECALL", "FRESH", "P99"]
+                                "DRIFT", "RECALL", "FRESH", "P99", "UNSERVED"]
     assert lines[1].split() == ["books", "620", "3", "39", "12.5", "4.2", "ok", "0.988@10",
-                                "0.123"]
-    assert lines[2].split() == ["films", "0", "0", "-", "-", "-", "-", "-", "-"]
+                                "0.123", "0"]
+    assert lines[2].split() == ["films", "0", "0", "-", "-", "-", "-", "-", "-", "0"]
+
+
+def test_status_lists_every_segment_not_served_under_the_table() -> None:
+    why = "corrupt since 2026-12-06T03:00:00Z: vectors.npy: sha256 does not match the manifest"
+    rows = [StatusRow("books", 620, 3, 0, None, None, None, None, None, None,
+                      {"p0000-000000000000-000000000010": why})]
+    lines = render(rows).splitlines()
+    assert lines[1].split()[-1] == "1"
+    assert lines[2] == f"books: p0000-000000000000-000000000010 not served: {why}"
 
 
 def test_samples_percentiles() -> None:

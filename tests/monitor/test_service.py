@@ -209,7 +209,7 @@ def test_collectors_and_status_match_the_registry_and_watermarks(settings, colle
     row = next(line.split() for line in capsys.readouterr().out.splitlines()
                if line.startswith(spec.name + " "))
     assert row == [spec.name, str(rows), str(len(segments)), str(sum(lag.values())), "-", "-",
-                   "warning", "0.500@10", "-"]
+                   "warning", "0.500@10", "-", "0"]
 
 
 def test_monitor_command_serves_metrics_and_stops_on_sigterm(settings, flat, tmp_path):

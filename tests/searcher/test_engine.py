@@ -39,9 +39,11 @@ class Served:
                              reconcile_s=0.5)
         self.engine.start()
 
-    def sample(self, name: str, default: float | None = None) -> float | None:
+    def sample(self, name: str, default: float | None = None,
+               labels: dict[str, str] | None = None) -> float | None:
         value = self.metrics.get_sample_value(f"streamvec_searcher_{name}",
-                                              {"collection": self.engine.collection})
+                                              {"collection": self.engine.collection,
+                                               **(labels or {})})
         return default if value is None else value
 
     def search(self, vectors: np.ndarray, k: int, **kw) -> QueryAnswer:
@@ -156,10 +158,10 @@ def test_read_your_writes_and_deletes_never_come_back(settings, collection_name,
     assert not {key for key, _ in deleted} & set(everything)
     strong = Consistency("strong")
     arrival = served.engine.arrival_state(strong)
-    assert arrival == log_ends(settings, spec.collection.topic)
     wait_until(lambda: served.engine.reached(strong, arrival), timeout=SYNC_TIMEOUT_S,
                what="strong consistency")
-    assert all(served.engine.positions()[p] >= end for p, end in arrival.items())
+    assert arrival.highs == log_ends(settings, spec.collection.topic)
+    assert all(served.engine.positions()[p] >= end for p, end in arrival.highs.items())
     bounded = Consistency("bounded", bound_ms=500)
     wait_until(lambda: served.engine.reached(bounded, served.engine.arrival_state(bounded)),
                timeout=SYNC_TIMEOUT_S, what="bounded consistency")
@@ -197,8 +199,8 @@ def test_searches_during_continuous_sealing_see_every_id_once(settings, collecti
     assert searches > 20
 
 
-def test_a_corrupt_segment_is_refused_and_the_rest_is_served(settings, collection_name,
-                                                            running) -> None:
+def test_a_corrupt_segment_is_refused_the_tail_serves_its_rows_and_a_repair_heals(
+        settings, collection_name, running) -> None:
     spec = make_spec(settings, collection_name, seal_rows=60, seal_seconds=0.2)
     indexer = IndexerThread(settings, spec.name)
     running.append(indexer)
@@ -210,21 +212,32 @@ def test_a_corrupt_segment_is_refused_and_the_rest_is_served(settings, collectio
             producer.upsert(keys[lo:lo + 50], vectors[lo:lo + 50])
     wait_fully_indexed(settings, spec.name, spec.collection.topic, timeout=60)
     indexer.stop()
-    records = Registry(settings.redis_client(), spec.name).segments(partition=0)
+    registry = Registry(settings.redis_client(), spec.name)
+    records = registry.segments(partition=0)
     assert len(records) >= 2
     victim = settings.store / records[0].path
-    lost = {raw.decode() for raw in np.load(victim / "ids.npy").tolist()}
-    data = bytearray((victim / "vectors.npy").read_bytes())
-    data[-1] ^= 0xFF
-    (victim / "vectors.npy").write_bytes(bytes(data))
+    good = (victim / "vectors.npy").read_bytes()
+    (victim / "vectors.npy").write_bytes(good[:-1] + bytes([good[-1] ^ 0xFF]))
 
     served = Served(settings, spec.name)
     running.append(served)
     assert served.sample("refused_segments_total") == 1
-    assert served.sample("loaded_segments") == len(Registry(
-        settings.redis_client(), spec.name).segments()) - 1
+    assert served.sample("unloaded_segments", labels={"reason": "corrupt"}) == 1
+    # Partition 0 waits for its first segment; the tail serves its offsets meanwhile.
+    total = len(registry.segments())
+    assert served.sample("loaded_segments") == total - len(records)
+    ends = log_ends(settings, spec.collection.topic)
+    served.sync({p: end - 1 for p, end in ends.items() if end})
     served_ids = served.search(np.zeros((1, DIM), np.float32), MAX_K).ids[0]
-    assert sorted(served_ids) == sorted(set(keys) - lost)
+    assert sorted(served_ids) == sorted(keys)
+
+    (victim / "vectors.npy").write_bytes(good)
+    wait_until(lambda: served.sample("loaded_segments") == total, timeout=SYNC_TIMEOUT_S,
+               what="the repaired segment and those after it loaded")
+    assert served.sample("unloaded_segments", labels={"reason": "corrupt"}) == 0
+    assert served.engine.state.tail.row_count() == 0
+    served_ids = served.search(np.zeros((1, DIM), np.float32), MAX_K).ids[0]
+    assert sorted(served_ids) == sorted(keys)
     with Producer(spec.name, settings=settings) as producer:
         producer.upsert(["after"], np.ones((1, DIM), np.float32))
         served.sync(producer.flush())
@@ -270,3 +283,32 @@ def test_the_watcher_heals_missed_events_by_reconciling(settings, collection_nam
                what="every registered segment loaded")
     registry.clear()
     wait_until(lambda: sink.loaded == {}, timeout=SYNC_TIMEOUT_S, what="every segment released")
+
+
+def test_the_tail_stops_at_its_row_bound_until_segments_cover_it(settings, collection_name,
+                                                                 running) -> None:
+    spec = make_spec(settings, collection_name, seal_rows=1000, seal_seconds=0.2)
+    served = Served(settings.model_copy(update={"searcher_max_tail_rows": 40}), spec.name)
+    running.append(served)
+    rng = np.random.default_rng(4)
+    with Producer(spec.name, settings=settings) as producer:
+        for i in range(30):  # 30 messages of 5 rows: 150 rows, far past the bound
+            producer.upsert([f"r{i}-{j}" for j in range(5)],
+                            rng.standard_normal((5, DIM)).astype(np.float32))
+            producer.flush()
+        flushed = producer.flush()
+    wait_until(lambda: served.engine.problem() is not None, timeout=SYNC_TIMEOUT_S,
+               what="the tail reaching its bound")
+    assert served.engine.problem() == ("the live tail is at its bound of 40 rows: reading stops "
+                                       "until sealed segments cover them (the searcher lags)")
+    assert served.sample("tail_full") == 1
+    # Reading stops at the bound: one poll's messages past it at most, never all 150 rows.
+    assert 40 <= served.engine.state.tail.row_count() < 150
+    session = Consistency("session", offsets=flushed)
+    assert not served.engine.reached(session, served.engine.arrival_state(session))
+    running.append(IndexerThread(settings, spec.name))
+    served.sync(flushed)  # segments cover the rows: the tail drops them and reads on
+    assert served.engine.problem() is None
+    wait_until(lambda: served.sample("tail_full") == 0, timeout=SYNC_TIMEOUT_S,
+               what="the reader's next turn")
+    assert len(served.search(np.zeros((1, DIM), np.float32), MAX_K).ids[0]) == 150

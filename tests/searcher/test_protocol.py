@@ -12,27 +12,7 @@ from searcher import protocol
 from searcher.errors import ERROR_CODES, QueryError
 from searcher.protocol import decode_reply, decode_request, encode_reply, encode_request
 from searcher.query import Consistency, Filter, QueryAnswer, QueryRequest
-
-NAME = "products@v4"
-DIM = 3
-
-
-def request(**changes) -> QueryRequest:
-    """A valid two-query request; keyword arguments replace its fields."""
-    base = dict(request_id="req-1", collection=NAME,
-                vectors=np.arange(6, dtype=np.float32).reshape(2, DIM), k=5)
-    return QueryRequest(**{**base, **changes})
-
-
-def wire(**changes: bytes | None) -> dict[bytes, bytes]:
-    """The stream fields of `request()` as Redis returns them; None removes a field."""
-    fields = {k.encode(): v for k, v in encode_request(request()).items()}
-    for key, value in changes.items():
-        if value is None:
-            fields.pop(key.encode(), None)
-        else:
-            fields[key.encode()] = value
-    return fields
+from tests.support.wire import DIM, NAME, request, wire
 
 
 def refusal(fields, dim: int = DIM) -> QueryError:

@@ -4,35 +4,19 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from searcher import protocol
 from searcher.errors import ERROR_CODES, QueryError
-from searcher.protocol import decode_request, encode_request
-from searcher.query import QueryRequest
+from searcher.protocol import decode_request
+from tests.support.wire import DIM, NAME, wire
 
 # Fixed seeds and no example database, so CI runs the same cases every time.
 FUZZ = settings(max_examples=400, derandomize=True, database=None, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])
-NAME = "products@v4"
-DIM = 3
 FIELDS = ("v", "id", "reply", "k", "dim", "n", "vectors", "filter", "consistency",
           "timeout_ms", "meta", "sent_ms")
-VALID = {k.encode(): v for k, v in encode_request(QueryRequest(
-    "req-1", NAME, np.arange(6, dtype=np.float32).reshape(2, DIM), 5)).items()}
-
-
-def wire(**changes: bytes | None) -> dict[bytes, bytes]:
-    """A valid request's fields with some replaced; None removes a field."""
-    fields = dict(VALID)
-    for key, value in changes.items():
-        if value is None:
-            fields.pop(key.encode(), None)
-        else:
-            fields[key.encode()] = value
-    return fields
 
 
 def check_only_query_errors(fields) -> None:

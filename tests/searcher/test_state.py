@@ -1,4 +1,4 @@
-"""Segments plus tail under one lock: hides, swaps without gaps or doubles, release, refusal."""
+"""Segments plus tail under one lock: hides, swaps without gaps or doubles, release, loading."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from indexer import publish, segfolder
 from indexer.build import build_index
+from indexer.errors import CorruptSegment
 from indexer.idmap import IdMap
 from indexer.registry import SegmentRecord
 from indexer.segment import GrowingSegment, segment_id
@@ -219,37 +220,33 @@ def test_segments_registered_again_out_of_order_are_replayed_in_offset_order(tmp
     assert_serves(state, chain)
 
 
-def test_corrupt_segment_is_refused_counted_and_its_range_still_covered(tmp_path, state,
-                                                                        registry) -> None:
+def test_a_corrupt_segment_is_refused_by_load_and_an_io_error_is_not_corruption(
+        tmp_path, monkeypatch) -> None:
     chain = Chain(tmp_path, 0, np.random.default_rng(6))
     rounds(chain, 5)
     rec, _ = chain.seal()
     vectors = tmp_path / rec.path / "vectors.npy"
-    vectors.write_bytes(vectors.read_bytes()[:-4] + b"\x00\x00\x80\x7f")
-    assert segments.load(chain.store, rec) is None
-    state.replace(set(), [(rec, None)])
-    assert sample(registry, "refused_segments_total") == 1
-    assert state.positions()[0] == 5 and visible(state) == {}
-    assert rec.segment_id in state.served()
-    later = rounds(chain, 3)
-    rec2, seg2 = chain.seal()
-    state.apply(later)
-    state.replace(set(), [(rec2, seg2)])
-    assert sorted(visible(state)) == sorted(chain.live(since=5))
+    good = vectors.read_bytes()
+    vectors.write_bytes(good[:-4] + b"\x00\x00\x80\x7f")
+    with pytest.raises(CorruptSegment, match="vectors.npy: sha256 does not match"):
+        segments.load(chain.store, rec)
+    vectors.write_bytes(good)
 
+    def no_more_maps(*args, **kwargs):
+        raise RuntimeError("Error in mmap: could not open index.faiss (Cannot allocate memory)")
 
-def test_a_refused_segment_moved_and_refused_again_keeps_its_range_covered(tmp_path,
-                                                                           state) -> None:
-    chain = Chain(tmp_path, 0, np.random.default_rng(8))
-    rewinds = []
-    state.on_rewind = lambda: rewinds.append(True)
-    rounds(chain, 5)
-    rec, _ = chain.seal()
-    state.replace(set(), [(rec, None)])
-    moved = dataclasses.replace(rec, path=f"{rec.path}-moved")  # a generation switch
-    state.replace({rec.segment_id}, [(moved, None)])
-    assert rewinds == [] and state.positions()[0] == 5
-    assert state.served() == {rec.segment_id: moved.path}
+    monkeypatch.setattr(segfolder.faiss, "read_index", no_more_maps)
+    with pytest.raises(segments.SegmentUnavailable, match="index.faiss"):
+        segments.load(chain.store, rec)
+    monkeypatch.undo()
+    moved = dataclasses.replace(rec, path=f"{rec.path}-moved")
+    with pytest.raises(segments.SegmentUnavailable, match="no folder"):
+        segments.load(chain.store, moved)
+    assert segments.load(chain.store, rec).manifest.segment_id == rec.segment_id
+    manifest = tmp_path / rec.path / "manifest.json"
+    manifest.rename(tmp_path / "manifest.json")  # a copy of the folder still under way
+    with pytest.raises(segments.SegmentUnavailable, match="manifest.json: missing"):
+        segments.load(chain.store, rec)
 
 
 def test_observe_records_when_each_partition_was_at_the_log_end(state) -> None:

@@ -14,6 +14,7 @@ from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPEN
 from streamvec import probe
 from streamvec.errors import ListenError
 from streamvec.health import Health, HealthServer, Verdict, redis_check, serve
+from streamvec.settings import Settings
 
 
 class FakeClock:
@@ -249,3 +250,20 @@ def test_probe_passes_without_an_endpoint_and_fails_when_none_listens(monkeypatc
         monkeypatch.setenv("STREAMVEC_METRICS_PORT", str(port))
         assert probe.main(["--timeout", "5"]) == 1
     assert f"127.0.0.1:{port}/healthz: " in capsys.readouterr().err
+
+
+def test_the_server_binds_the_metrics_host_and_the_probe_finds_it(monkeypatch, capsys):
+    monkeypatch.setenv("STREAMVEC_METRICS_HOST", "127.0.0.1")
+    settings = Settings()
+    server = serve(Health("monitor"), 0, host=settings.metrics_host)
+    assert server is not None
+    try:
+        assert server.server_address[0] == "127.0.0.1"
+        monkeypatch.setenv("STREAMVEC_METRICS_PORT", str(server.port))
+        assert probe.main([]) == 0
+        # Bound to every interface, the server is probed on the loopback one.
+        monkeypatch.setenv("STREAMVEC_METRICS_HOST", "0.0.0.0")  # noqa: S104
+        assert probe.main([]) == 0
+    finally:
+        server.close()
+    assert capsys.readouterr().out.count('"component": "monitor"') == 2

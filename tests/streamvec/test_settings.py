@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from pathlib import Path
@@ -11,11 +12,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from streamvec import probe
+from streamvec.commands import settings_from_args
+from streamvec.commands.errors import UsageError
 from streamvec.settings import (
     LOCAL_KAFKA_PORT,
     LOCAL_REDIS_PORT,
     Settings,
     default_home,
+    describe_invalid,
     parse_kafka_options,
     redact_kafka_options,
     redact_url,
@@ -203,3 +208,45 @@ def test_child_env_carries_every_connection_and_drops_stray_streamvec_vars(monke
         if key.startswith("STREAMVEC_"):
             monkeypatch.setenv(key, value)
     assert Settings() == settings
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("STREAMVEC_REDIS", f"http://app:{SECRET}@cache:6379/0"),
+    ("STREAMVEC_STORE_OPTIONS", f'["key", "{SECRET}"]'),
+    ("STREAMVEC_STORE_OPTIONS", f'{{"secret": "{SECRET}"'),
+    ("STREAMVEC_KAFKA_OPTIONS", f"sasl.username=app,sasl.password:{SECRET}"),
+    ("STREAMVEC_STORE_URL", f"{SECRET}@bucket"),
+])
+def test_invalid_settings_are_described_without_any_input_value(monkeypatch, capsys, name,
+                                                                 value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as invalid:
+        Settings()
+    described = describe_invalid(invalid.value)
+    field = name.removeprefix("STREAMVEC_").lower()
+    assert described.startswith(f"{field}: ")
+    assert SECRET not in described
+    # The container health check prints it; so does every command.
+    assert probe.main(["--port", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"streamvec probe: invalid settings: {field}: ")
+    assert SECRET not in err
+    with pytest.raises(UsageError) as usage:
+        settings_from_args(argparse.Namespace())
+    assert str(usage.value).startswith(f"invalid settings: {field}: ")
+    assert SECRET not in str(usage.value)
+
+
+def test_a_mistyped_kafka_option_flag_is_not_echoed():
+    args = argparse.Namespace(kafka_option=["client.id=a", f"sasl.password:{SECRET}"])
+    with pytest.raises(UsageError, match="--kafka-option number 2 is not of the form"):
+        settings_from_args(args)
+
+
+def test_the_metrics_host_defaults_to_every_interface_and_can_be_narrowed(monkeypatch):
+    assert Settings().metrics_host == "0.0.0.0"  # noqa: S104 - the documented default
+    monkeypatch.setenv("STREAMVEC_METRICS_HOST", "127.0.0.1")
+    assert Settings().metrics_host == "127.0.0.1"
+    monkeypatch.setenv("STREAMVEC_METRICS_HOST", "")
+    with pytest.raises(ValidationError, match="metrics_host"):
+        Settings()

@@ -48,7 +48,7 @@ class WorkerProcess:
 
 
 def spawn_worker(settings: Settings, collection: str, log_dir: Path, *, tag: str,
-                 crash_at: str | None = None) -> WorkerProcess:
+                 crash_at: str | None = None, extra_args: tuple[str, ...] = ()) -> WorkerProcess:
     """Start an indexer worker process; `crash_at` arms a SIGKILL at a named point."""
     fast = settings.model_copy(update={"kafka_options": {**settings.kafka_options, **FAST_GROUP}})
     env = fast.child_env()
@@ -57,7 +57,8 @@ def spawn_worker(settings: Settings, collection: str, log_dir: Path, *, tag: str
     # Compaction off: these tests compare the registry with one rebuilt from the store, and a
     # merge killed between its swap and its marker rebuilds to the inputs (same rows, other ids).
     argv = [sys.executable, "-m", "streamvec", "indexer", "--collection", collection,
-            "--compact-interval", "0"]
+            "--compact-interval", "0", *extra_args]
+
     log = log_dir / f"worker-{tag}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)

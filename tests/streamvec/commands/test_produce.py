@@ -9,12 +9,12 @@ import sys
 
 import numpy as np
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from ingest import admin, record
 from ingest.spec import CollectionSpec
 from streamvec.settings import Settings
 from tests.support.polling import wait_until
+from tests.support.topics import read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -23,30 +23,12 @@ DIM = 8
 
 def read_rows(settings: Settings, topic: str) -> list[tuple[str, np.ndarray, dict | None]]:
     """Every row of `topic` up to the high watermarks: (id, vector, metadata)."""
-    consumer = Consumer(settings.kafka_config(**{"group.id": f"reader-{topic}",
-                                                 "enable.auto.commit": False}))
-    try:
-        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        highs = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                 for p in parts}
-        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
-        seen = {p: 0 for p in parts}
-        rows: list[tuple[str, np.ndarray, dict | None]] = []
-
-        def drained() -> bool:
-            for msg in consumer.consume(500, timeout=0.2):
-                assert msg.error() is None, msg.error()
-                batch = record.decode(msg.value())
-                ids = [raw.decode() for raw in batch.ids.tolist()]
-                rows.extend(zip(ids, batch.vectors.copy(), batch.metadata_list(),
-                                strict=True))
-                seen[msg.partition()] = msg.offset() + 1
-            return all(seen[p] >= high for p, high in highs.items())
-
-        wait_until(drained, timeout=60, what=f"every message of {topic}")
-        return rows
-    finally:
-        consumer.close()
+    rows: list[tuple[str, np.ndarray, dict | None]] = []
+    for msg in read_topic(settings, topic):
+        batch = record.decode(msg.value())
+        ids = [raw.decode() for raw in batch.ids.tolist()]
+        rows.extend(zip(ids, batch.vectors.copy(), batch.metadata_list(), strict=True))
+    return rows
 
 
 def produce(settings: Settings, collection: str, *options: str) -> subprocess.Popen:

@@ -1,0 +1,1 @@
+"""The fault-injection suite: the whole system under dependency outages and hostile input."""
