@@ -355,9 +355,11 @@ class Worker:
 
     def _commit_hint(self, partition: int, offset: int) -> None:
         """Commit the Kafka offset; only a hint (the registry checkpoint is the truth)."""
+        # Asynchronous: a synchronous commit sent to a frozen coordinator can wait forever,
+        # and the rebalance that would end the wait needs this very thread to poll.
         try:
             self.consumer.commit(offsets=[TopicPartition(self.topic, partition, offset)],
-                                 asynchronous=False)
+                                 asynchronous=True)
         except KafkaException as exc:  # e.g. coordinator loading, or a rebalance under way
             log.warning('partition="%s[%d]" offset commit failed (harmless): %s',
                         self.topic, partition, exc)

@@ -3,6 +3,7 @@ restart under load and a rebalance in the middle of a build."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -266,3 +267,66 @@ def test_a_redis_restart_under_load_is_ridden_out_with_every_row_registered_once
         assert_state_matches(own, spec.name, workload)
     finally:
         server.stop()
+
+
+class FailingStoreWorker(Worker):
+    """A worker whose builds raise `failure` while `failing` is set, as a full disk makes them."""
+
+    def __init__(self, *args, failure: Exception, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.failure = failure
+        self.failing = threading.Event()
+        self.failing.set()
+
+    def _build(self, *args, **kwargs):
+        if self.failing.is_set():
+            raise self.failure
+        return super()._build(*args, **kwargs)
+
+
+def test_a_full_disk_holds_the_checkpoint_and_the_build_is_retried_until_space_is_back(
+        settings, collection_name):
+    spec = make_collection(settings, collection_name, partitions=1)
+    workload = Workload(DIM, np.random.default_rng(10))
+    metrics = CollectorRegistry()
+    worker = FailingStoreWorker(settings, spec.name, metrics_registry=metrics,
+                                failure=OSError(errno.ENOSPC, "No space left on device"))
+    running = Running(worker.run, worker.stop, "full-disk-indexer")
+    try:
+        with Producer(spec.name, settings=settings) as producer:
+            send_rows(producer, workload, "full", 300)
+
+        def retries() -> float:
+            return metrics.get_sample_value("streamvec_indexer_dependency_retries_total",
+                                            {"collection": spec.name,
+                                             "dependency": "store"}) or 0.0
+
+        wait_until(lambda: retries() >= 2, timeout=60, what="the build to be tried again")
+        assert running.thread.is_alive() and running.error is None, running.error
+        assert Registry(settings.redis_client(), spec.name).checkpoint(0) == 0
+        assert (worker.problem() or "").startswith("segment store unavailable: writing segment "
+                                                   "p0000-000000000000-")
+        assert "No space left on device" in worker.problem()
+        assert metrics.get_sample_value("streamvec_indexer_unavailable",
+                                        {"collection": spec.name, "dependency": "store"}) == 1
+
+        worker.failing.clear()  # space is back
+        wait_fully_indexed(settings, spec.name, spec.collection.topic, timeout=60)
+        wait_until(lambda: worker.problem() is None, timeout=30, what="the worker ready")
+        assert metrics.get_sample_value("streamvec_indexer_unavailable",
+                                        {"collection": spec.name, "dependency": "store"}) == 0
+    finally:
+        worker.failing.clear()
+        running.stop()
+    assert_state_matches(settings, spec.name, workload)
+
+
+def test_a_build_that_fails_on_a_bug_stops_the_worker(settings, collection_name):
+    spec = make_collection(settings, collection_name, partitions=1)
+    worker = FailingStoreWorker(settings, spec.name, metrics_registry=CollectorRegistry(),
+                                failure=ValueError("a bug in the build"))
+    running = Running(worker.run, worker.stop, "buggy-indexer")
+    with Producer(spec.name, settings=settings) as producer:
+        send_rows(producer, Workload(DIM, np.random.default_rng(11)), "bug", 10)
+    wait_until(lambda: not running.thread.is_alive(), timeout=60, what="the worker to stop")
+    assert isinstance(running.error, ValueError) and str(running.error) == "a bug in the build"

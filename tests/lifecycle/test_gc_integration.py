@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer import publish
 from indexer.registry import GenerationInfo, Registry, SegmentRecord
-from indexer.segment import SealedRows, parse_segment_id
+from indexer.segment import parse_segment_id
 from indexer.store import SegmentStore
 from ingest import admin, audit, catalog
 from ingest.errors import CollectionExists, CollectionNotFound
@@ -25,6 +24,7 @@ from searcher.client import Client
 from streamvec.commands import main
 from streamvec.settings import Settings
 from tests.support.cli import argv
+from tests.support.segments import write_offsets
 from tests.support.stack import SearcherThread, exact_top_k, serving
 from tests.support.workers import Workload, wait_fully_indexed
 
@@ -40,14 +40,8 @@ def cli(settings, *args: str) -> int:
 
 
 def write(root: Path, name: str, gen: int, start: int, end: int) -> SegmentRecord:
-    """Write a Flat segment folder of partition 0 holding one row per offset."""
-    rows = end - start
-    sealed = SealedRows(
-        0, start, end, np.array([f"id-{o}".encode() for o in range(start, end)]),
-        np.random.default_rng(start).standard_normal((rows, DIM)).astype(np.float32),
-        np.arange(start, end, dtype=np.int64), np.zeros(rows, dtype=np.int64),
-        [b""] * rows, np.array([], dtype="S1"))
-    return publish.write(SegmentStore(root), name, gen, sealed, metric="l2", index="Flat").record
+    """A segment folder of partition 0 in generation `gen`, one row per offset."""
+    return write_offsets(SegmentStore(root), name, gen, start, end)
 
 
 def age(path: Path) -> None:

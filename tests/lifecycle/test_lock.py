@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from indexer import publish
 from indexer.registry import Registry, SegmentRecord
-from indexer.segment import SealedRows
 from indexer.store import SegmentStore
 from ingest import catalog
 from ingest.spec import CollectionSpec
@@ -18,6 +15,7 @@ from lifecycle.compaction import CompactionPolicy
 from lifecycle.errors import LifecycleBusy
 from lifecycle.lock import LifecycleLock
 from streamvec.settings import Settings
+from tests.support.segments import write_offsets
 
 pytestmark = pytest.mark.integration
 
@@ -31,14 +29,8 @@ def redis_only(redis_server, tmp_path) -> Settings:
 
 
 def write(store: SegmentStore, name: str, start: int, end: int) -> SegmentRecord:
-    """Write a Flat segment folder of partition 0 holding one row per offset."""
-    rows = end - start
-    sealed = SealedRows(
-        0, start, end, np.array([f"id-{o}".encode() for o in range(start, end)]),
-        np.random.default_rng(start).standard_normal((rows, DIM)).astype(np.float32),
-        np.arange(start, end, dtype=np.int64), np.zeros(rows, dtype=np.int64),
-        [b""] * rows, np.array([], dtype="S1"))
-    return publish.write(store, name, 0, sealed, metric="l2", index="Flat").record
+    """A segment folder of partition 0 in generation 0, one row per offset."""
+    return write_offsets(store, name, 0, start, end)
 
 
 def registered(settings: Settings, name: str, ends: list[int]) -> list[SegmentRecord]:

@@ -11,10 +11,13 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
 
+from ingest import admin
+from ingest.spec import CollectionSpec
 from streamvec import probe
 from streamvec.errors import ListenError
-from streamvec.health import Health, HealthServer, Verdict, redis_check, serve
+from streamvec.health import Health, HealthServer, KafkaProbe, Verdict, redis_check, serve
 from streamvec.settings import Settings
+from tests.support.silent import silent_server
 
 
 class FakeClock:
@@ -155,6 +158,43 @@ def test_redis_check_names_the_problem_when_redis_is_unreachable(settings):
     problem = redis_check(settings)()
     assert problem is not None and problem.startswith("Redis unreachable: ")
     assert "127.0.0.1:1" in problem
+
+
+def test_kafka_probe_calls_a_frozen_broker_unavailable():
+    changes: list[str | None] = []
+    with silent_server() as port:
+        kafka = KafkaProbe({"bootstrap.servers": f"127.0.0.1:{port}"}, "sv.products",
+                           timeout_s=0.5, on_change=changes.append)
+        assert kafka.problem() is None  # nothing known yet: not held against the role
+        assert kafka.probe() is False
+    assert kafka.problem() is not None
+    assert kafka.problem().startswith("Kafka unreachable: no metadata of sv.products within ")
+    assert changes == [kafka.problem()]
+
+
+def test_kafka_probe_keeps_a_reported_outage_until_the_brokers_answer():
+    changes: list[str | None] = []
+    kafka = KafkaProbe({"bootstrap.servers": "127.0.0.1:1"}, "sv.products", timeout_s=0.5,
+                       on_change=changes.append)
+    kafka.report("1/1 brokers are down")
+    kafka.report("1/1 brokers are down")
+    assert kafka.problem() == "Kafka unreachable: 1/1 brokers are down"
+    assert changes == ["Kafka unreachable: 1/1 brokers are down"]  # told once per change
+
+
+@pytest.mark.integration
+def test_kafka_probe_says_kafka_is_back_when_the_brokers_answer(settings, collection_name):
+    spec = CollectionSpec(collection_name, dim=4, partitions=1)
+    admin.create_collection(settings, spec)
+    changes: list[str | None] = []
+    kafka = KafkaProbe(settings.kafka_config(), spec.collection.topic, on_change=changes.append)
+    kafka.report("1/1 brokers are down")
+    assert kafka.probe() is True
+    assert kafka.problem() is None
+    assert changes == ["Kafka unreachable: 1/1 brokers are down", None]
+    kafka.start()
+    kafka.stop()
+    assert kafka.problem() is None
 
 
 def test_metrics_are_the_registry_in_the_prometheus_text_format(served):

@@ -19,8 +19,6 @@ from pathlib import Path
 import numpy as np
 
 from indexer.registry import Registry
-from indexer.store import SegmentStore
-from indexer.view import load_registered
 from ingest.spec import CollectionSpec
 from searcher.client import Client
 from streamvec.devstack import cache_dir
@@ -31,7 +29,7 @@ from streamvec.devstack.redis import RedisServer
 from streamvec.settings import Settings
 from tests.support.faultload import Snapshot
 from tests.support.polling import wait_until
-from tests.support.workers import FAST_GROUP, live_rows, log_ends
+from tests.support.workers import FAST_GROUP, assert_registered_rows, log_ends
 
 SCALE_ENV = "STREAMVEC_FAULTS_SCALE"
 FIGURES_ENV = "STREAMVEC_FAULTS_FIGURES"
@@ -343,12 +341,4 @@ def assert_registered(settings: Settings, spec: CollectionSpec, snap: Snapshot,
         edges = [0] + [end for _, end in spans]
         starts = [start for start, _ in spans] + [registry.checkpoint(p)]
         assert edges == starts, f"partition {p}: segments {spans} do not tile [0, C[p])"
-    live = live_rows(load_registered(registry, SegmentStore.from_settings(settings)))
-    expected = snap.live()
-    known = {k: v for k, v in live.items() if k not in snap.uncertain}
-    missing = sorted(set(expected) - set(known))[:5]
-    extra = sorted(set(known) - set(expected))[:5]
-    assert not missing and not extra, f"registry: missing {missing}, unexpected {extra}"
-    stale = [k for k, v in expected.items()
-             if not np.array_equal(known[k].vector.view(np.uint32), v.view(np.uint32))]
-    assert not stale, f"registry: {len(stale)} ids hold an older version, e.g. {stale[:5]}"
+    assert_registered_rows(registry, settings, snap.live(), frozenset(snap.uncertain))
