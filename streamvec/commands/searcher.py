@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="FAISS/OpenMP threads per search call (default 1: batches are small, "
                    "and spinning threads cost more than they give on a shared machine)")
     for flag, field in BUDGET_FLAGS.items():
-        p.add_argument(flag, type=_positive, default=None, dest=field, metavar="N",
+        p.add_argument(flag, type=common.positive_int, default=None, dest=field, metavar="N",
                        help=f"{Settings.model_fields[field].description} "
                             f"[env STREAMVEC_{field.upper()}]")
     common.add_max_seconds(p)
@@ -75,17 +75,6 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     given = {f: getattr(args, f) for f in BUDGET_FLAGS.values() if getattr(args, f) is not None}
     settings = settings.model_copy(update=given) if given else settings
     return common.run_role_command("searcher", args, settings, _serving)
-
-
-def _positive(text: str) -> int:
-    """An integer >= 1, for the budget flags."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 @contextmanager

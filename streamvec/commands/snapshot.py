@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 
 from streamvec.commands.common import (
     REPORT_JSON,
     add_group,
     add_json,
     add_no_progress,
+    at_least,
     print_json,
     utc,
 )
@@ -77,10 +77,10 @@ def _register_gc(sub: argparse._SubParsersAction) -> None:
                     "and the last --keep-generations generations of each collection (in the "
                     "active generation only referenced folders stay).")
     g.add_argument("--collection", help="only this collection's folders (default: all)")
-    g.add_argument("--grace", type=_non_negative(float), default=DEFAULT_GRACE_S,
+    g.add_argument("--grace", type=at_least(0, float), default=DEFAULT_GRACE_S,
                    metavar="S", help=f"keep folders younger than this many seconds "
                                      f"(default {DEFAULT_GRACE_S:g})")
-    g.add_argument("--keep-generations", type=_non_negative(int),
+    g.add_argument("--keep-generations", type=at_least(0),
                    default=DEFAULT_KEEP_GENERATIONS, metavar="N",
                    help=f"generations kept for rollback (default "
                         f"{DEFAULT_KEEP_GENERATIONS})")
@@ -156,16 +156,3 @@ def _gc(args: argparse.Namespace, settings: Settings) -> int:
     for skipped in report.skipped:
         print(f"skipped {skipped}: its lifecycle lock is held; run gc again later")
     return 0
-
-
-def _non_negative(kind: Callable[[str], float]) -> Callable[[str], float]:
-    """An argparse type: `kind` of the text, refused below zero."""
-    def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-        return value
-    return parse

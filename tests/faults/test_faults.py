@@ -192,36 +192,22 @@ def test_hostile_requests_get_an_error_or_an_answer(fault):
     fault.stack.record("hostile.passed", 1)
 
 
-def test_redis_killed_and_restarted(fault):
+# Each dependency is killed and restarted, then frozen past every timeout: (scenario, server, how).
+OUTAGES = [("redis_killed", "redis", "kill"), ("redis_stopped", "redis", "freeze"),
+           ("broker_killed", "kafka", "kill"), ("broker_stopped", "kafka", "freeze")]
+
+
+@pytest.mark.parametrize(("name", "server", "how"), OUTAGES, ids=[o[0] for o in OUTAGES])
+def test_a_dependency_outage_longer_than_every_timeout(fault, name, server, how):
     mark = len(fault.queries.outcomes)
-    seen = fault.stack.kill_and_restart(fault.stack.redis, down_s=SCALE.outage_s)
-    check_after(fault, "redis_killed", time.monotonic(), mark, SCALE.outage_s)
+    target = getattr(fault.stack, server)
+    if how == "kill":
+        seen = fault.stack.kill_and_restart(target, down_s=SCALE.outage_s)
+    else:
+        seen = fault.stack.freeze(target, SCALE.outage_s)
+    check_after(fault, name, time.monotonic(), mark, SCALE.outage_s)
     assert_said_not_ready(seen)
-    fault.stack.record("redis_killed.passed", 1)
-
-
-def test_redis_stopped_longer_than_every_timeout(fault):
-    mark = len(fault.queries.outcomes)
-    seen = fault.stack.freeze(fault.stack.redis, SCALE.outage_s)
-    check_after(fault, "redis_stopped", time.monotonic(), mark, SCALE.outage_s)
-    assert_said_not_ready(seen)
-    fault.stack.record("redis_stopped.passed", 1)
-
-
-def test_broker_killed_and_restarted(fault):
-    mark = len(fault.queries.outcomes)
-    seen = fault.stack.kill_and_restart(fault.stack.kafka, down_s=SCALE.outage_s)
-    check_after(fault, "broker_killed", time.monotonic(), mark, SCALE.outage_s)
-    assert_said_not_ready(seen)
-    fault.stack.record("broker_killed.passed", 1)
-
-
-def test_broker_stopped_longer_than_every_timeout(fault):
-    mark = len(fault.queries.outcomes)
-    seen = fault.stack.freeze(fault.stack.kafka, SCALE.outage_s)
-    check_after(fault, "broker_stopped", time.monotonic(), mark, SCALE.outage_s)
-    assert_said_not_ready(seen)
-    fault.stack.record("broker_stopped.passed", 1)
+    fault.stack.record(f"{name}.passed", 1)
 
 
 def _fill(folder: Path) -> Path:
