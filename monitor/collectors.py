@@ -29,8 +29,8 @@ Watermarks = dict[int, tuple[int, int]]  # partition -> (log start, log end)
 class SegmentSource(Protocol):
     """What the collector reads of a collection's registry (indexer.registry.Registry)."""
 
-    def segments(self) -> list[SegmentRecord]:
-        """Registered segments."""
+    def segments(self, *, skipped: dict[str, str] | None = None) -> list[SegmentRecord]:
+        """Registered segments; malformed records are left out and noted in `skipped`."""
 
     def checkpoints(self) -> dict[int, int]:
         """Checkpoint per partition."""
@@ -70,6 +70,8 @@ class CollectionCollector:
         self.registry = registry
         self.watermarks = watermarks
         self.clock = clock
+        # Malformed records already logged (segment id -> why), so each is logged once.
+        self._malformed: dict[str, str] = {}
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         """The families without samples, so registering does not touch Redis or Kafka."""
@@ -79,7 +81,9 @@ class CollectionCollector:
         """Yield every gauge, computed now."""
         families = self._families()
         name = self.collection
-        segments = self.registry.segments()
+        skipped: dict[str, str] = {}
+        segments = self.registry.segments(skipped=skipped)
+        self._note_malformed(skipped)
         checkpoints = self.registry.checkpoints()
         families["segments"].add_metric([name], len(segments))
         families["segment_rows"].add_metric([name], sum(s.rows for s in segments))
@@ -99,6 +103,13 @@ class CollectionCollector:
             families["retention_headroom_messages"].add_metric([name, str(partition)],
                                                                checkpoint - low)
         yield from families.values()
+
+    def _note_malformed(self, skipped: dict[str, str]) -> None:
+        # One bad record must not hide the good ones; log it once, not on every scrape.
+        for sid, why in skipped.items():
+            if self._malformed.get(sid) != why:
+                log.error("collection=%s registry record skipped: %s", self.collection, why)
+        self._malformed = skipped
 
     def _families(self) -> dict[str, GaugeMetricFamily]:
         per_partition = ["collection", "partition"]

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 
@@ -19,6 +20,8 @@ from indexer.store import SegmentStore
 from indexer.view import hidden_rows
 from searcher import search
 from searcher.execute import CANARY_PREFIX
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,15 +51,27 @@ class SealedView:
         self._loaded: dict[str, LoadedSegment] = {}
         self._version: int | None = None
         self._parts: list[SealedPart] = []
+        # Malformed records already logged (segment id -> why), so each is logged once.
+        self._malformed: dict[str, str] = {}
 
     def parts(self) -> list[SealedPart]:
         """Every registered segment with its visible rows, oldest first per partition."""
         with self._lock:
             version = self.registry.version()  # read first: a later move forces a reload
             if version != self._version:
-                self._parts = self._load(self.registry.segments())
+                skipped: dict[str, str] = {}
+                self._parts = self._load(self.registry.segments(skipped=skipped))
+                self._note_malformed(skipped)
                 self._version = version
             return list(self._parts)
+
+    def _note_malformed(self, skipped: dict[str, str]) -> None:
+        # The other segments are still read, so one bad record never blocks a probe.
+        for sid, why in skipped.items():
+            if self._malformed.get(sid) != why:
+                log.error("collection=%s registry record skipped: %s", self.registry.collection,
+                          why)
+        self._malformed = skipped
 
     def _load(self, records) -> list[SealedPart]:
         current = {r.segment_id for r in records}

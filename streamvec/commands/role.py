@@ -2,7 +2,8 @@
 
     run_role("searcher", settings, port, start, max_seconds=...)
 
-serves /metrics, /healthz and /readyz first, so a probe answers while the role starts; then
+serves /metrics, /healthz and /readyz first, so a probe answers while the role starts; waits
+for Redis to answer (not ready meanwhile), since every role reads its collection there; then
 `start(turn_hook)` builds the role's loop (and whatever must be released after it) around the
 health's turn hook; the runner says ready, runs the loop until SIGTERM, SIGINT or
 `max_seconds`, and marks the process failed if the loop ends with an error.
@@ -11,7 +12,9 @@ health's turn hook; the runner says ready, runs the loop until SIGTERM, SIGINT o
 from __future__ import annotations
 
 import logging
+import random
 import signal
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -21,6 +24,12 @@ from streamvec.health import Health, TurnHook, redis_check, serve
 from streamvec.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# Backoff of the start-up wait for Redis, jittered so that restarted roles do not ping together.
+REDIS_WAIT_FIRST_S = 0.2
+REDIS_WAIT_MAX_S = 5.0
+# Granularity of that wait: how soon a stop signal ends it.
+STOP_POLL_S = 0.1
 
 
 class Loop(Protocol):
@@ -56,6 +65,8 @@ def run_role(component: str, settings: Settings, metrics_port: int | None, start
     signal.signal(signal.SIGTERM, stopper)
     signal.signal(signal.SIGINT, stopper)
     serve(health, metrics_port or settings.metrics_port, host=settings.metrics_host)
+    if not wait_for_redis(settings, health, lambda: stopper.requested):
+        return 0
     with start(health.turns) as role:
         if not stopper.attach(role):
             return 0
@@ -70,6 +81,33 @@ def run_role(component: str, settings: Settings, metrics_port: int | None, start
             health.failed(str(exc))
             raise
     return 0
+
+
+def wait_for_redis(settings: Settings, health: Health, stopped: Callable[[], bool]) -> bool:
+    """Ping Redis with backoff until it answers (True) or `stopped()` turns true (False).
+
+    A role started before Redis (a host booting, a Redis restarting) then waits instead of
+    exiting; /readyz says why meanwhile. What the role reads next (its collection's spec) is
+    read once Redis answers, so a missing collection still ends the start-up with its error.
+    """
+    check = redis_check(settings)
+    delay = REDIS_WAIT_FIRST_S
+    logged = False
+    while not stopped():
+        problem = check()
+        if problem is None:
+            if logged:
+                log.info("%s: Redis answers, starting", health.component)
+            return True
+        health.not_ready(f"waiting for Redis at start: {problem}")
+        if not logged:  # once: the readiness reason carries the latest error
+            log.warning("%s: %s; retrying until it answers", health.component, problem)
+            logged = True
+        deadline = time.monotonic() + delay * random.uniform(1.0, 1.5)  # noqa: S311
+        while not stopped() and time.monotonic() < deadline:
+            time.sleep(STOP_POLL_S)
+        delay = min(delay * 2, REDIS_WAIT_MAX_S)
+    return False
 
 
 class _Stopper:

@@ -94,7 +94,7 @@ def code_registries() -> dict[str, CollectorRegistry]:
 class EmptyRegistry:
     """A collection registry with no segments yet, in place of the one in Redis."""
 
-    def segments(self) -> list:
+    def segments(self, *, skipped: dict[str, str] | None = None) -> list:
         """No segments registered."""
         return []
 
@@ -166,6 +166,7 @@ def test_every_metric_the_alert_rules_name_is_exported():
     assert named == {
         "streamvec_indexer_checkpoint_out_of_range",
         "streamvec_indexer_dlq_messages_total",
+        "streamvec_indexer_unavailable",
         "streamvec_monitor_canary_failures_total",
         "streamvec_monitor_checkpoint_lag_messages",
         "streamvec_monitor_drift_state",
@@ -174,6 +175,8 @@ def test_every_metric_the_alert_rules_name_is_exported():
         "streamvec_monitor_retention_headroom_messages",
         "streamvec_searcher_errors_total",
         "streamvec_searcher_queries_total",
+        "streamvec_searcher_unavailable",
+        "streamvec_searcher_unloaded_segments",
     }
 
 

@@ -240,4 +240,6 @@ def test_every_alert_rule_loads_and_evaluates_cleanly(start_prometheus):
         "StreamvecTargetDown", "StreamvecCheckpointLagGrowing", "StreamvecFreshnessSlow",
         "StreamvecRecallLow", "StreamvecEmbeddingDrift", "StreamvecDeadLetters",
         "StreamvecRetentionHeadroomLow", "StreamvecCheckpointOutOfRange",
-        "StreamvecSearcherErrors", "StreamvecCanaryFailures"])
+        "StreamvecSearcherErrors", "StreamvecCanaryFailures",
+        "StreamvecIndexerDependencyUnavailable", "StreamvecSearcherDependencyUnavailable",
+        "StreamvecSegmentCorrupt", "StreamvecSegmentUnavailable"])

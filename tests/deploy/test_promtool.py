@@ -59,6 +59,8 @@ def test_every_rule_is_an_alert_with_severity_summary_and_description():
         "StreamvecRecallLow", "StreamvecEmbeddingDrift", "StreamvecDeadLetters",
         "StreamvecRetentionHeadroomLow", "StreamvecCheckpointOutOfRange",
         "StreamvecSearcherErrors", "StreamvecCanaryFailures",
+        "StreamvecIndexerDependencyUnavailable", "StreamvecSearcherDependencyUnavailable",
+        "StreamvecSegmentCorrupt", "StreamvecSegmentUnavailable",
     ]
     for rule in rules:
         assert rule["labels"]["severity"] in SEVERITIES, rule["alert"]

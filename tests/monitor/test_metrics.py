@@ -24,7 +24,7 @@ class FakeRegistry:
         self._segments = segments
         self._checkpoints = checkpoints
 
-    def segments(self) -> list[SegmentRecord]:
+    def segments(self, *, skipped: dict[str, str] | None = None) -> list[SegmentRecord]:
         return list(self._segments)
 
     def checkpoints(self) -> dict[int, int]:
@@ -87,7 +87,7 @@ def test_collector_without_kafka_still_reports_segments() -> None:
 
 def test_registering_the_collector_reads_nothing() -> None:
     class Untouchable:
-        def segments(self):
+        def segments(self, *, skipped=None):
             raise AssertionError("read at registration")
 
         checkpoints = segments

@@ -11,10 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from ingest import admin
 from ingest.spec import CollectionSpec
+from streamvec.commands.errors import ExitCode
 from streamvec.devstack.ports import LOOPBACK, free_port
+from streamvec.devstack.redis import RedisServer
 from streamvec.settings import Settings
 from tests.support.polling import wait_until
 
@@ -120,3 +123,60 @@ def test_every_role_turns_ready_and_serves_health_and_metrics(start, collection_
         assert answer(role.port, "/healthz") == (
             200, {"component": role.role, "status": "ok", "reason": "alive"})
     assert get(searcher.port, "/nowhere")[0] == 404
+
+
+def test_an_indexer_started_before_redis_waits_not_ready_then_starts(
+        settings, collection_name, tmp_path):
+    # The collection is written first and kept in the server's AOF, so that the worker
+    # cannot meet a Redis that answers without the spec: that is a missing collection.
+    server = RedisServer(tmp_path / "redis", free_port())
+    own = settings.model_copy(update={"redis": SecretStr(server.url)})
+    server.start(die_with_parent=True)
+    indexer = None
+    try:
+        server.wait_healthy(30)
+        admin.create_collection(own, CollectionSpec(collection_name, dim=8, partitions=2,
+                                                    index="Flat", seal_rows=100))
+        server.stop()
+        indexer = Role(own, "indexer", collection_name, tmp_path)
+
+        def waiting():
+            assert indexer.proc.poll() is None, indexer.tail()
+            got = answer(indexer.port, "/readyz")
+            return got is not None and got[0] == 503 and got[1]
+
+        body = wait_until(waiting, timeout=READY_TIMEOUT_S, what="indexer /readyz to be 503")
+        assert body["component"] == "indexer"
+        assert body["reason"].startswith("waiting for Redis at start: Redis unreachable: ")
+        assert answer(indexer.port, "/healthz")[0] == 200
+        assert indexer.proc.poll() is None, indexer.tail()
+
+        server.start(die_with_parent=True)
+        server.wait_healthy(30)
+        assert indexer.wait_ready() == {"component": "indexer", "status": "ok",
+                                        "reason": f"indexing {collection_name}"}
+        assert indexer.stop() == 0, indexer.tail()
+    finally:
+        if indexer is not None:
+            indexer.stop()
+        server.stop()
+
+
+def test_a_role_waiting_for_redis_stops_cleanly_on_sigterm(settings, collection_name, tmp_path):
+    own = settings.model_copy(update={"redis": SecretStr(f"redis://{LOOPBACK}:{free_port()}/0")})
+    searcher = Role(own, "searcher", collection_name, tmp_path)
+    try:
+        wait_until(lambda: (got := answer(searcher.port, "/readyz")) is not None
+                   and got[0] == 503 and "waiting for Redis at start" in got[1]["reason"],
+                   timeout=READY_TIMEOUT_S, what="searcher /readyz to be 503")
+        assert searcher.proc.poll() is None, searcher.tail()
+    finally:
+        assert searcher.stop() == 0, searcher.tail()
+
+
+def test_an_indexer_of_a_missing_collection_exits_not_found(settings, collection_name, tmp_path):
+    indexer = Role(settings, "indexer", collection_name, tmp_path)
+    try:
+        assert indexer.proc.wait(READY_TIMEOUT_S) == ExitCode.NOT_FOUND, indexer.tail()
+    finally:
+        indexer.stop()
