@@ -363,6 +363,19 @@ class RegistryState:
     records: tuple[SegmentRecord, ...]  # by (partition, start offset); empty if not read
 
 
+def note_skipped(logger: logging.Logger, collection: str, skipped: dict[str, str],
+                 logged: dict[str, str]) -> dict[str, str]:
+    """Log each malformed record once (again only when its reason changes); the new `logged`.
+
+    A reader that skips a bad record keeps serving the good ones; the log says so once, not on
+    every read.
+    """
+    for record_id, why in skipped.items():
+        if logged.get(record_id) != why:
+            logger.error("collection=%s registry record skipped: %s", collection, why)
+    return dict(skipped)
+
+
 def records_of(client: redis.Redis, collections: Iterable[str], *,
                skipped: dict[tuple[str, str], bytes] | None = None
                ) -> dict[str, list[SegmentRecord]]:

@@ -14,7 +14,7 @@ from confluent_kafka import KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 from prometheus_client.core import GaugeMetricFamily
 
-from indexer.registry import SegmentRecord
+from indexer.registry import SegmentRecord, note_skipped
 from monitor.metrics import ROLE
 from streamvec.metrics import full_name
 from streamvec.settings import Settings
@@ -105,11 +105,7 @@ class CollectionCollector:
         yield from families.values()
 
     def _note_malformed(self, skipped: dict[str, str]) -> None:
-        # One bad record must not hide the good ones; log it once, not on every scrape.
-        for sid, why in skipped.items():
-            if self._malformed.get(sid) != why:
-                log.error("collection=%s registry record skipped: %s", self.collection, why)
-        self._malformed = skipped
+        self._malformed = note_skipped(log, self.collection, skipped, self._malformed)
 
     def _families(self) -> dict[str, GaugeMetricFamily]:
         per_partition = ["collection", "partition"]

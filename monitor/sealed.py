@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from indexer.registry import Registry
+from indexer.registry import Registry, note_skipped
 from indexer.segfolder import LoadedSegment, load_segment
 from indexer.store import SegmentStore
 from indexer.view import hidden_rows
@@ -66,12 +66,7 @@ class SealedView:
             return list(self._parts)
 
     def _note_malformed(self, skipped: dict[str, str]) -> None:
-        # The other segments are still read, so one bad record never blocks a probe.
-        for sid, why in skipped.items():
-            if self._malformed.get(sid) != why:
-                log.error("collection=%s registry record skipped: %s", self.registry.collection,
-                          why)
-        self._malformed = skipped
+        self._malformed = note_skipped(log, self.registry.collection, skipped, self._malformed)
 
     def _load(self, records) -> list[SealedPart]:
         current = {r.segment_id for r in records}

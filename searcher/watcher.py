@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Protocol
 
 from indexer.errors import CorruptSegment
-from indexer.registry import Registry, SegmentRecord
+from indexer.registry import Registry, SegmentRecord, note_skipped
 from indexer.segfolder import LoadedSegment
 from indexer.segment import parse_segment_id
 from indexer.store import SegmentStore
@@ -212,11 +212,7 @@ class SegmentWatcher:
         return segment
 
     def _note_malformed(self, skipped: dict[str, str]) -> None:
-        for sid, why in skipped.items():
-            if self._malformed.get(sid) != why:
-                log.error("collection=%s registry record skipped: %s", self.registry.collection,
-                          why)
-        self._malformed = skipped
+        self._malformed = note_skipped(log, self.registry.collection, skipped, self._malformed)
 
     def _report(self) -> None:
         """Publish the unserved segments to the metrics and to Redis for `streamvec status`."""
