@@ -266,22 +266,11 @@ class Worker:
         registers, so the checkpoint stays. Any other exception is a bug and fails the build.
         """
         sid = segment_id(sealed.partition, sealed.start_offset, sealed.end_offset)
-        failures = 0
-        while True:
-            try:
-                written = self._build(sealed, hides, generation, index_spec)
-            except STORE_TRANSIENT as exc:
-                failures += 1
-                self._set_down("store", f"segment store unavailable: writing segment {sid} "
-                                        f"failed ({type(exc).__name__}: {exc})")
-                self.metrics.labels(self.metrics.retries, "store").inc()
-                self._stopping.wait(BUILD_BACKOFF.compute(failures))
-                if self._stopping.is_set() or self.parts.get(state.partition) is not state:
-                    raise GaveUp(f"segment {sid} not written: {exc}") from exc
-                continue
-            if failures:
-                self._set_up("store")
-            return written
+        return self._retrying(
+            "store", f"segment store unavailable: writing segment {sid} failed",
+            lambda: self._build(sealed, hides, generation, index_spec), STORE_TRANSIENT,
+            patient=True, backoff=BUILD_BACKOFF,
+            wanted=lambda: self.parts.get(state.partition) is state)
 
     def _mark(self, now: float) -> None:
         """Write the markers that failed earlier; keep those that fail again for later."""
@@ -527,18 +516,26 @@ class Worker:
                               (KafkaException,), patient=True)
 
     def _retrying(self, dependency: str, why: str, call: Callable[[], T],
-                  transient: tuple[type[BaseException], ...], *, patient: bool) -> T:
+                  transient: tuple[type[BaseException], ...], *, patient: bool,
+                  backoff: EqualJitterBackoff = OUTAGE_BACKOFF,
+                  wanted: Callable[[], bool] = lambda: True) -> T:
+        """`call`, repeated with backoff while it fails with a `transient` error.
+
+        Meanwhile `dependency` is reported down (readiness, metrics). Raises GaveUp at the
+        first failure if not `patient`, and once the worker stops or the result is no longer
+        `wanted` (its partition moved on).
+        """
         failures = 0
         while True:
             try:
                 result = call()
             except transient as exc:
                 failures += 1
-                self._set_down(dependency, f"{why}: {exc}")
+                self._set_down(dependency, f"{why} ({type(exc).__name__}: {exc})")
                 self.metrics.labels(self.metrics.retries, dependency).inc()
-                if not patient or self._stopping.is_set():
+                if not patient or self._stopping.is_set() or not wanted():
                     raise GaveUp(f"{why}: {exc}") from exc
-                self._stopping.wait(OUTAGE_BACKOFF.compute(failures))
+                self._stopping.wait(backoff.compute(failures))
                 continue
             if failures:
                 self._set_up(dependency)

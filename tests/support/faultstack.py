@@ -6,12 +6,9 @@ SIGSTOP and restart them (same ports, same data folders) without disturbing othe
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +20,13 @@ from ingest.spec import CollectionSpec
 from searcher.client import Client
 from streamvec.devstack import cache_dir
 from streamvec.devstack.kafka import KafkaServer, ensure_jars
-from streamvec.devstack.ports import LOOPBACK, free_port, free_ports
+from streamvec.devstack.ports import free_port, free_ports
 from streamvec.devstack.process import ServerProcess
 from streamvec.devstack.redis import RedisServer
 from streamvec.settings import Settings
 from tests.support.faultload import Snapshot
 from tests.support.polling import wait_until
+from tests.support.roles import RoleProcess
 from tests.support.workers import FAST_GROUP, assert_registered_rows, log_ends
 
 SCALE_ENV = "STREAMVEC_FAULTS_SCALE"
@@ -70,72 +68,6 @@ def scale() -> Scale:
     if name not in SCALES:
         raise ValueError(f"{SCALE_ENV} must be one of {', '.join(SCALES)}, not {name!r}")
     return SCALES[name]
-
-
-def _get(port: int, path: str) -> tuple[int, dict] | None:
-    try:
-        conn = http.client.HTTPConnection(LOOPBACK, port, timeout=5)
-        try:
-            conn.request("GET", path)
-            response = conn.getresponse()
-            return response.status, json.loads(response.read().decode())
-        finally:
-            conn.close()
-    except (OSError, ValueError):
-        return None
-
-
-class RoleProcess:
-    """One `streamvec ROLE --collection NAME --metrics-port P` process and its log."""
-
-    def __init__(self, settings: Settings, role: str, collection: str, log_dir: Path,
-                 tag: str, *args: str) -> None:
-        self.settings, self.role, self.collection = settings, role, collection
-        self.log = log_dir / f"{role}-{tag}.log"
-        self.port = free_port()
-        argv = [sys.executable, "-m", "streamvec", role, "--collection", collection,
-                "--metrics-port", str(self.port), *args]
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                         env=settings.child_env())
-
-    def alive(self) -> bool:
-        """True while the process runs."""
-        return self.proc.poll() is None
-
-    def readiness(self) -> tuple[int, dict] | None:
-        """The /readyz status and body, or None while nothing answers."""
-        return _get(self.port, "/readyz")
-
-    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
-        """Poll /readyz until 200; fail at once if the process exits."""
-        def ready() -> bool:
-            assert self.alive(), f"{self.role} exited with {self.proc.poll()}:\n{self.tail()}"
-            got = self.readiness()
-            return got is not None and got[0] == 200
-        wait_until(ready, timeout=timeout, what=f"{self.role} /readyz to be 200",
-                   interval=0.25)
-
-    def peak_rss_mb(self) -> float:
-        """The process's peak resident memory (VmHWM) in MiB."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        raise AssertionError(f"no VmHWM for pid {self.proc.pid}")
-
-    def stop(self, timeout: float = 60.0) -> int:
-        """SIGTERM the process and return its exit status (SIGKILL after `timeout`)."""
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(30)
-
-    def tail(self, chars: int = 4000) -> str:
-        """The end of the process's log, for a failure message."""
-        return self.log.read_text(errors="replace")[-chars:]
 
 
 def _signal_group(server: ServerProcess, sig: int) -> None:

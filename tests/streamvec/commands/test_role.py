@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import http.client
-import json
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
@@ -18,79 +12,20 @@ from ingest.spec import CollectionSpec
 from streamvec.commands.errors import ExitCode
 from streamvec.devstack.ports import LOOPBACK, free_port
 from streamvec.devstack.redis import RedisServer
-from streamvec.settings import Settings
 from tests.support.polling import wait_until
+from tests.support.roles import READY_TIMEOUT_S, RoleProcess, answer, get
 
 pytestmark = pytest.mark.integration
-
-# Processes import numpy and FAISS, load segments and join consumer groups on a busy machine.
-READY_TIMEOUT_S = 90.0
-
-
-def get(port: int, path: str) -> tuple[int, str, str]:
-    """GET a path of a local health server: status, content type and body."""
-    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=10)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.getheader("Content-Type"), response.read().decode()
-    finally:
-        conn.close()
-
-
-def answer(port: int, path: str) -> tuple[int, dict] | None:
-    """Status and JSON body of a health path; None while nothing listens yet."""
-    try:
-        status, _, body = get(port, path)
-    except OSError:
-        return None
-    return status, json.loads(body)
-
-
-class Role:
-    """One `streamvec ROLE --metrics-port P` process with its log."""
-
-    def __init__(self, settings: Settings, role: str, collection: str, log_dir: Path) -> None:
-        self.role, self.port, self.log = role, free_port(), log_dir / f"{role}.log"
-        argv = [sys.executable, "-m", "streamvec", role, "--collection", collection,
-                "--metrics-port", str(self.port)]
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                         env=settings.child_env())
-
-    def wait_ready(self) -> dict:
-        """Poll /readyz until it answers 200; return its body."""
-        def ready():
-            assert self.proc.poll() is None, self.tail()
-            got = answer(self.port, "/readyz")
-            return got is not None and got[0] == 200 and got[1]
-
-        return wait_until(ready, timeout=READY_TIMEOUT_S, what=f"{self.role} /readyz to be 200")
-
-    def stop(self) -> int:
-        """SIGTERM the process and return its exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(30)
-
-    def tail(self) -> str:
-        """The end of the process's log, for a failure message."""
-        return self.log.read_text(errors="replace")[-3000:]
-
 
 @pytest.fixture
 def start(settings, collection_name, tmp_path) -> Iterator:
     """Start role processes of one small collection; stop them all after the test."""
     admin.create_collection(settings, CollectionSpec(collection_name, dim=8, partitions=2,
                                                      index="Flat", seal_rows=100))
-    started: list[Role] = []
+    started: list[RoleProcess] = []
 
-    def start_role(role: str) -> Role:
-        started.append(Role(settings, role, collection_name, tmp_path))
+    def start_role(role: str) -> RoleProcess:
+        started.append(RoleProcess(settings, role, collection_name, tmp_path))
         return started[-1]
 
     try:
@@ -138,7 +73,7 @@ def test_an_indexer_started_before_redis_waits_not_ready_then_starts(
         admin.create_collection(own, CollectionSpec(collection_name, dim=8, partitions=2,
                                                     index="Flat", seal_rows=100))
         server.stop()
-        indexer = Role(own, "indexer", collection_name, tmp_path)
+        indexer = RoleProcess(own, "indexer", collection_name, tmp_path)
 
         def waiting():
             assert indexer.proc.poll() is None, indexer.tail()
@@ -164,7 +99,7 @@ def test_an_indexer_started_before_redis_waits_not_ready_then_starts(
 
 def test_a_role_waiting_for_redis_stops_cleanly_on_sigterm(settings, collection_name, tmp_path):
     own = settings.model_copy(update={"redis": SecretStr(f"redis://{LOOPBACK}:{free_port()}/0")})
-    searcher = Role(own, "searcher", collection_name, tmp_path)
+    searcher = RoleProcess(own, "searcher", collection_name, tmp_path)
     try:
         wait_until(lambda: (got := answer(searcher.port, "/readyz")) is not None
                    and got[0] == 503 and "waiting for Redis at start" in got[1]["reason"],
@@ -175,7 +110,7 @@ def test_a_role_waiting_for_redis_stops_cleanly_on_sigterm(settings, collection_
 
 
 def test_an_indexer_of_a_missing_collection_exits_not_found(settings, collection_name, tmp_path):
-    indexer = Role(settings, "indexer", collection_name, tmp_path)
+    indexer = RoleProcess(settings, "indexer", collection_name, tmp_path)
     try:
         assert indexer.proc.wait(READY_TIMEOUT_S) == ExitCode.NOT_FOUND, indexer.tail()
     finally:
