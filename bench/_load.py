@@ -1,4 +1,7 @@
-"""Load for the search benchmarks: concurrent query clients, background ingest, recall."""
+"""Load for the search benchmarks: what a query load measured, recall, background ingest.
+
+The query clients themselves run in processes of their own (bench/_clients.py).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +9,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import faiss
 import numpy as np
 
 from bench.common import percentile
 from ingest.producer import Producer
-from searcher.client import Client
 from streamvec.settings import Settings
 
 INGEST_TICK_S = 0.01
@@ -36,48 +37,10 @@ class LoadResult:
         return percentile(self.latencies_ms, 99)
 
 
-def query_load(settings: Settings, collection: str, queries: np.ndarray, *, clients: int,
-               seconds: float, k: int = 10, seed: int = 0) -> LoadResult:
-    """`clients` threads send one-vector searches back to back for `seconds`."""
-    latencies: list[float] = []
-    answers: list[tuple[int, list[str]]] = []
-    errors: list[BaseException] = []
-    deadline = time.perf_counter() + seconds
-
-    def loop(client_seed: int) -> None:
-        rng = np.random.default_rng(client_seed)
-        try:
-            with Client(settings=settings) as client:
-                while time.perf_counter() < deadline:
-                    q = int(rng.integers(0, len(queries)))
-                    t0 = time.perf_counter()
-                    got = client.search(collection, queries[q], k=k, timeout=30)
-                    latencies.append((time.perf_counter() - t0) * 1e3)
-                    answers.append((q, [i for i in got.ids[0] if i is not None]))
-        except BaseException as exc:  # surfaced in the caller's thread below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=loop, args=(seed * 1000 + c,)) for c in range(clients)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - started  # includes the requests in flight at the deadline
-    if errors:
-        raise RuntimeError(f"{len(errors)} query client(s) failed") from errors[0]
-    return LoadResult(len(latencies) / elapsed, latencies, answers)
-
-
-def exact_ids(data: np.ndarray, queries: np.ndarray, k: int = 10) -> np.ndarray:
-    """Row numbers of each query's exact k nearest rows (L2), by brute force."""
-    flat = faiss.IndexFlatL2(data.shape[1])
-    flat.add(np.ascontiguousarray(data))
-    return flat.search(np.ascontiguousarray(queries), k)[1]
-
-
 def recall(answers: list[tuple[int, list[str]]], truth: np.ndarray, prefix: str = "r") -> float:
     """Mean share of each query's exact k nearest ids among the ids it got back."""
+    if not answers:
+        raise ValueError("recall of no answers")
     k = truth.shape[1]
     hits = sum(len({f"{prefix}{i}" for i in truth[q]} & set(ids[:k])) for q, ids in answers)
     return hits / (k * len(answers))

@@ -25,7 +25,7 @@ def qps_recall(search: Mapping[str, Any], path: Path) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for who, label in (("streamvec", "streamvec via Redis"),
-                       ("raw", "raw FAISS in-process, same segments")):
+                       ("raw", "raw FAISS in-process, one index over the same rows")):
         # Joined in parameter order: noise may make recall dip where the parameter grows.
         points = [(p[f"{who}_recall"], p[f"{who}_qps"], p.get("value"))
                   for p in sorted(sweep, key=lambda p: p.get("value") or 0)]

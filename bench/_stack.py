@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -29,7 +30,7 @@ TUNED_SEARCHER = Path(__file__).resolve().parent / "_searcher.py"
 # Log lines that say a role is at work: a worker owns a partition, a searcher reads its stream
 # (named by collection: the health server logs "serving" too, before any segment is loaded).
 INDEXER_READY = "taken over"
-SEARCHER_READY = "collection={} serving"
+SEARCHER_READY = r"collection={}(?: \S+)* serving"  # a pattern: other fields may sit between
 START_TIMEOUT_S = 120.0
 PRODUCE_STEP = 10_000
 QUERY_POOL = 1000
@@ -86,9 +87,10 @@ def start_role(settings: Settings, role: str, collection: str, log_dir: Path, *,
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                 env=settings.child_env())
     started = Role(proc, log)
-    ready = INDEXER_READY if role == "indexer" else SEARCHER_READY.format(collection)
+    ready = (re.escape(INDEXER_READY) if role == "indexer"
+             else SEARCHER_READY.format(re.escape(collection)))
     deadline = time.monotonic() + START_TIMEOUT_S
-    while ready not in started.log_text():
+    while not re.search(ready, started.log_text()):
         if proc.poll() is not None or time.monotonic() > deadline:
             started.stop(5)
             raise RuntimeError(f"{role} did not start (no {ready!r} in its log within "

@@ -17,10 +17,11 @@ if __package__ in (None, ""):  # run as a file: the repo root must win over benc
 
 import argparse
 import json
+import re
 import subprocess
 import time
 
-from bench._stack import START_TIMEOUT_S, Role, rows_and_queries, sealed
+from bench._stack import SEARCHER_READY, START_TIMEOUT_S, Role, rows_and_queries, sealed
 from bench.common import Result, machine_info, parse_scaled, print_table
 from searcher.budgets import Budgets
 from searcher.client import Client
@@ -65,7 +66,7 @@ def index_row_bytes(index: str, dim: int) -> int:
         return 4 * dim + 8 * m + 40  # vectors, level-0 links, upper levels and levels table
     if "PQ" in upper:
         return int(upper.rsplit("PQ", 1)[1].split("X")[0]) + 8  # codes and the id list
-    return 4 * dim  # Flat
+    return 0  # Flat: no index, the mapped vectors (counted beside it) are scanned
 
 
 def predicted(budgets: Budgets, rows: int, dim: int, index: str, slots: int) -> dict[str, int]:
@@ -102,7 +103,8 @@ def start_searcher(settings: Settings, name: str, log_dir: Path, flags: list[str
                                 env=settings.child_env())
     role = Role(proc, log)
     deadline = time.monotonic() + START_TIMEOUT_S
-    while f"collection={name} serving" not in role.log_text():
+    ready = re.compile(SEARCHER_READY.format(re.escape(name)))
+    while not ready.search(role.log_text()):
         if proc.poll() is not None or time.monotonic() > deadline:
             role.stop(5)
             raise RuntimeError(f"the searcher did not start:\n{role.log_text()[-2000:]}")

@@ -1,11 +1,11 @@
 """Insert while search: query QPS and p99 via Redis while rows stream in, beside no ingest.
 
 One collection is loaded and sealed, an indexer and a searcher keep running, and the same
-query load runs in turns: without ingest, while a producer upserts at a fixed rate (the indexer
-sealing and the searcher tailing and loading as in production), without ingest again once the
-indexer has sealed what was sent, and so on. Ingest grows the collection, so each ingest run is
-compared with the mean of the quiet runs just before and after it; the figures are the medians
-over the rounds.
+query load (clients in processes of their own, bench/_clients.py) runs in turns: without
+ingest, while a producer upserts at a fixed rate (the indexer sealing and the searcher tailing
+and loading as in production), without ingest again once the indexer has sealed what was
+sent, and so on. Ingest grows the collection, so each ingest run is compared with the mean of
+the quiet runs just before and after it; the figures are the medians over the rounds.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ if __package__ in (None, ""):  # run as a file: the repo root must win over benc
 import argparse
 import statistics
 
-from bench._load import Ingest, LoadResult, query_load
+from bench._clients import query_load
+from bench._load import Ingest, LoadResult
 from bench._stack import rows_and_queries, serving, wait_registered
 from bench.common import Result, machine_info, parse_scaled, print_table
 from streamvec.settings import Settings
@@ -37,7 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, help="rows loaded and sealed first")
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--index", default="auto", help="segment index (default auto)")
-    parser.add_argument("--clients", type=int, default=8, help="concurrent client threads")
+    parser.add_argument("--clients", type=int, default=8,
+                        help="concurrent query clients, one process each")
     parser.add_argument("--seconds", type=float, help="length of each query run")
     parser.add_argument("--rounds", type=int, help="ingest runs, each between two quiet runs")
     parser.add_argument("--ingest-rate", type=int, help="upserts while searching, rows/s")
@@ -80,7 +82,7 @@ def _record(result: Result, quiet: list[LoadResult], busy: list[LoadResult],
                for field in ("qps", "p50_ms", "p99_ms")}
     rate = statistics.median(rates)
     print(f"# insert while search: {args.rows} sealed rows x {args.dim}-d, index {args.index}, "
-          f"{args.clients} client threads, runs of {args.seconds:g}s, ingest "
+          f"{args.clients} client processes, runs of {args.seconds:g}s, ingest "
           f"{args.ingest_rate} rows/s asked, {rate:,.0f} achieved (median)")
     print(f"# machine: {machine_info()}")
     runs = [("no ingest", quiet[0])] + [pair for b, q in zip(busy, quiet[1:], strict=True)

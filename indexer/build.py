@@ -11,7 +11,14 @@ from indexer.errors import BuildError
 
 logger = logging.getLogger(__name__)
 
-AUTO_FLAT_MAX_ROWS = 50_000
+# "auto" builds a graph from this many rows, Flat below. bench/crossover.py measured where
+# HNSW32, at the efSearch that reaches recall@10 0.99, gets faster than the searcher's exact
+# scan (clustered rows, one thread, a shared 2-core Xeon, faiss 1.15): at 384-d below 500 rows
+# for one query (the graph won at every size measured) and about 720 rows for 64 queries
+# searched together; at 128-d about 850 and 1,040 rows. The crossover holds in rows, not in
+# rows x dim (a graph search pays per dimension too), so one threshold serves every dim. A
+# searcher folds small graph segments into one graph, so their number costs little.
+AUTO_GRAPH_MIN_ROWS = 1_000
 AUTO_GRAPH_FACTORY = "HNSW32"
 FLAT = "Flat"
 # k-means and PQ training gain little past ~100k points and cost time linear in them.
@@ -30,15 +37,16 @@ _METRICS = {
 def resolve_factory(index: str, rows: int, dim: int) -> str:
     """The index_factory string to build for `rows` vectors of `dim`.
 
-    "auto" means exact search while a scan is cheap: "Flat" below AUTO_FLAT_MAX_ROWS rows
-    (50,000), "HNSW32" (graph, efConstruction 80, efSearch 64) from there on. Any other
-    value is a FAISS index_factory string, returned as given (stripped).
+    "auto" means exact search while a scan is as fast as a graph: "Flat" below
+    AUTO_GRAPH_MIN_ROWS rows (1,000, the crossover bench/crossover.py measured), "HNSW32"
+    (graph, efConstruction 80) from there on, whatever the dim. Any other value is a FAISS
+    index_factory string, returned as given (stripped).
     """
     if dim < 1 or rows < 0:
         raise ValueError(f"need dim >= 1 and rows >= 0, got dim={dim} rows={rows}")
     spec = index.strip()
     if spec.lower() == "auto":
-        return FLAT if rows < AUTO_FLAT_MAX_ROWS else AUTO_GRAPH_FACTORY
+        return FLAT if rows < AUTO_GRAPH_MIN_ROWS else AUTO_GRAPH_FACTORY
     return spec
 
 
@@ -104,8 +112,15 @@ def build_index(vectors: np.ndarray, *, metric: str, index: str) -> tuple[faiss.
 
 def check_factory(index: str, dim: int, metric: str) -> None:
     """Raise BuildError now if FAISS cannot make `index` for `dim`, before any rows are read."""
-    for rows in (0, AUTO_FLAT_MAX_ROWS):  # "auto" resolves to a different factory by size
+    for rows in (0, AUTO_GRAPH_MIN_ROWS):  # "auto" resolves to a different factory by size
         _make(dim, resolve_factory(index, rows, dim), metric)
+
+
+def make_index(dim: int, factory: str, metric: str) -> faiss.Index:
+    """An empty index of `factory` for `metric`, with the build's HNSW breadth if a graph."""
+    made = _make(dim, factory, metric)
+    _tune_hnsw(made, HNSW_EF_CONSTRUCTION)
+    return made
 
 
 def _make(dim: int, factory: str, metric: str) -> faiss.Index:

@@ -46,7 +46,7 @@ MAX_UNACKED_BYTES = 64 * 1024 * 1024
 class Letter:
     """One dead letter as sent: the (possibly cut) payload and key, and its headers."""
 
-    value: bytes
+    value: bytes | None  # None when the bad message was a tombstone: so is its letter
     key: bytes | None
     headers: tuple[tuple[str, bytes], ...]
     origin: str  # `topic[partition]@offset`, for logs
@@ -54,7 +54,7 @@ class Letter:
     @property
     def nbytes(self) -> int:
         """Bytes the letter holds in memory until it is acknowledged."""
-        return len(self.value) + len(self.key or b"") + sum(len(v) for _, v in self.headers)
+        return len(self.value or b"") + len(self.key or b"") + sum(len(v) for _, v in self.headers)
 
 
 def copy_limit(topic_limit: int, max_copy_bytes: int) -> int:
@@ -62,7 +62,7 @@ def copy_limit(topic_limit: int, max_copy_bytes: int) -> int:
     return max(0, min(max_copy_bytes, topic_limit - HEADER_RESERVE_BYTES))
 
 
-def make_letter(value: bytes, key: bytes | None, *, topic: str, partition: int, offset: int,
+def make_letter(value: bytes | None, key: bytes | None, *, topic: str, partition: int, offset: int,
                 error: RecordError, limit: int) -> Letter:
     """The dead letter of one bad message, its payload cut to `limit` bytes if longer."""
     headers = [
@@ -72,7 +72,7 @@ def make_letter(value: bytes, key: bytes | None, *, topic: str, partition: int, 
         ("sv-source-partition", str(partition).encode()),
         ("sv-source-offset", str(offset).encode()),
     ]
-    if len(value) > limit:
+    if value is not None and len(value) > limit:
         headers.append(("sv-truncated", str(len(value)).encode()))
         value = value[:limit]
     if key is not None and len(key) > MAX_KEY_COPY_BYTES:
@@ -125,7 +125,7 @@ class DeadLetters:
 
     def send(self, msg: Message, error: RecordError) -> Letter:
         """Queue the dead letter of `msg`; never raises, a failure is retried by `settled`."""
-        value = msg.value() or b""
+        value = msg.value()
         # Held cut to the copy limit only; each send cuts it further to what the topic takes
         # then, so a limit lowered for a while does not cost the payload for good.
         letter = make_letter(value, msg.key(), topic=msg.topic() or "",
@@ -133,12 +133,13 @@ class DeadLetters:
                              limit=self.max_copy_bytes)
         self._seq += 1
         sent = self._produce(self._seq, letter)
-        cut = len(sent.value) < len(value)
+        cut = len(sent.value or b"") < len(value or b"")
         if cut:
             self._on_truncated()
         log.warning('dead letter partition="%s[%d]" offset="%d" reason=%s%s: %s', msg.topic(),
                     msg.partition(), msg.offset(), error.reason,
-                    f" (copy cut to {len(sent.value)} of {len(value)} bytes)" if cut else "",
+                    f" (copy cut to {len(sent.value or b'')} of {len(value or b'')} bytes)"
+                    if cut else "",
                     error.message)
         return sent
 
@@ -236,7 +237,7 @@ class DeadLetters:
 
 def _recut(letter: Letter, limit: int) -> Letter:
     """`letter` with its payload cut to `limit` bytes (what the topic takes now), if longer."""
-    if len(letter.value) <= limit:
+    if letter.value is None or len(letter.value) <= limit:
         return letter
     headers = letter.headers
     if not any(name == "sv-truncated" for name, _ in headers):

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
-from streamvec.metrics import CollectionMetrics, factory, full_name
+from streamvec.metrics import CollectionMetrics, factory, full_name, register_build_info
 
 ROLE = "indexer"
 
@@ -19,6 +19,7 @@ class IndexerMetrics(CollectionMetrics):
     def __init__(self, registry: CollectorRegistry, collection: str) -> None:
         super().__init__(collection)
         make = factory(registry, ROLE)
+        register_build_info(registry, ROLE)
         self.consumed_rows = make(Counter, "consumed_rows", "Rows decoded from Kafka.")
         self.consumed_messages = make(Counter, "consumed_messages", "Kafka messages consumed.")
         self.dlq_messages = make(Counter, "dlq_messages", "Messages sent to the dead-letter "

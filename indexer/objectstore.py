@@ -71,7 +71,7 @@ class RemoteStore:
                 self.fs.rm_file(f"{dest}/{segfolder.MANIFEST}")
             if self._makes_dirs:
                 self.fs.makedirs(dest, exist_ok=True)
-            names = sorted(segfolder.FILES)
+            names = sorted(n for n in segfolder.FILES if (folder / n).exists())
             self.fs.put([str(folder / n) for n in names], [f"{dest}/{n}" for n in names])
             self.fs.pipe_file(f"{dest}/{segfolder.MANIFEST}", manifest)
         log.info("segment=%s pushed to %s", folder.name, self.url)
@@ -89,10 +89,11 @@ class RemoteStore:
             if segfolder.MANIFEST not in present:
                 raise CorruptSegment(f"{self.url}/{rel}", segfolder.MANIFEST,
                                      "missing (an incomplete upload, or no such folder)")
-            missing = sorted(segfolder.FILES - present)
+            # Whether the folder has an index file is the manifest's to say: checked later.
+            missing = sorted(segfolder.DATA_FILES - present)
             if missing:
                 raise CorruptSegment(f"{self.url}/{rel}", missing[0], "missing")
-            names = sorted(segfolder.FILES) + [segfolder.MANIFEST]
+            names = sorted(segfolder.FILES & present) + [segfolder.MANIFEST]
             self.fs.get([f"{src}/{n}" for n in names], [str(into / n) for n in names])
         for name in names:
             files.fsync_file(into / name)

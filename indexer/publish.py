@@ -30,9 +30,18 @@ class Written:
 
 def write(store: SegmentStore, collection: str, generation: int, sealed: SealedRows, *,
           metric: str, index: str, hides: dict[str, np.ndarray] | None = None) -> Written:
-    """Build the index of `sealed` and write (and mirror) its folder into `generation`."""
+    """Build the index of `sealed` and write (and mirror) its folder into `generation`.
+
+    A segment that resolves to "Flat" (or has no rows) gets no index: its exact search scans
+    the vectors, so building one would only copy them.
+    """
     started = time.perf_counter()
-    built, factory = build.build_index(sealed.vectors, metric=metric, index=index)
+    factory = build.resolve_factory(index, sealed.rows, sealed.dim)
+    if factory == build.FLAT or sealed.rows == 0:
+        build.faiss_metric(metric)  # the same refusal of an unknown metric as a build's
+        built, factory = None, build.FLAT
+    else:
+        built, factory = build.build_index(sealed.vectors, metric=metric, index=index)
     manifest = store.write(collection, generation, sealed, built, factory, metric, hides or {})
     return Written(SegmentRecord.from_manifest(manifest), sealed.rows,
                    time.perf_counter() - started, False, folder_bytes(manifest))

@@ -18,6 +18,7 @@ from indexer.registry_scripts import REGISTER as _REGISTER
 from indexer.registry_scripts import SWAP as _SWAP
 from indexer.segment import segment_id
 from ingest.names import CollectionName
+from streamvec import redisconn
 
 log = logging.getLogger(__name__)
 
@@ -130,9 +131,27 @@ class Registry:
         self.ckpt_key, self.segments_key = key("ckpt"), key("segments")
         self.epoch_key, self.version_key = key("epoch"), key("version")
         self.generation_key, self.generations_key = key("gen"), key("generations")
-        self._script = client.register_script(_REGISTER)
-        self.released_key = key("released")
-        self._swap = client.register_script(_SWAP)
+        self.released_key, self.lifecycle_key = key("released"), key("lifecycle")
+        self._script = redisconn.register_script(client, _REGISTER)
+        self._swap = redisconn.register_script(client, _SWAP)
+
+    @property
+    def register_keys(self) -> list[str]:
+        """The KEYS of the registration script, in its order (one hash slot)."""
+        return [self.ckpt_key, self.segments_key, self.epoch_key, self.version_key,
+                self.generation_key]
+
+    def swap_keys(self, fence: Fence | None = None) -> list[str]:
+        """The KEYS of the swap script, in its order: the fence's lock, else the collection's.
+
+        A fence of another collection is refused: its key would sit in another hash slot,
+        which a script on a Redis Cluster cannot touch (and it would fence nothing here).
+        """
+        lock_key = self.lifecycle_key if fence is None else fence.key
+        if not redisconn.same_slot([lock_key, self.segments_key]):
+            raise ValueError(f"the fence {lock_key!r} is not a lock of {self.collection}")
+        return [self.segments_key, self.version_key, self.generation_key, self.released_key,
+                lock_key]
 
     @property
     def events_channel(self) -> str:
@@ -162,8 +181,7 @@ class Registry:
             raise ValueError(f"segment id {record.segment_id!r} should be {expected!r}")
         event = _event("registered", record)
         reply = self._script(
-            keys=[self.ckpt_key, self.segments_key, self.epoch_key, self.version_key,
-                  self.generation_key],
+            keys=self.register_keys,
             args=[record.segment_id, record.partition, record.start_offset, record.end_offset,
                   record.to_json(), epoch, self.events_channel, json.dumps(event),
                   record.generation])
@@ -275,9 +293,7 @@ class Registry:
             args += [rec.segment_id, rec.to_json()]
         for rec in added:
             args += [rec.segment_id, rec.to_json()]
-        lock_key = self.collection.key("lifecycle") if fence is None else fence.key
-        reply = self._swap(keys=[self.segments_key, self.version_key, self.generation_key,
-                                 self.released_key, lock_key], args=args)
+        reply = self._swap(keys=self.swap_keys(fence), args=args)
         status = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
         detail = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
         if status == "fenced" and fence is not None:
@@ -321,12 +337,14 @@ class Registry:
                               mapping={r.segment_id: r.to_json() for r in records})
                 version = expected_version + 1
                 pipe.set(self.version_key, version)
-                pipe.publish(self.events_channel,
-                             json.dumps({**_event("rebuilt", None), "version": version}))
                 pipe.execute()
             except redis.WatchError:
                 raise RebuildError(f"the registry of {self.collection} changed during the "
                                    "rebuild; stop its indexer workers and run it again") from None
+        # Announced after the transaction, which a cluster cannot give a PUBLISH: the event is
+        # a hint, and a searcher that misses it catches up at its next reconcile.
+        self.client.publish(self.events_channel,
+                            json.dumps({**_event("rebuilt", None), "version": version}))
         return version
 
 

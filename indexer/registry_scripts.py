@@ -1,6 +1,8 @@
 """The registry's Lua scripts: registration (compare-and-set with fencing) and segment swaps."""
 
-# Only KEYS are touched, and they share one hash tag, so both run unchanged on a cluster.
+# Only KEYS are touched, and they share one hash tag (`Registry.register_keys`, `swap_keys`),
+# so both run unchanged on a Redis Cluster. The events channel is an ARGV: a channel is not a
+# key, and a plain PUBLISH from a script reaches subscribers on every node of a cluster.
 
 # KEYS: ckpt, segments, epoch, version, active generation. ARGV: segment id, partition, start,
 # end, record JSON, epoch, events channel, event JSON without its version (the script appends

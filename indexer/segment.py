@@ -74,6 +74,12 @@ class SealedRows:
         """Vector dimension."""
         return int(self.vectors.shape[1])
 
+    @property
+    def held_bytes(self) -> int:
+        """Bytes the vectors keep allocated: all of a growing buffer they are a view of."""
+        base = self.vectors.base
+        return max(self.vectors.nbytes, base.nbytes if isinstance(base, np.ndarray) else 0)
+
 
 class GrowingSegment:
     """Every row of the messages at offsets [start_offset, end_offset) of one partition.
@@ -171,7 +177,11 @@ class GrowingSegment:
         self._end = offset + 1
 
     def seal(self) -> SealedRows:
-        """Deduplicate (last op per id wins) into fresh arrays; the segment is left as it was."""
+        """Deduplicate (last op per id wins); the segment is left as it was.
+
+        The sealed vectors are read-only. Where every buffered row is a live upsert they are
+        the buffer's first rows themselves, not a copy: appends only ever write past them.
+        """
         n = self._rows
         ids = self._ids[:n]
         if n:
@@ -182,12 +192,15 @@ class GrowingSegment:
             last = np.zeros(0, np.intp)
         upsert = self._ops[last] == OP_UPSERT
         live, dead = last[upsert], last[~upsert]
+        # `live` is sorted and unique, so n of them are rows 0..n-1: a view saves copying them.
+        vectors = self._vectors[:n] if len(live) == n else self._vectors[live]
+        vectors.flags.writeable = False
         return SealedRows(
             partition=self.partition,
             start_offset=self.start_offset,
             end_offset=self._end,
             ids=_trim(ids[live]),
-            vectors=np.ascontiguousarray(self._vectors[live]),
+            vectors=vectors,
             offsets=self._offsets[live],
             event_time_ms=self._times[live],
             metadata=self._metadata_rows(live),

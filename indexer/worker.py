@@ -25,7 +25,7 @@ from indexer.ownership import PartitionState, Pending, take_over
 from indexer.registry import Registry
 from indexer.segment import GrowingSegment, SealedRows, segment_id
 from indexer.store import SegmentStore
-from ingest import catalog, record
+from ingest import catalog, message
 from ingest.errors import ReadOnlyCollection, RecordError
 from streamvec.health import KafkaProbe, TurnHook
 from streamvec.settings import Settings
@@ -199,8 +199,7 @@ class Worker:
             return  # revoked or fenced meanwhile, or a redelivery already covered
         self.metrics.labels(self.metrics.consumed_messages).inc()
         try:
-            batch = record.decode_valid(msg.value() or b"", dim=self.spec.dim,
-                                        model_version=self.spec.model_version)
+            batch = message.decode_kafka(msg, self.spec)
         except RecordError as exc:
             self.dlq.send(msg, exc)
             self.metrics.labels(self.metrics.dlq_messages, exc.reason).inc()
@@ -227,7 +226,7 @@ class Worker:
         generation, index = self._target()
         future = self._builder.submit(self._build_until_written, state, sealed, hides,
                                       generation, index)
-        state.inflight.append(Pending(future, sealed.vectors.nbytes))
+        state.inflight.append(Pending(future, sealed.held_bytes))
         self.metrics.labels(self.metrics.seals, reason.split(":", 1)[0]).inc()
         self.metrics.last_seal.mark(partition)
         log.info('seal partition="%s[%d]" segment=%s rows=%d deletes=%d reason="%s"', self.topic,

@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from confluent_kafka import KafkaError, Message
 from confluent_kafka import Producer as KafkaProducer
-from redis import Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from ingest import catalog, record
-from ingest.errors import DeliveryError, ReadOnlyCollection, RecordError, SpecUnavailable
+from ingest import catalog, jsonrecord, record
+from ingest.errors import (
+    DeliveryError,
+    ReadOnlyCollection,
+    RecordError,
+    SpecError,
+    SpecUnavailable,
+)
 from ingest.partition import partitions_for
 from ingest.spec import CollectionSpec
+from streamvec import redisconn
 from streamvec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,6 +39,9 @@ DEFAULT_MAX_MESSAGE_BYTES = 1_000_000 - 16 * 1024
 # Reading the collection's spec at start-up gives up after this many seconds (each connect
 # and reply, retries included), so a frozen Redis fails the constructor instead of hanging it.
 DEFAULT_SPEC_TIMEOUT_S = 10.0
+# A spec file bigger than this is not a spec.
+MAX_SPEC_FILE_BYTES = 64 * 1024
+FORMATS = ("binary", "json")
 
 
 class Producer:
@@ -41,20 +52,32 @@ class Producer:
         with Producer("products") as p:
             p.upsert(["a", "b"], vectors)
             offsets = p.flush()   # {partition: last offset}, for a `session` query
+
+    The spec comes from Redis, or from `spec`: a CollectionSpec or the path of a JSON file
+    holding one (what `streamvec collection describe NAME --json` prints will do), in which
+    case the producer needs Kafka only. Rows go to partitions by the spec's partitioner.
+    `format="binary"` sends batches of rows (ingest/record.py); `format="json"` sends one
+    keyed JSON record per row (ingest/jsonrecord.py), as any Kafka producer could.
     """
 
     def __init__(
         self,
-        collection: str,
+        collection: str | None = None,
         *,
+        spec: CollectionSpec | str | os.PathLike[str] | None = None,
+        format: Literal["binary", "json"] = "binary",  # noqa: A002 - the name users expect
         settings: Settings | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         linger_ms: int = 5,
         spec_timeout: float = DEFAULT_SPEC_TIMEOUT_S,
         **overrides: Any,
     ) -> None:
+        if format not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
+        self.format = format
         self.settings = settings or Settings(**overrides)
-        self.spec: CollectionSpec = _load_spec(self.settings, collection, spec_timeout)
+        self.spec: CollectionSpec = _given_spec(spec, collection) if spec is not None else \
+            _load_spec(self.settings, _named(collection), spec_timeout)
         if self.spec.read_only:
             raise ReadOnlyCollection(
                 f"collection {self.spec.name} is read-only: it was restored from a snapshot of "
@@ -98,6 +121,8 @@ class Producer:
         if vecs.shape[0] != n or (metadata is not None and len(metadata) != n):
             raise RecordError("bad_header", f"got {n} ids, {vecs.shape[0]} vectors and "
                               f"{'no' if metadata is None else len(metadata)} metadata rows")
+        if self.format == "json":
+            return self._send_json(ids, vecs, metadata, event_time_ms)
         # Serialized once: the same bytes size the messages and go into them.
         blobs = record.metadata_bytes(metadata, n) or None
         payloads = [
@@ -114,6 +139,8 @@ class Producer:
 
     def delete(self, ids: Sequence[str] | np.ndarray, event_time_ms: int | None = None) -> int:
         """Queue deletes of `ids`; return the number of messages queued."""
+        if self.format == "json":
+            return self._send_json(ids, None, None, event_time_ms)
         payloads = [
             (p, rows[0], record.encode_deletes(
                 [ids[i] for i in rows] if not isinstance(ids, np.ndarray) else ids[rows],
@@ -163,7 +190,7 @@ class Producer:
         """Yield (partition, row indices) groups, in input order, each fitting one message."""
         if len(ids) == 0:
             raise RecordError("empty", "no ids given")
-        parts = partitions_for(ids, self.spec.partitions)
+        parts = partitions_for(ids, self.spec.partitions, self.spec.partitioner)
         width = _id_width(ids)
         row_bytes = record.row_nbytes(self.spec.dim, width)
         extra = None if metadata is None else np.fromiter(
@@ -175,19 +202,50 @@ class Producer:
 
     def _send(self, payloads: list[tuple[int, int, bytes]], ids: Sequence[str] | np.ndarray) -> int:
         for partition, first_row, payload in payloads:
-            key = ids[first_row]
-            key = key.encode() if isinstance(key, str) else bytes(key)
-            while True:
-                try:
-                    self._kafka.produce(
-                        self.topic, payload, key=key, partition=partition,
-                        on_delivery=self._on_delivery,
-                    )
-                    break
-                except BufferError:
-                    self._kafka.poll(0.05)  # local queue full: let deliveries drain, then retry
-            self._kafka.poll(0)
+            self._produce(partition, _key(ids[first_row]), payload)
         return len(payloads)
+
+    def _send_json(self, ids: Sequence[str] | np.ndarray, vecs: np.ndarray | None,
+                   metadata: Sequence[dict | None] | None,
+                   event_time_ms: int | np.ndarray | None) -> int:
+        """Queue one keyed JSON record per row (deletes when `vecs` is None), checked first."""
+        if len(ids) == 0:
+            raise RecordError("empty", "no ids given")
+        if isinstance(ids, str | bytes):
+            raise RecordError("bad_id", "ids must be a sequence of ids, not one id")
+        now = time.time_ns() // 1_000_000
+        times = np.asarray(now if event_time_ms is None else event_time_ms)
+        if times.shape not in ((), (len(ids),)) or not np.can_cast(times.dtype, np.int64):
+            raise RecordError("bad_header", f"event_time_ms: 1 or {len(ids)} ints wanted, not "
+                                            f"{times.dtype}{times.shape}")
+        times = np.broadcast_to(times, (len(ids),))
+        records = []
+        for row, id_ in enumerate(ids.tolist() if isinstance(ids, np.ndarray) else ids):
+            key = jsonrecord.check_key(_key(id_))
+            value = jsonrecord.encode(
+                vector=None if vecs is None else vecs[row],
+                op="delete" if vecs is None else "upsert",
+                metadata=None if metadata is None else metadata[row],
+                model_version=self.spec.model_version, event_time_ms=int(times[row]))
+            # The worker's own check, so that nothing it would dead-letter is sent.
+            jsonrecord.decode_valid(key, value, dim=self.spec.dim,
+                                    model_version=self.spec.model_version)
+            records.append((key, value))
+        parts = partitions_for([k for k, _ in records], self.spec.partitions,
+                               self.spec.partitioner)
+        for partition, (key, value) in zip(parts.tolist(), records, strict=True):
+            self._produce(partition, key, value)
+        return len(records)
+
+    def _produce(self, partition: int, key: bytes, value: bytes) -> None:
+        while True:
+            try:
+                self._kafka.produce(self.topic, value, key=key, partition=partition,
+                                    on_delivery=self._on_delivery)
+                break
+            except BufferError:
+                self._kafka.poll(0.05)  # local queue full: let deliveries drain, then retry
+        self._kafka.poll(0)
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         with self._lock:
@@ -198,11 +256,57 @@ class Producer:
             self._last[p] = max(self._last.get(p, -1), msg.offset())
 
 
+def _named(collection: str | None) -> str:
+    if collection is None:
+        raise SpecError("a Producer needs a collection name or its spec")
+    return collection
+
+
+def _given_spec(spec: CollectionSpec | str | os.PathLike[str],
+                collection: str | None) -> CollectionSpec:
+    """The spec passed in, or read from a JSON file; it must name `collection`, if given."""
+    if not isinstance(spec, CollectionSpec):
+        spec = _spec_file(os.fspath(spec))
+    if collection is not None and collection != spec.name:
+        raise SpecError(f"the spec given is collection {spec.name!r}'s, not {collection!r}'s")
+    return spec
+
+
+def _spec_file(path: str) -> CollectionSpec:
+    """A spec read from a JSON file: the spec itself, or an object with it under "spec"."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read(MAX_SPEC_FILE_BYTES + 1)
+    except OSError as exc:
+        raise SpecError(f"cannot read the spec file {path}: {exc}") from None
+    if len(text) > MAX_SPEC_FILE_BYTES:
+        raise SpecError(f"spec file {path} is over {MAX_SPEC_FILE_BYTES} bytes: not a spec")
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise SpecError(f"spec file {path} is not JSON: {exc}") from None
+    if isinstance(raw, dict) and isinstance(raw.get("spec"), dict):
+        raw = raw["spec"]  # the output of `streamvec collection describe NAME --json`
+    if not isinstance(raw, dict) or "partitioner" not in raw:
+        # Stored specs without one predate the choice; a file without one is just incomplete.
+        raise SpecError(f"spec file {path} names no partitioner: write it with "
+                        "`streamvec collection describe NAME --json`")
+    return CollectionSpec.from_json(json.dumps(raw))
+
+
+def _key(id_: str | bytes) -> bytes:
+    if isinstance(id_, str):
+        return id_.encode("utf-8", "surrogatepass")  # a lone surrogate: refused as not UTF-8
+    if isinstance(id_, bytes):
+        return id_
+    raise RecordError("bad_id", f"ids must be str or bytes, not {type(id_).__name__}")
+
+
 def _load_spec(settings: Settings, collection: str, timeout: float) -> CollectionSpec:
     """The collection's spec, read within `timeout` seconds; SpecUnavailable if Redis is not up."""
-    client = Redis.from_url(settings.redis_url, socket_timeout=timeout,
-                            socket_connect_timeout=timeout,
-                            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
+    client = redisconn.connect(
+        settings.redis_url, timeout=timeout, retry_timeouts=False,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
     started = time.monotonic()
     try:
         return catalog.load_spec(client, collection)

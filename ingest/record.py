@@ -160,6 +160,22 @@ def decode(payload: bytes | bytearray | memoryview) -> Batch:
     return Batch(model_version, rows)
 
 
+def one_row(id_: bytes, *, op: int, vector: np.ndarray | None, event_time_ms: int,
+            metadata: bytes, dim: int, model_version: str) -> Batch:
+    """A Batch of one row, for a format that carries one row per message (ingest/jsonrecord.py).
+
+    The caller has checked every field: the id (1..256 bytes of UTF-8, no NUL), the vector's
+    length and finiteness, the metadata JSON and its size.
+    """
+    rows = np.zeros(1, _row_dtype(dim, len(id_)))
+    if vector is not None and op == OP_UPSERT:
+        rows["vector"][0] = vector
+    rows["event_time_ms"], rows["op"], rows["id"] = event_time_ms, op, id_
+    if not metadata:
+        return Batch(model_version, rows)
+    return Batch(model_version, rows, (np.array([0, len(metadata)], "<u4"), memoryview(metadata)))
+
+
 def _check_ids(rows: np.ndarray) -> None:
     w = rows.dtype["id"].itemsize
     raw = np.frombuffer(rows["id"].tobytes(), np.uint8)  # the slots, copied to be contiguous

@@ -8,11 +8,15 @@ from typing import Any, Literal
 
 from ingest.errors import SpecError
 from ingest.names import CollectionName
+from ingest.partition import KAFKA, PARTITIONERS, STREAMVEC
 from ingest.record import MAX_DIM  # a collection's vectors must fit the wire format
 
 Metric = Literal["l2", "ip", "cosine"]
 METRICS: tuple[str, ...] = ("l2", "ip", "cosine")
 MAX_PARTITIONS = 1024
+# Bounds of the search breadth a collection or a query may ask for: HNSW efSearch, IVF nprobe.
+MAX_EF = 4096
+MAX_NPROBE = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +34,12 @@ class CollectionSpec:
     model_version: str = ""
     # Set on a collection restored from a snapshot of this one: it serves, nothing writes it.
     restored_from: str = ""
+    # Search breadth of queries that name none: HNSW efSearch and IVF nprobe (0: the engine's).
+    search_ef: int = 0
+    search_nprobe: int = 0
+    # How ids map to the topic's partitions (ingest/partition.py). New collections use Kafka's
+    # own, so any Kafka producer keys rows right; a spec stored without it is "streamvec".
+    partitioner: str = KAFKA
 
     def __post_init__(self) -> None:
         parsed = CollectionName.parse(self.name)
@@ -45,6 +55,10 @@ class CollectionSpec:
         _check(self.seal_rows >= 1, "seal_rows must be >= 1")
         _check(self.seal_seconds > 0, "seal_seconds must be > 0")
         _check(self.seal_bytes >= 1, "seal_bytes must be >= 1")
+        _check(_whole(self.search_ef, 0, MAX_EF), f"search_ef must be 0..{MAX_EF}")
+        _check(_whole(self.search_nprobe, 0, MAX_NPROBE), f"search_nprobe must be 0..{MAX_NPROBE}")
+        _check(self.partitioner in PARTITIONERS,
+               f"partitioner must be one of {', '.join(PARTITIONERS)}")
         if parsed.version is not None and self.model_version not in ("", parsed.version):
             raise SpecError(
                 f"model_version {self.model_version!r} contradicts the name {self.name!r}, "
@@ -78,7 +92,12 @@ class CollectionSpec:
         if not isinstance(raw, dict):
             raise SpecError("stored collection spec is not a JSON object")
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        # Collections created before the partitioner was a choice all used the first one.
+        return cls(**{"partitioner": STREAMVEC, **{k: v for k, v in raw.items() if k in known}})
+
+
+def _whole(value: Any, lo: int, hi: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
 
 
 def _check(condition: bool, message: str) -> None:

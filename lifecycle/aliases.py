@@ -6,6 +6,15 @@ protocol's (searcher/routing.py), since every client reads them; this module doe
 action}; `sv:aliases` lists every alias. A switch is one Lua script that checks the state it
 was computed from, sets the target and pushes the history entry, so readers see the old
 target or the new one and nothing in between.
+
+On a Redis Cluster a script may touch one hash slot only. The switch script's keys all hash
+the alias's name (`switch_keys`); it never touches the target collection's keys, which hash
+the target's name. The steps that do span slots run in sequence, each idempotent, in the
+order that leaves a safe state if the caller dies between them: the target's spec is read
+before the switch (a collection dropped in that instant leaves an alias whose searches answer
+`unknown_collection` until it is switched or rolled back, as a drop after the switch would),
+and the alias joins `sv:aliases` after the switch and leaves it after its keys are deleted
+(an alias missing from the list is listed again by its next switch).
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from ingest.errors import IngestError
 from ingest.names import CollectionName
 from lifecycle.errors import AliasConflict, AliasError, AliasNotFound
 from searcher.routing import ALIASES_KEY, Alias, alias_key, alias_name, challenge_key, history_key
+from streamvec import redisconn
 
 HISTORY_MAX = 100  # switches kept per alias; rollback needs only the latest
 # Retries of a switch whose state moved between the read and the script (another operator).
@@ -55,6 +65,12 @@ class Switch:
         """The switch as stored in the history list."""
         return {"from": self.source, "to": self.target, "at": self.at, "actor": self.actor,
                 "action": self.action}
+
+
+def switch_keys(alias: str) -> list[str]:
+    """The KEYS of the switch script: the alias, its history, and the spec key a collection
+    of the alias's name would have; all three hash the alias's name, so they share a slot."""
+    return [alias_key(alias), history_key(alias), catalog.spec_key(alias)]
 
 
 def check_name(alias: str) -> CollectionName:
@@ -191,8 +207,8 @@ def _run(client: redis.Redis, alias: str, current: bytes | None, head: bytes | N
     previous = None if current is None else Alias.from_value(alias, current).target
     value = Alias(alias, target, now, actor).value()
     entry = json.dumps(Switch(previous, target, now, actor, action).to_json(), sort_keys=True)
-    outcome = client.register_script(_SWITCH)(
-        keys=[alias_key(alias), history_key(alias), catalog.spec_key(alias)],
+    outcome = redisconn.register_script(client, _SWITCH)(
+        keys=switch_keys(alias),
         args=[current or b"", head or b"", value, entry, HISTORY_MAX])
     outcome = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
     if outcome == "collection":

@@ -21,6 +21,7 @@ from ingest.names import CollectionName
 from lifecycle import aliases
 from lifecycle.errors import AliasConflict, AliasError, ChallengeNotFound
 from searcher.routing import Challenge, challenge_key, last_key
+from streamvec import redisconn
 
 ROLES = ("champion", "challenger")
 
@@ -32,6 +33,12 @@ redis.call('SET', KEYS[2], ARGV[1])
 redis.call('DEL', KEYS[1])
 return 1
 """
+
+
+def end_keys(alias: str) -> list[str]:
+    """The KEYS of the script that ends a challenge: the active and the last config."""
+    name = aliases.check_name(alias)
+    return [challenge_key(name), last_key(name)]
 
 
 def stats_key(alias: str, challenge_id: str) -> str:
@@ -111,8 +118,7 @@ def _end(client: redis.Redis, alias: str) -> Challenge:
         raw = client.get(challenge_key(name))
         if raw is None:
             raise ChallengeNotFound(f"alias {alias!r} has no active challenge")
-        ended = client.register_script(_END)(keys=[challenge_key(name), last_key(name)],
-                                             args=[raw])
+        ended = redisconn.register_script(client, _END)(keys=end_keys(alias), args=[raw])
         if ended:
             return Challenge.from_json(raw)
     raise AliasConflict(f"the challenge of alias {alias!r} kept changing; try again")

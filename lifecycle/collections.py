@@ -13,7 +13,7 @@ from indexer.store import SegmentStore
 from ingest import admin, audit, catalog
 from ingest.errors import CollectionExists
 from ingest.spec import CollectionSpec
-from lifecycle import aliases, gc
+from lifecycle import aliases, gc, shards
 from streamvec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ def drop_collection(settings: Settings, name: str, timeout: float = 30.0) -> Non
     spec = catalog.load_spec(client, name)
     topics = admin.delete_topics(settings, spec, timeout=timeout)
     catalog.forget(client, name)
+    shards.forget_shards(client, spec.name)  # its shards' streams have tags of their own
     gc.collect_dropped(settings, spec.name)
     audit.record(client, "collection.drop", spec.name, {"topics": topics}, settings.actor)
     log.info("collection=%s dropped", name)

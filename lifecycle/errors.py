@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streamvec.errors import Conflict, InvalidInput, NotFound, StreamvecError
+from streamvec.errors import Conflict, InvalidInput, NotFound, StreamvecError, Unavailable
 
 
 class LifecycleError(StreamvecError):
@@ -59,3 +59,15 @@ class RestoreTargetExists(PointInTimeError, Conflict):
 
 class RegistryUnreadable(LifecycleError, Conflict):
     """A registry record an action must trust cannot be read; the message names it."""
+
+
+class ReshardError(LifecycleError, InvalidInput):
+    """A shard count or shard map change that cannot be made as asked; the message says why."""
+
+
+class ShardsNotReady(LifecycleError, Unavailable):
+    """A shard of the new map has no live, caught-up searcher, so the map was not switched."""
+
+
+class ShardMapMoved(LifecycleError, Conflict):
+    """The shard map changed between its read and the switch (another operator); nothing changed."""

@@ -32,6 +32,7 @@ from monitor.recall import recall_at_k
 from monitor.sealed import SealedView, contains, exact_top_k, visible_ids
 from searcher import routing
 from searcher.shadow import ShadowRecord, decode_record
+from streamvec import redisconn
 from streamvec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,13 @@ for role = 1, 2 do
 end
 return 1
 """
+
+
+def apply_keys(alias: str, challenge_id: str) -> list[str]:
+    """The KEYS of the script that counts a record: stats, latencies per role, the log."""
+    return [challenges.stats_key(alias, challenge_id),
+            *(challenges.latency_key(alias, challenge_id, r) for r in ROLES),
+            routing.log_key(aliases.check_name(alias))]
 
 
 def overlap_at_k(a: Sequence[str], b: Sequence[str], k: int) -> float:
@@ -148,7 +156,7 @@ class Evaluator:
         self.truth = Truth(client, store)
         self.metrics = metrics
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
-        self._apply = client.register_script(_APPLY)
+        self._apply = redisconn.register_script(client, _APPLY)
         try:
             client.xgroup_create(self.log_key, GROUP, id="0", mkstream=True)
         except redis.ResponseError as exc:
@@ -197,8 +205,7 @@ class Evaluator:
         ms = ["" if v is None else f"{v:.3f}" for v in (record.champion_ms,
                                                         record.challenger_ms)]
         applied = self._apply(
-            keys=[challenges.stats_key(self.alias, cid),
-                  *(challenges.latency_key(self.alias, cid, r) for r in ROLES), self.log_key],
+            keys=apply_keys(self.alias, cid),
             args=[GROUP, entry_id, LATENCY_SAMPLES, *ms, *pairs])
         if applied and self.metrics is not None:
             self._export(record, verdict)

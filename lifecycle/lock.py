@@ -30,6 +30,11 @@ _EXTEND = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
            "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0")
 
 
+def lock_key(collection: str) -> str:
+    """The lock of a collection, `sv:{name}:lifecycle`: in the hash slot of its registry."""
+    return CollectionName.parse(collection).key("lifecycle")
+
+
 class LifecycleLock:
     """Hold `sv:{name}:lifecycle` while a lifecycle action runs; raise LifecycleBusy if taken."""
 
@@ -38,7 +43,7 @@ class LifecycleLock:
     def __init__(self, client: redis.Redis, collection: str, action: str, *,
                  lease_s: float = LEASE_S) -> None:
         self.client = client
-        self.key = CollectionName.parse(collection).key("lifecycle")
+        self.key = lock_key(collection)
         self.action = action
         self.lease_s = lease_s
         self.token = f"{action}:{secrets.token_hex(8)}"

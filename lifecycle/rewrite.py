@@ -36,29 +36,25 @@ def rows_of(segments: list[LoadedSegment], hidden: dict[str, set[int]]) -> Seale
                 before.manifest.partition != after.manifest.partition):
             raise ValueError(f"segments {before.manifest.segment_id} and "
                              f"{after.manifest.segment_id} are not consecutive")
-    last_op: dict[bytes, bool] = {}  # id -> True when its last op in the range is a delete
-    keep, ids, vectors, offsets, times, metadata = [], [], [], [], [], []
+    ids, vectors, offsets, times, metadata = [], [], [], [], []
     for seg in ordered:
-        for key in seg.deleted_ids.tolist():
-            last_op[key] = True
-        for key in seg.ids.tolist():
-            last_op[key] = False
-        gone = hidden.get(seg.manifest.segment_id, set())
-        rows = np.array([r for r in range(seg.manifest.rows) if r not in gone], dtype=np.int64)
-        keep.append(rows)
-        ids.append(seg.ids[rows])
-        vectors.append(np.asarray(seg.vectors[rows], dtype=np.float32))
-        offsets.append(np.asarray(seg.offsets[rows], dtype=np.int64))
-        times.append(np.asarray(seg.event_time_ms[rows], dtype=np.int64))
-        mo = seg.meta_offsets
-        metadata += [bytes(seg.meta_blob[int(mo[r]):int(mo[r + 1])]) for r in rows.tolist()]
-    deleted = [key for key, is_delete in last_op.items() if is_delete]
+        rows = _kept(seg.manifest.rows, hidden.get(seg.manifest.segment_id, set()))
+        # Every row kept (a reindex, mostly): the segment's own arrays, not copies of them.
+        whole = len(rows) == seg.manifest.rows
+        ids.append(seg.ids if whole else seg.ids[rows])
+        vectors.append(seg.vectors if whole else seg.vectors[rows])
+        offsets.append(seg.offsets if whole else seg.offsets[rows])
+        times.append(seg.event_time_ms if whole else seg.event_time_ms[rows])
+        blob, bounds = bytes(seg.meta_blob), seg.meta_offsets
+        metadata += [blob[a:b] for a, b in zip(bounds[rows].tolist(), bounds[rows + 1].tolist(),
+                                                 strict=True)]
     return SealedRows(
         partition=first.partition, start_offset=first.start_offset, end_offset=last.end_offset,
-        ids=_bytes_array(np.concatenate(ids)),
-        vectors=np.ascontiguousarray(np.concatenate(vectors).reshape(-1, first.dim)),
-        offsets=np.concatenate(offsets), event_time_ms=np.concatenate(times),
-        metadata=metadata, deleted_ids=_bytes_array(np.array(deleted, dtype=bytes)))
+        ids=_bytes_array(_joined(ids)),
+        vectors=_joined(vectors).astype(np.float32, copy=False).reshape(-1, first.dim),
+        offsets=_joined(offsets).astype(np.int64, copy=False),
+        event_time_ms=_joined(times).astype(np.int64, copy=False),
+        metadata=metadata, deleted_ids=_bytes_array(_last_deletes(ordered)))
 
 
 def reuse(store: SegmentStore, collection: str, generation: int,
@@ -71,6 +67,32 @@ def reuse(store: SegmentStore, collection: str, generation: int,
         return None
     return Written(SegmentRecord.from_manifest(manifest), manifest.rows, 0.0, True,
                    folder_bytes(manifest))
+
+
+def _kept(rows: int, gone: set[int]) -> np.ndarray:
+    """Row numbers 0..rows-1 without those in `gone` (numbers out of range are ignored)."""
+    keep = np.ones(rows, dtype=bool)
+    hidden = np.fromiter((r for r in gone if 0 <= r < rows), dtype=np.int64)
+    keep[hidden] = False
+    return np.flatnonzero(keep)
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    """The parts one after another; a single part as it is, without copying it."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _last_deletes(ordered: list[LoadedSegment]) -> np.ndarray:
+    """The ids whose last op over consecutive segments is a delete, in order of first sight."""
+    if len(ordered) == 1:  # within one segment an id is either upserted or deleted
+        return np.asarray(ordered[0].deleted_ids)
+    last_op: dict[bytes, bool] = {}  # id -> True when its last op in the range is a delete
+    for seg in ordered:
+        for key in seg.deleted_ids.tolist():
+            last_op[key] = True
+        for key in seg.ids.tolist():
+            last_op[key] = False
+    return np.array([key for key, is_delete in last_op.items() if is_delete], dtype=bytes)
 
 
 def _bytes_array(ids: np.ndarray) -> np.ndarray:

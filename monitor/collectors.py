@@ -1,4 +1,4 @@
-"""Scrape-time collectors: checkpoint lag, retention headroom and segment counts per collection."""
+"""Scrape-time collectors: checkpoint lag, retention headroom, segment counts, query backlog."""
 
 # Computed when Prometheus scrapes, from the registry in Redis and the topic's watermarks in
 # Kafka, so the figures are never older than the scrape and nothing runs between scrapes.
@@ -8,14 +8,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from confluent_kafka import KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 from prometheus_client.core import GaugeMetricFamily
+from redis import Redis
+from redis.exceptions import RedisError, ResponseError
 
 from indexer.registry import SegmentRecord, note_skipped
 from monitor.metrics import ROLE
+from searcher import protocol, shards
+from searcher.errors import ShardMapError
+from searcher.server import GROUP
 from streamvec.metrics import full_name
 from streamvec.settings import Settings
 
@@ -125,3 +131,105 @@ class CollectionCollector:
         }
         return {key: GaugeMetricFamily(full_name(ROLE, key), doc, labels=labels)
                 for key, (doc, labels) in docs.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class StreamBacklog:
+    """Requests on a query stream not answered yet, as Redis counts them."""
+
+    undelivered: int  # on the stream, not handed to any searcher yet
+    pending: int  # handed to a searcher of the group, not answered (acknowledged) yet
+
+    @property
+    def total(self) -> int:
+        """Every request still waiting for its answer."""
+        return self.undelivered + self.pending
+
+
+def read_backlog(client: Redis, stream: str, group: str = GROUP) -> StreamBacklog:
+    """The backlog of `stream` for the consumer `group`, from XLEN and XINFO GROUPS at once.
+
+    Redis 7 says how many entries the group has not read yet (`lag`); where it cannot (an older
+    Redis, or deletions it cannot count past) the stream's length less the pending entries
+    stands in: a searcher deletes each request in the step that acknowledges it, so the stream
+    holds only undelivered and pending requests. A stream without the group (no searcher ever
+    started) is undelivered as a whole; a missing stream has no backlog.
+    """
+    pipe = client.pipeline(transaction=True)
+    pipe.xlen(stream)
+    pipe.xinfo_groups(stream)
+    length, groups = pipe.execute(raise_on_error=False)
+    if isinstance(length, Exception):
+        raise length
+    if isinstance(groups, ResponseError) and "no such key" in str(groups).lower():
+        groups = []
+    elif isinstance(groups, Exception):
+        raise groups
+    ours = next((g for g in groups if _text(g.get("name")) == group), None)
+    if ours is None:
+        return StreamBacklog(undelivered=int(length), pending=0)
+    pending = int(ours.get("pending") or 0)
+    lag = ours.get("lag")
+    undelivered = max(0, int(length) - pending) if lag is None else int(lag)
+    return StreamBacklog(undelivered=undelivered, pending=pending)
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+class QueryStreamCollector:
+    """Per-collection gauges of the query stream's backlog, read from Redis at scrape time.
+
+    The backlog is the signal to scale searcher replicas on (deploy/k8s/keda/): it grows when
+    requests arrive faster than the replicas answer them.
+    """
+
+    def __init__(self, collection: str, client: Redis) -> None:
+        self.collection = collection
+        self.client = client
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        """The families without samples, so registering does not touch Redis."""
+        yield from self._families().values()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """Yield both gauges, read now; without samples when Redis cannot say."""
+        families = self._families()
+        try:
+            streams = self.streams()
+            backlogs = [(name, read_backlog(self.client, stream)) for name, stream in streams]
+        except (RedisError, ShardMapError) as exc:
+            # Absent rather than 0: a scaler must not shrink the searchers on a reading that
+            # never happened.
+            log.warning("collection=%s query stream unreadable at scrape: %s",
+                        self.collection, exc)
+        else:
+            for name, backlog in backlogs:
+                families["query_stream_backlog"].add_metric([self.collection, name],
+                                                            backlog.total)
+                families["query_stream_pending"].add_metric([self.collection, name],
+                                                            backlog.pending)
+        yield from families.values()
+
+    def streams(self) -> list[tuple[str, str]]:
+        """(shard name, stream key) of every stream the collection's searchers read now.
+
+        A sharded collection has one stream per shard of its map (each scaled on its own);
+        an unsharded one has its single stream, named `all`.
+        """
+        shard_map = shards.read_map(self.client, self.collection)
+        if shard_map is None:
+            return [("all", protocol.queue_key(self.collection))]
+        return [(s.name, protocol.queue_key(self.collection, s.label)) for s in shard_map.shards]
+
+    @staticmethod
+    def _families() -> dict[str, GaugeMetricFamily]:
+        docs = {
+            "query_stream_backlog": "Query requests on the collection's stream not answered "
+                                    "yet: not read by any searcher, plus read and pending.",
+            "query_stream_pending": "Query requests a searcher has read but not answered yet "
+                                    "(pending in the searchers' consumer group).",
+        }
+        return {key: GaugeMetricFamily(full_name(ROLE, key), doc, labels=["collection", "shard"])
+                for key, doc in docs.items()}

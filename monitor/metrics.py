@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from streamvec.metrics import CollectionMetrics, factory
+from streamvec.metrics import CollectionMetrics, factory, register_build_info
 
 ROLE = "monitor"
 # Produce -> visible spans the searcher's tail poll (tens of ms) up to a stalled pipeline.
@@ -19,6 +19,7 @@ class MonitorMetrics(CollectionMetrics):
     def __init__(self, registry: CollectorRegistry, collection: str) -> None:
         super().__init__(collection)
         make = factory(registry, ROLE)
+        register_build_info(registry, ROLE)
         self.drift_mean_cosine_distance = make(
             Gauge, "drift_mean_cosine_distance", "1 - cosine of the reference and current "
             "windows' mean embeddings.")

@@ -18,7 +18,7 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from indexer.registry import Registry
 from indexer.store import SegmentStore
-from ingest import audit, catalog, record
+from ingest import audit, catalog, message
 from ingest.errors import RecordError
 from ingest.names import CollectionName
 from ingest.spec import CollectionSpec
@@ -160,8 +160,7 @@ def _partition_tail(consumer: Consumer, spec: CollectionSpec, partition: int, ro
         start = max(low, end - span)
         for msg in _read_range(consumer, tp, start, end, timeout):
             try:
-                batch = record.decode_valid(msg.value() or b"", dim=spec.dim,
-                                            model_version=spec.model_version)
+                batch = message.decode_kafka(msg, spec)
             except RecordError:
                 continue  # the indexer dead-letters these; a reference only needs good rows
             keep = window_mask(batch)

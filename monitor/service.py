@@ -21,7 +21,7 @@ from indexer.store import SegmentStore
 from ingest import catalog
 from monitor import recall, reference
 from monitor.canary import Canary
-from monitor.collectors import CollectionCollector, KafkaWatermarks
+from monitor.collectors import CollectionCollector, KafkaWatermarks, QueryStreamCollector
 from monitor.metrics import MonitorMetrics
 from monitor.summary import QueryRate, Samples, Summary
 from monitor.tracker import DriftTracker
@@ -64,6 +64,7 @@ class CollectionMonitor:
         segments = Registry(client, name)
         registry.register(CollectionCollector(
             name, segments, KafkaWatermarks(settings, self.spec.collection.topic)))
+        registry.register(QueryStreamCollector(name, client))
         ttl = max(SUMMARY_MIN_TTL_S, 3 * max(options.drift, options.canary, options.recall))
         self.summary = Summary(client, name, ttl)
         self.latencies = Samples()

@@ -17,7 +17,7 @@ import threading
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from ingest import record
+from ingest import message
 from ingest.errors import RecordError
 from ingest.record import Batch
 from ingest.spec import CollectionSpec
@@ -186,8 +186,7 @@ class WindowReader:
                 log.warning("topic=%s kafka error: %s", self.topic, err.str())
             return 0
         try:
-            batch = record.decode_valid(msg.value() or b"", dim=self.spec.dim,
-                                        model_version=self.spec.model_version)
+            batch = message.decode_kafka(msg, self.spec)
         except RecordError as exc:
             log.debug('partition="%s[%d]" offset="%d" skipped: %s', self.topic,
                       msg.partition(), msg.offset(), exc.reason)

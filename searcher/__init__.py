@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from streamvec.lazy import lazy_exports
 
-__all__ = ["Client", "SearchError", "SearchResult", "SearchTimeout"]
+__all__ = ["AsyncClient", "Client", "ConsistencyTimeout", "GetResult", "Hit",
+           "InvalidRequest", "SearchError", "SearchResult", "SearchTimeout", "UnknownCollection"]
 
 __getattr__ = lazy_exports(__name__, {
-    "Client": "searcher.client", "SearchError": "searcher.errors",
-    "SearchResult": "searcher.client", "SearchTimeout": "searcher.errors"})
+    "AsyncClient": "searcher.aclient", "Client": "searcher.client",
+    "ConsistencyTimeout": "searcher.errors", "GetResult": "searcher.calls",
+    "Hit": "searcher.calls", "InvalidRequest": "searcher.errors",
+    "SearchError": "searcher.errors", "SearchResult": "searcher.calls",
+    "SearchTimeout": "searcher.errors", "UnknownCollection": "searcher.errors"})

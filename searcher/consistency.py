@@ -1,15 +1,20 @@
 """Consistency levels (invariant 6): what a level records at arrival, when it is met."""
 
-# Nothing here blocks: the server polls `reached` while a request waits and answers
+# Nothing here blocks: the server checks `reached` while a request waits and answers
 # consistency_timeout itself when its deadline passes. A strong request's log ends come from
 # LogEnds, which asks the brokers on a thread of its own: a broker that is slow or down makes
 # strong requests wait (and time out), never the request loop that serves the others.
+#
+# Waiting is pushed, not polled: whatever can make a waiting request's level met (the tail
+# serving further offsets, a segment swap, a partition caught up, log ends fetched) notifies
+# one Progress, which wakes the request loop at once and tells it when a check can pay off.
 
 from __future__ import annotations
 
 import logging
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaException, TopicPartition
@@ -24,6 +29,30 @@ log = logging.getLogger(__name__)
 WATERMARK_TIMEOUT_S = 5.0
 # Pause before asking again after the brokers could not say.
 RETRY_PAUSE_S = 0.5
+
+
+class Progress:
+    """A count of the changes that may meet a waiting request's level, with a wake-up."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition(threading.Lock())
+        self._version = 0
+
+    @property
+    def version(self) -> int:
+        """The changes so far; a check made after reading it sees at least those."""
+        return self._version
+
+    def notify(self) -> None:
+        """Something moved (publish it first): wake whoever waits."""
+        with self._changed:
+            self._version += 1
+            self._changed.notify_all()
+
+    def wait(self, seen: int, timeout: float) -> bool:
+        """Wait until the version differs from `seen` or `timeout` passes; True if it moved."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._version != seen, timeout)
 
 
 class Watermarks:
@@ -56,8 +85,11 @@ class StrongArrival:
 class LogEnds:
     """The log ends of a topic, fetched on a thread: one fetch answers every request before it."""
 
-    def __init__(self, watermarks: Watermarks) -> None:
+    def __init__(self, watermarks: Watermarks,
+                 on_answer: Callable[[], None] | None = None) -> None:
         self.watermarks = watermarks
+        # Told after each fetch that answered requests, so their waiters look again at once.
+        self._on_answer = on_answer
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -112,6 +144,8 @@ class LogEnds:
                 continue
             with self._lock:
                 self._highs, self._answered, self.last_error = highs, ticket, None
+            if self._on_answer is not None:
+                self._on_answer()
 
 
 def reached(consistency: Consistency, arrival: object, positions: dict[int, int],

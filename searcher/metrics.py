@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from streamvec.metrics import CollectionMetrics, factory
+from streamvec.metrics import CollectionMetrics, factory, register_build_info
 
 ROLE = "searcher"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -16,6 +16,7 @@ class SearcherMetrics(CollectionMetrics):
     def __init__(self, registry: CollectorRegistry, collection: str) -> None:
         super().__init__(collection)
         make = factory(registry, ROLE)
+        register_build_info(registry, ROLE)
         self.queries = make(Counter, "queries", "Query requests answered (errors included).")
         self.errors = make(Counter, "errors", "Error replies, by code.", ("code",))
         self.queue_wait = make(Histogram, "queue_wait_seconds", "From the client's send to the "
@@ -46,6 +47,13 @@ class SearcherMetrics(CollectionMetrics):
         self.malformed_records = make(Gauge, "malformed_records", "Registry records skipped "
                                       "because they cannot be parsed or name an unsafe path.")
         self.swaps = make(Counter, "swaps", "Segment-set changes applied.")
+        self.folded_rows = make(Gauge, "folded_rows", "Rows held by the folds (one in-memory "
+                                "graph over many segments), rows of released segments included.")
+        self.folded_segments = make(Gauge, "folded_segments", "Served segments searched through "
+                                    "a fold instead of their own index.")
+        self.fold_build_seconds = make(Histogram, "fold_build_seconds", "Building one fold "
+                                       "(copy and added rows), off the serving lock.",
+                                       buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600))
         self.unavailable = make(Gauge, "unavailable", "1 while the searcher cannot reach a "
                                 "dependency (kafka: the live tail cannot read).",
                                 ("dependency",))

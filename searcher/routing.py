@@ -122,11 +122,15 @@ class Route:
     challenge: Challenge | None = None
 
 
-def route(client: redis.Redis, name: str) -> Route:
-    """Resolve a name in one round trip: an alias's target and challenge, else the name."""
-    if "@" in name:
-        return Route(name)  # a versioned name is never an alias
-    alias_raw, challenge_raw = client.mget([alias_key(name), challenge_key(name)])
+def route_keys(name: str) -> list[str]:
+    """The keys `route` reads for a name: an alias's target and challenge; none for a versioned
+    name, which is never an alias."""
+    return [] if "@" in name else [alias_key(name), challenge_key(name)]
+
+
+def route_of(name: str, values: list[Any]) -> Route:
+    """The route that the values of `route_keys(name)` give (read in one round trip)."""
+    alias_raw, challenge_raw = values if values else (None, None)
     if alias_raw is None:
         return Route(name)
     target = Alias.from_value(name, alias_raw).target
@@ -134,3 +138,9 @@ def route(client: redis.Redis, name: str) -> Route:
     if challenge is not None and challenge.challenger == target:
         challenge = None  # the alias already points at the challenger: nothing to compare
     return Route(target, challenge)
+
+
+def route(client: redis.Redis, name: str) -> Route:
+    """Resolve a name in one round trip: an alias's target and challenge, else the name."""
+    keys = route_keys(name)
+    return route_of(name, client.mget(keys) if keys else [])

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass, field
 
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 # A location is one int, segment number << 32 | row: one object per id instead of three.
 _ROW_BITS = 32
 _ROW_MASK = (1 << _ROW_BITS) - 1
+# Entry revisions come from one counter: a revision names one state of one entry's masks.
+_revisions = itertools.count(1)
 
 
 class SegmentUnavailable(Unavailable):
@@ -103,6 +106,8 @@ class Entry:
     number: int
     sealed_hidden: np.ndarray
     tail_hidden: np.ndarray
+    # Changes with every change of the masks, never repeats: folds rebuild a mask on a change.
+    revision: int = field(default_factory=lambda: next(_revisions))
     _source: Source | None = field(default=None, repr=False)
 
     @property
@@ -125,6 +130,7 @@ class Entry:
     def changed(self) -> None:
         """Forget the cached mask after sealed_hidden or tail_hidden changed."""
         self._source = None
+        self.revision = next(_revisions)
 
 
 @dataclass(slots=True)
@@ -178,6 +184,22 @@ class SegmentSet:
             self._rebuild(partition, keep + adding)
         return touched
 
+    def find(self, keys: set[bytes]) -> dict[bytes, tuple[int, LoadedSegment, int]]:
+        """Each of `keys` with a visible sealed row: (partition, segment, row); under the lock.
+
+        Rows hidden by later writes, sealed or in the tail, are left out. An id found in two
+        partitions (a producer that ignored the partitioner) keeps the lower one's row.
+        """
+        found: dict[bytes, tuple[int, LoadedSegment, int]] = {}
+        for partition in sorted(self._parts):
+            part = self._parts[partition]
+            for key in part.ids.keys() & keys:  # iterates the smaller side, in C
+                packed = part.ids[key]
+                entry, row = self._by_number[packed >> _ROW_BITS], packed & _ROW_MASK
+                if key not in found and not (entry.sealed_hidden[row] or entry.tail_hidden[row]):
+                    found[key] = (partition, entry.segment, row)
+        return found
+
     def hide_ids(self, partition: int, ids: list[bytes]) -> None:
         """The tail holds a newer op on each of `ids`: hide their sealed rows."""
         part = self._parts.get(partition)
@@ -216,10 +238,9 @@ class SegmentSet:
                 old.sealed_hidden[hidden[(hidden >= 0) & (hidden < old.rows)]] = True
                 old.changed()
         ids = segment.ids.tolist()
-        for key in ids + segment.deleted_ids.tolist():
-            packed = part.ids.pop(key, None)
-            if packed is None:
-                continue
+        # Only ids mapped already hide a row: found in one pass in C (a start-up finds none).
+        for key in part.ids.keys() & (ids + segment.deleted_ids.tolist()) if part.ids else ():
+            packed = part.ids.pop(key)
             # Latest write wins even where the hides do not say so.
             old = self._by_number[packed >> _ROW_BITS]
             old.sealed_hidden[packed & _ROW_MASK] = True

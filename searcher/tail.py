@@ -21,10 +21,12 @@ from typing import Any, Protocol
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from ingest import record
+from indexer.columns import TailColumns
+from ingest import message
 from ingest.errors import RecordError
 from ingest.record import OP_UPSERT, Batch
 from ingest.spec import CollectionSpec
+from searcher import filters
 from searcher.search import Source
 from streamvec.settings import Settings
 
@@ -39,6 +41,8 @@ CONSUMER_CONFIG = {
     # A checkpoint below the log start means lost records: say so instead of jumping ahead.
     "auto.offset.reset": "error",
     # Fetch responses carry the high watermarks that `bounded` reads; answer idle fetches often.
+    # It adds nothing to freshness: a fetch returns as soon as one byte is there (the default
+    # fetch.min.bytes of 1), so the wait only bounds fetches of partitions with nothing new.
     "fetch.wait.max.ms": 100,
     "max.partition.fetch.bytes": 16 * 2**20,
     "fetch.max.bytes": 64 * 2**20,
@@ -55,29 +59,51 @@ class TailRows:
     source: Source
     ids: list[bytes]
     meta: list[bytes]
+    base: int = 0  # the list index of the source's row 0
+    columns: TailColumns | None = None  # over `meta`, for filters
+
+    def accepts(self, expr: filters.Expr) -> np.ndarray:
+        """Which rows a filter accepts, from columns built over the tail's metadata."""
+        table = self.columns if self.columns is not None else TailColumns(self.meta)
+        rows = self.source.rows
+        return filters.evaluate_pieces(expr, table.pieces(self.base, self.base + rows), rows)
 
     def id_of(self, row: int) -> str:
         """The id of a row."""
-        return self.ids[row].decode("utf-8")
+        return self.ids[self.base + row].decode("utf-8")
 
     def metadata(self, row: int) -> dict | None:
         """The metadata of a row, parsed now; None when it has none."""
-        raw = self.meta[row]
+        raw = self.meta[self.base + row]
         return json.loads(raw) if raw else None
 
 
 class PartitionTail:
-    """The tail rows of one partition."""
+    """The tail rows of one partition.
+
+    Rows live in arrays at [lo, n): a trim moves `lo` up instead of copying what is left, and
+    growth copies only the held rows to the front of larger arrays. Rows below `n` are never
+    written again except their `alive` flag, and the arrays and lists a source was cut from
+    are replaced, never shrunk: a source handed to a search stays valid while the tail goes on.
+    """
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
+        self.lo = 0
         self.n = 0
-        self.ids: list[bytes] = []
+        self.ids: list[bytes] = []  # list index = array row
         self.meta: list[bytes] = []
+        self.columns = TailColumns(self.meta)  # replaced with `meta`
         self.vectors = np.zeros((0, dim), np.float32)
         self.offsets = np.zeros(0, np.int64)
         self.alive = np.zeros(0, bool)
-        self.latest: dict[bytes, int] = {}
+        self.latest: dict[bytes, int] = {}  # id -> array row of its latest op
+        self._rows: TailRows | None = None  # the search source, until the next change
+
+    @property
+    def held(self) -> int:
+        """Rows held, deletes and superseded rows included."""
+        return self.n - self.lo
 
     def append(self, offset: int, batch: Batch) -> list[bytes]:
         """Add the rows of the message at `offset`; return the ids the tail did not hold yet."""
@@ -99,38 +125,49 @@ class PartitionTail:
             self.ids.append(key)
         self.meta.extend(_raw_metadata(batch))
         self.n += n
+        self._rows = None
         return fresh
 
     def trim(self, below: int) -> None:
-        """Drop the rows at offsets below `below` and rebuild the latest-op map."""
-        cut = int(np.searchsorted(self.offsets[: self.n], below, side="left"))
+        """Drop the rows at offsets below `below`: O(rows dropped), nothing copied."""
+        cut = int(np.searchsorted(self.offsets[self.lo: self.n], below, side="left"))
         if cut == 0:
             return
-        keep = slice(cut, self.n)
-        self.vectors = self.vectors[keep].copy()
-        self.offsets = self.offsets[keep].copy()
-        self.alive = self.alive[keep].copy()
-        self.ids = self.ids[cut:]
-        self.meta = self.meta[cut:]
-        self.n -= cut
-        # Dropped rows were older than every kept one, so each id's latest row survives if any.
-        self.latest = {key: row for row, key in enumerate(self.ids)}
+        lo = self.lo + cut
+        # Dropped rows are older than every kept one: an id keeps its entry if a kept row has it.
+        for key in self.ids[self.lo: lo]:
+            if self.latest.get(key, lo) < lo:
+                del self.latest[key]
+        self.lo = lo
+        self._rows = None
 
     def rows(self, partition: int) -> TailRows:
-        """The partition's rows as a search source (views, valid until the next change)."""
-        return TailRows(partition, Source(self.vectors[: self.n], ~self.alive[: self.n]),
-                        self.ids, self.meta)
+        """The partition's held rows as a search source, made once per change."""
+        if self._rows is None:
+            live = slice(self.lo, self.n)
+            self._rows = TailRows(partition, Source(self.vectors[live], ~self.alive[live]),
+                                  self.ids, self.meta, self.lo, self.columns)
+        return self._rows
 
     def _reserve(self, n: int) -> None:
-        need = self.n + n
-        if need <= len(self.offsets):
+        """Room for n more rows; full arrays are replaced by ones holding only the kept rows."""
+        if self.n + n <= len(self.offsets):
             return
-        capacity = max(need, 2 * len(self.offsets), _MIN_CAPACITY)
+        held = self.n - self.lo
+        capacity = max(2 * (held + n), _MIN_CAPACITY)
         for name in ("vectors", "offsets", "alive"):
             old = getattr(self, name)
             new = np.zeros((capacity, *old.shape[1:]), old.dtype)
-            new[: self.n] = old[: self.n]
+            new[:held] = old[self.lo: self.n]
             setattr(self, name, new)
+        self.ids = self.ids[self.lo: self.n]
+        self.meta = self.meta[self.lo: self.n]
+        self.columns = TailColumns(self.meta)
+        shift = self.lo
+        if shift:
+            self.latest = {key: row - shift for key, row in self.latest.items()}
+        self.lo, self.n = 0, held
+        self._rows = None
 
 
 class TailBuffer:
@@ -169,15 +206,28 @@ class TailBuffer:
             return None
         return int(part.offsets[row]), bool(part.alive[row])
 
+    def find(self, keys: set[bytes]) -> dict[bytes, tuple[int, int, np.ndarray, bytes]]:
+        """Each of `keys` whose latest tail op is an upsert: (partition, offset, vector copy,
+        metadata JSON or b""); under the lock. An id in two partitions keeps the lower one."""
+        found: dict[bytes, tuple[int, int, np.ndarray, bytes]] = {}
+        for partition in sorted(self._parts):
+            part = self._parts[partition]
+            for key in part.latest.keys() & keys:  # iterates the smaller side, in C
+                row = part.latest[key]
+                if key not in found and part.alive[row]:
+                    found[key] = (partition, int(part.offsets[row]),
+                                  np.array(part.vectors[row], dtype=np.float32), part.meta[row])
+        return found
+
     def row_count(self) -> int:
         """Rows held, every partition, deletes and superseded rows included."""
         # A copy of the values: readiness probes call this without the serving lock.
-        return sum(p.n for p in list(self._parts.values()))
+        return sum(p.held for p in list(self._parts.values()))
 
     def sources(self) -> Iterator[TailRows]:
         """Every non-empty partition's rows as a search source."""
         for partition in sorted(self._parts):
-            if self._parts[partition].n:
+            if self._parts[partition].held:
                 yield self._parts[partition].rows(partition)
 
 
@@ -320,8 +370,7 @@ class TailReader:
 
     def _decode(self, msg: Message) -> TailMessage:
         try:
-            batch = record.decode_valid(msg.value() or b"", dim=self.spec.dim,
-                                        model_version=self.spec.model_version)
+            batch = message.decode_kafka(msg, self.spec)
         except RecordError:
             batch = None  # the indexer dead-letters it; here it only advances the position
         return TailMessage(msg.partition(), msg.offset(), batch)

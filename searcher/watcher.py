@@ -1,7 +1,10 @@
 """Keeps the served segment set equal to the registry: pub/sub events plus a periodic reconcile."""
 
 # Events make a new segment appear quickly; the reconcile every `reconcile_s` is what makes the
-# set correct, since a pub/sub message missed during a reconnect is never sent again.
+# set correct, since a pub/sub message missed during a reconnect is never sent again. A broken
+# subscription (Redis restarted, a cluster node failed over) leaves the watcher polling on that
+# timer alone while it subscribes again. The events are plain PUBLISH messages, which a Redis
+# Cluster passes to subscribers on every node.
 #
 # A segment that cannot be loaded is never counted as covered: its partition is served up to
 # where it starts, and the live tail goes on serving its offsets (and the deletes it carries)
@@ -15,10 +18,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
+from collections.abc import Collection
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Protocol
+
+from redis.exceptions import RedisError
 
 from indexer.errors import CorruptSegment
 from indexer.registry import Registry, SegmentRecord, note_skipped
@@ -32,10 +40,14 @@ from searcher.segments import SegmentIdentity, SegmentUnavailable
 log = logging.getLogger(__name__)
 
 EVENT_WAIT_S = 0.2
+RESUBSCRIBE_S = 1.0  # between tries to subscribe again once the subscription broke
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 60.0
 UNLOADED_TTL_S = 600  # a report outlives its searcher by this much, then expires
 UNLOADED_SUFFIX = "unloaded"
+# Segments verified at once: sha256 releases the GIL, so a start-up over many segments uses
+# every core (1M rows of 384 dims in 13 segments: 1.5 GB to hash before the first answer).
+LOAD_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
 class WatcherSink(Protocol):
@@ -72,8 +84,11 @@ class SegmentWatcher:
     def __init__(self, registry: Registry, store: SegmentStore, sink: WatcherSink,
                  reconcile_s: float, *, identity: SegmentIdentity | None = None,
                  metrics: SearcherMetrics | None = None,
-                 retry_max_s: float = RETRY_MAX_S) -> None:
+                 retry_max_s: float = RETRY_MAX_S,
+                 partitions: Collection[int] | None = None) -> None:
         self.registry = registry
+        # A shard's searcher serves the segments of its partitions only (None: every one).
+        self.partitions = None if partitions is None else frozenset(partitions)
         self.store = store
         self.sink = sink
         self.reconcile_s = reconcile_s
@@ -87,7 +102,9 @@ class SegmentWatcher:
         # Loaded but not yet served (their partition waits for an earlier segment): kept so a
         # retry does not verify them again. Key: (segment id, path).
         self._ready: dict[tuple[str, str], LoadedSegment] = {}
+        self._loaders = ThreadPoolExecutor(LOAD_THREADS, thread_name_prefix="sv-load")
         self._pubsub = registry.client.pubsub(ignore_subscribe_messages=True)
+        self._resubscribe_at: float | None = None  # set while the subscription is broken
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"sv-segments-{registry.collection}")
@@ -105,6 +122,7 @@ class SegmentWatcher:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        self._loaders.shutdown(wait=False, cancel_futures=True)
         self._pubsub.close()
 
     def unloaded(self) -> dict[str, Unloaded]:
@@ -121,6 +139,8 @@ class SegmentWatcher:
         """
         skipped: dict[str, str] = {}
         records = self.registry.segments(skipped=skipped)
+        if self.partitions is not None:
+            records = [r for r in records if r.partition in self.partitions]
         self._note_malformed(skipped)
         served = self.sink.served()
         current = {r.segment_id: r.path for r in records}
@@ -154,10 +174,11 @@ class SegmentWatcher:
             by_partition.setdefault(record.partition, []).append(record)
         out: list[tuple[SegmentRecord, LoadedSegment]] = []
         held: set[int] = set()
+        loading = self._start_loading(fresh, now)
         for partition, wanted in sorted(by_partition.items()):
             got = []
             for record in sorted(wanted, key=lambda r: r.start_offset):
-                segment = self._open(record, now)
+                segment = self._open(record, now, loading.pop(record.segment_id, None))
                 if segment is None:
                     break
                 got.append((record, segment))
@@ -175,10 +196,37 @@ class SegmentWatcher:
             else:
                 held.add(partition)
                 self._ready.update({(r.segment_id, r.path): s for r, s in got})
+        # Loaded behind one that failed: kept, verified, for the partition's next try.
+        for record, future in loading.values():
+            if future.exception() is None:
+                self._ready[(record.segment_id, record.path)] = future.result()
         return out, held
 
-    def _open(self, record: SegmentRecord, now: float) -> LoadedSegment | None:
-        """The opened segment, or None when it failed now or waits for its next try."""
+    def _start_loading(self, fresh: list[SegmentRecord], now: float
+                       ) -> dict[str, tuple[SegmentRecord, Future[LoadedSegment]]]:
+        """Start loading every fresh segment not loaded already nor waiting to retry, at once.
+
+        Only when there are several: one is loaded where it is needed, by `_open`.
+        """
+        due = [r for r in fresh if (r.segment_id, r.path) not in self._ready
+               and not self._waiting(r, now)]
+        if len(due) < 2:
+            return {}
+        return {r.segment_id: (r, self._loaders.submit(segments.load, self.store, r,
+                                                        self.identity)) for r in due}
+
+    def _waiting(self, record: SegmentRecord, now: float) -> bool:
+        """Whether loading `record` failed before and its next try is not due yet."""
+        prior = self._unloaded.get(record.segment_id)
+        return prior is not None and prior.path == record.path and now < prior.retry_at
+
+    def _open(self, record: SegmentRecord, now: float,
+              loading: tuple[SegmentRecord, Future[LoadedSegment]] | None = None
+              ) -> LoadedSegment | None:
+        """The opened segment, or None when it failed now or waits for its next try.
+
+        `loading` is its load already under way on the pool, if `_start_loading` began one.
+        """
         key = (record.segment_id, record.path)
         if key in self._ready:
             return self._ready[key]
@@ -188,7 +236,8 @@ class SegmentWatcher:
         if prior is not None and now < prior.retry_at:
             return None
         try:
-            segment = segments.load(self.store, record, self.identity)
+            segment = (segments.load(self.store, record, self.identity) if loading is None
+                       else loading[1].result())
         except (CorruptSegment, SegmentUnavailable) as exc:
             corrupt = isinstance(exc, CorruptSegment)
             attempts = 1 if prior is None else prior.attempts + 1
@@ -239,8 +288,8 @@ class SegmentWatcher:
         due = time.monotonic() + self.reconcile_s
         while not self._stop.is_set():
             try:
-                event = self._pubsub.get_message(timeout=EVENT_WAIT_S)
-                if event is not None or time.monotonic() >= due:
+                event = self._next_event()
+                if event or time.monotonic() >= due:
                     self._drain()
                     self.reconcile()
                     due = time.monotonic() + self.reconcile_s
@@ -248,10 +297,56 @@ class SegmentWatcher:
                 log.exception("collection=%s segment reconcile failed", self.registry.collection)
                 self._stop.wait(min(self.reconcile_s, 1.0))
 
+    def _next_event(self) -> bool:
+        """Wait up to EVENT_WAIT_S for a registry event; True when one calls for a reconcile.
+
+        While the subscription is broken, subscribing again is tried every RESUBSCRIBE_S and
+        the timer's reconciles go on meanwhile; a new subscription is followed by a reconcile
+        at once, since what was published while there was none is never sent again.
+        """
+        if self._resubscribe_at is not None:
+            if time.monotonic() >= self._resubscribe_at and self._resubscribe():
+                return True
+            self._stop.wait(EVENT_WAIT_S)
+            return False
+        try:
+            return self._pubsub.get_message(timeout=EVENT_WAIT_S) is not None
+        except (RedisError, OSError) as exc:
+            self._lose_events(exc)
+            return False
+
     def _drain(self) -> None:
         """Swallow queued events: one reconcile answers all of them."""
-        while self._pubsub.get_message(timeout=0) is not None:
-            pass
+        if self._resubscribe_at is not None:
+            return
+        try:
+            while self._pubsub.get_message(timeout=0) is not None:
+                pass
+        except (RedisError, OSError) as exc:
+            self._lose_events(exc)
+
+    def _lose_events(self, exc: Exception) -> None:
+        log.warning("collection=%s registry events lost (%s): reconciling every %gs until "
+                    "subscribed again", self.registry.collection, exc, self.reconcile_s)
+        self._resubscribe_at = time.monotonic()
+
+    def _resubscribe(self) -> bool:
+        """Replace the broken subscription; True if it worked, else try again later."""
+        try:
+            self._pubsub.close()
+        except (RedisError, OSError):
+            pass  # its connection is the broken part
+        try:
+            self._pubsub = self.registry.client.pubsub(ignore_subscribe_messages=True)
+            self.subscribe()
+        except (RedisError, OSError) as exc:
+            log.debug("collection=%s subscribing again failed: %s", self.registry.collection,
+                      exc)
+            self._resubscribe_at = time.monotonic() + RESUBSCRIBE_S
+            return False
+        self._resubscribe_at = None
+        log.info("collection=%s registry events received again", self.registry.collection)
+        return True
 
 
 def read_unloaded(registry: Registry) -> dict[str, dict]:

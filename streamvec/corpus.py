@@ -55,6 +55,14 @@ def topics() -> list[str]:
     return list(_topics())
 
 
+def capacity(topic: str) -> int:
+    """How many distinct sentences `topic` can produce: the most `sentences_by_topic` gives."""
+    table = _topics()
+    if topic not in table:
+        raise ValueError(f"unknown topic {topic!r}; known topics: {', '.join(table)}")
+    return table[topic].capacity
+
+
 def _rng(seed: int, stream: str) -> np.random.Generator:
     """Return a generator for one (seed, stream) pair, stable across processes and platforms."""
     if seed < 0:

@@ -36,5 +36,9 @@ class DevStackError(StreamvecError):
     """The local development stack cannot be fetched, started or checked; the message says why."""
 
 
+class LogConfigError(InvalidInput):
+    """A log level or log format that the logging set-up does not know."""
+
+
 class ListenError(Conflict):
     """A server of this process cannot listen on its address (taken, or not permitted)."""

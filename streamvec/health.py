@@ -27,11 +27,11 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
-from redis import Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
+from streamvec import redisconn
 from streamvec.errors import ListenError
 from streamvec.settings import Settings
 
@@ -178,8 +178,8 @@ class Turns(AbstractContextManager[None]):
 
 def redis_check(settings: Settings) -> Callable[[], str | None]:
     """A readiness check that pings Redis once per probe, without retries."""
-    client = Redis.from_url(settings.redis_url, socket_timeout=CHECK_TIMEOUT_S,
-                            socket_connect_timeout=CHECK_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
+    client = redisconn.connect(settings.redis_url, timeout=CHECK_TIMEOUT_S,
+                               retry=Retry(NoBackoff(), 0))
 
     def check() -> str | None:
         try:

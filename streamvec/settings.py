@@ -16,11 +16,12 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
-from redis import Redis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
+
+from streamvec import redisconn
 
 # Ports of the embedded local stack (`streamvec dev up`); chosen high and unusual so that
 # a developer's own Kafka or Redis on the standard ports is never touched by accident.
@@ -79,9 +80,8 @@ def redact_url(url: str) -> str:
     if parts.password is None:
         return url
     user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
+    # The hosts as written: a cluster URL lists several, which urlsplit cannot take apart.
+    host = parts.netloc.rpartition("@")[2]
     netloc = f"{user}:***@{host}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
@@ -188,7 +188,9 @@ class Settings(BaseSettings):
     )
     redis: SecretStr = Field(
         default=SecretStr(f"redis://127.0.0.1:{LOCAL_REDIS_PORT}/0"),
-        description="Redis URL: redis:// or rediss://, with ACL user and password if any.",
+        description="Redis URL: redis:// or rediss:// for one server, redis+cluster://host:port"
+                    "[,host:port...] (rediss+cluster:// over TLS) for a Redis Cluster; with ACL "
+                    "user and password if any.",
     )
     store: Path = Field(
         default_factory=lambda: default_home() / "snapshots",
@@ -223,6 +225,11 @@ class Settings(BaseSettings):
         min_length=1,
         description="Address the /metrics and health endpoint binds: 0.0.0.0 (default) "
                     "listens on every interface, 127.0.0.1 only on this machine.",
+    )
+    revision: str = Field(
+        default="", max_length=64,
+        description="Source revision this build was made from, shown as the revision label of "
+                    "streamvec_build_info (the image sets it from its REVISION build argument).",
     )
     home: Path = Field(
         default_factory=default_home,
@@ -285,6 +292,22 @@ class Settings(BaseSettings):
                     "Kafka (and reports lagging) until segments cover its rows. Keep it above "
                     "what the indexers leave unsealed (partitions x seal_rows at most).",
     )
+    search_threads: int = Field(
+        default=0, ge=0, le=64,
+        description="Searcher: threads that search a batch's segments in parallel, one FAISS "
+                    "thread each; 0 (default) means min(4, CPUs), 1 searches inline.",
+    )
+    searcher_fold: bool = Field(
+        default=True,
+        description="Searcher: search HNSW segments through folds, one in-memory graph per "
+                    "index type over the segments of every partition, built in the background "
+                    "(docs/operations.md, \"Folds\"); false searches each segment's own index.",
+    )
+    searcher_fold_min_segments: int = Field(
+        default=2, ge=2,
+        description="Searcher: HNSW segments of one index type that start a fold; fewer are "
+                    "searched with their own indexes.",
+    )
 
     @field_validator("kafka_options", mode="before")
     @classmethod
@@ -315,10 +338,7 @@ class Settings(BaseSettings):
     @field_validator("redis")
     @classmethod
     def _check_redis(cls, value: SecretStr) -> SecretStr:
-        scheme = urlsplit(value.get_secret_value()).scheme
-        if scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(
-                f"redis URL must start with redis://, rediss:// or unix://, not {scheme!r}")
+        redisconn.check_url(value.get_secret_value())
         return value
 
     @property
@@ -330,18 +350,17 @@ class Settings(BaseSettings):
         """Return a librdkafka config dict: bootstrap servers, pass-through options, `extra`."""
         return {"bootstrap.servers": self.kafka, **self.kafka_options, **extra}
 
-    def redis_client(self, *, timeout: float | None = None) -> Redis:
-        """Open a Redis client for these settings (bytes in, bytes out).
+    def redis_client(self, *, timeout: float | None = None) -> redisconn.AnyRedis:
+        """Open a Redis client for these settings (bytes in, bytes out): a server's or a cluster's.
 
         `timeout` bounds each connect and reply, so a server that stopped answering (paused,
         partitioned) surfaces as a TimeoutError instead of a call that never returns.
         """
         # Transient network errors are retried with backoff (a few seconds in all) before surfacing;
         # every registry write is idempotent, so re-sending one whose reply was lost is safe.
-        return Redis.from_url(
+        return redisconn.connect(
             self.redis_url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
+            timeout=timeout,
             health_check_interval=30,
             retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), 5),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],

@@ -20,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "the alias's history so `streamvec rollback ALIAS` can undo it.")
     s.add_argument("alias", help="alias name, e.g. products (no @version)")
     s.add_argument("target", help="an existing collection, e.g. products@v4")
+    add_json(s)
     s.set_defaults(handler=_set)
 
     g = verbs.add_parser("get", help="show where an alias points",
@@ -44,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                          description="Delete an alias, its history and any ended challenge's "
                          "records; searches of the alias fail from then on.")
     d.add_argument("alias")
+    add_json(d)
     d.set_defaults(handler=_delete)
 
     r = sub.add_parser("rollback", help="switch an alias back to its previous target",
@@ -51,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "last switch. The rollback is itself a switch: a second one goes "
                        "forward again.")
     r.add_argument("alias")
+    add_json(r)
     r.set_defaults(handler=_rollback)
 
 
@@ -59,6 +62,9 @@ def _set(args: argparse.Namespace, settings: Settings) -> int:
 
     previous = aliases.set_alias(settings.redis_client(), args.alias, args.target,
                                  settings.actor)
+    if args.json:
+        return print_json({"alias": args.alias, "target": args.target, "previous": previous,
+                           "switched": previous != args.target})
     if previous == args.target:
         print(f"alias {args.alias} already points at {args.target}")
     elif previous is None:
@@ -111,6 +117,8 @@ def _delete(args: argparse.Namespace, settings: Settings) -> int:
     from lifecycle import aliases
 
     target = aliases.delete(settings.redis_client(), args.alias, settings.actor)
+    if args.json:
+        return print_json({"alias": args.alias, "deleted": True, "target": target})
     print(f"alias {args.alias} deleted (it pointed at {target})")
     return 0
 
@@ -119,6 +127,8 @@ def _rollback(args: argparse.Namespace, settings: Settings) -> int:
     from lifecycle import aliases
 
     before, after = aliases.rollback(settings.redis_client(), args.alias, settings.actor)
+    if args.json:
+        return print_json({"alias": args.alias, "from": before, "to": after})
     print(f"alias {args.alias} rolled back: {before} -> {after}")
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+from dataclasses import asdict
 
 from streamvec.commands.common import add_json, print_json, utc
 from streamvec.commands.errors import UsageError
@@ -17,9 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the `challenge` and `promote` commands to the top-level parser."""
     c = sub.add_parser(
         "challenge", help="shadow-test a challenger collection beside an alias's champion",
-        usage="streamvec challenge [start] ALIAS --challenger COLLECTION [--share S]\n"
+        usage="streamvec challenge [start] ALIAS --challenger COLLECTION [--share S] [--json]\n"
               "       streamvec challenge report ALIAS [--json]\n"
-              "       streamvec challenge stop ALIAS",
+              "       streamvec challenge stop ALIAS [--json]",
         description="Start: a share of the searches of ALIAS also go, in the background, to "
         "the challenger; callers still get the champion's answer. Report: judge the logged "
         "comparisons not judged yet, then print queries compared, p50/p99 latency, mean "
@@ -29,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--challenger", help="collection to shadow-test (start)")
     c.add_argument("--share", type=float, default=0.1,
                    help="fraction of searches to shadow, 0..1 (start; default 0.1)")
-    add_json(c, "print JSON (report)")
+    add_json(c)
     c.set_defaults(handler=_challenge)
 
     p = sub.add_parser("promote", help="switch an alias to its challenger, ending the challenge",
@@ -37,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "kept in the alias's history, so `streamvec rollback ALIAS` undoes it) "
                        "and end the challenge.")
     p.add_argument("alias")
+    add_json(p)
     p.set_defaults(handler=_promote)
 
 
@@ -49,10 +51,14 @@ def _challenge(args: argparse.Namespace, settings: Settings) -> int:
         if not args.challenger:
             raise UsageError("starting a challenge needs --challenger COLLECTION")
         config = challenges.start(client, alias, args.challenger, args.share, settings.actor)
+        if args.json:
+            return print_json({**asdict(config), "active": True})
         print(f"challenge {config.id} started on alias {alias}: champion {config.champion}, "
               f"challenger {config.challenger}, share {config.share:g}")
     elif verb == "stop":
         config = challenges.stop(client, alias, settings.actor)
+        if args.json:
+            return print_json({**asdict(config), "active": False})
         print(f"challenge {config.id} on alias {alias} stopped (challenger "
               f"{config.challenger}); the alias keeps its target")
     else:
@@ -67,6 +73,9 @@ def _promote(args: argparse.Namespace, settings: Settings) -> int:
     from lifecycle import challenges
 
     config, previous = challenges.promote(settings.redis_client(), args.alias, settings.actor)
+    if args.json:
+        return print_json({"alias": args.alias, "target": config.challenger,
+                           "previous": previous, "challenge": config.id})
     print(f"alias {args.alias} -> {config.challenger} (was {previous}); challenge {config.id} "
           f"ended. `streamvec rollback {args.alias}` undoes the switch")
     return 0

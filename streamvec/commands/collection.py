@@ -1,17 +1,19 @@
-"""`streamvec collection create|list|describe|drop`: collection administration."""
+"""`streamvec collection create|list|describe|drop|reshard|shards`: collection administration."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import asdict
 
 from streamvec.commands.common import add_group, add_json, print_json
 from streamvec.commands.errors import UsageError
 from streamvec.settings import Settings
 
-# ingest.spec.METRICS, named here so that `streamvec --help` need not load numpy;
-# tests/streamvec/commands/test_commands.py keeps the two equal.
+# ingest.spec.METRICS and ingest.partition.PARTITIONERS, named here so that `streamvec --help`
+# need not load numpy; tests/streamvec/commands/test_commands.py keeps each pair equal.
 METRICS = ("l2", "ip", "cosine")
+PARTITIONERS = ("kafka", "streamvec")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,12 +29,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     create.add_argument("--partitions", type=int, default=4, help="topic partitions (default 4)")
     create.add_argument("--index", default="auto",
                         help="FAISS index_factory string, or auto (default)")
+    create.add_argument("--ef", type=int, default=0, metavar="N",
+                        help="HNSW efSearch of queries that name none, 1..4096 (default 0: the "
+                             "searcher's, 128)")
+    create.add_argument("--nprobe", type=int, default=0, metavar="N",
+                        help="IVF lists probed by queries that name none, 1..65536 (default 0: "
+                             "the index's own)")
     create.add_argument("--seal-rows", type=int, default=100_000,
                         help="seal a growing segment at this many rows (default 100000)")
     create.add_argument("--seal-seconds", type=float, default=60.0,
                         help="seal a growing segment this old (default 60)")
     create.add_argument("--seal-bytes", type=int, default=256 * 1024 * 1024,
                         help="seal a growing segment this large in bytes (default 256 MiB)")
+    create.add_argument("--partitioner", choices=PARTITIONERS, default="kafka",
+                        help="how ids map to partitions: kafka, the Java client's default "
+                             "for keyed records, which any Kafka producer can match (default), "
+                             "or streamvec, the partitioner of collections made before the choice")
     create.add_argument("--model-version", default="",
                         help="embedding model version (implied by NAME@VERSION)")
     create.add_argument("--adopt-store", action="store_true",
@@ -40,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                              "the segment store, to rebuild its registry from them")
     create.add_argument("--replication", type=int, default=None,
                         help="topic replication factor (default: min(3, brokers))")
+    add_json(create)
     create.set_defaults(handler=_create)
 
     lister = verbs.add_parser("list", help="list collections", description="List collections.")
@@ -58,7 +71,30 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "segment folders no other collection references.")
     drop.add_argument("name")
     drop.add_argument("--yes", action="store_true", help="confirm the deletion (required)")
+    add_json(drop)
     drop.set_defaults(handler=_drop)
+
+    reshard = verbs.add_parser(
+        "reshard", help="change how many shards serve a collection, without failing a query",
+        description="Switch the shard map to N shards of contiguous partitions (1: unsharded). "
+                    "Start the new shards' searchers first (`streamvec searcher --shard I/N`); "
+                    "the map switches once each new shard has a live, caught-up searcher, and "
+                    "the old searchers drain their streams and exit (docs/operations.md).")
+    reshard.add_argument("name")
+    reshard.add_argument("--shards", type=int, required=True, metavar="N",
+                         help="shards to serve the collection (1..its partitions)")
+    reshard.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
+                         help="how long to wait for the new shards' searchers (default 60)")
+    add_json(reshard)
+    reshard.set_defaults(handler=_reshard)
+
+    shards = verbs.add_parser(
+        "shards", help="show a collection's shard map and live searchers",
+        description="Print the shard map (absent: unsharded) and every live searcher's "
+                    "advert: its shard, state, readiness and segments per partition.")
+    shards.add_argument("name")
+    add_json(shards)
+    shards.set_defaults(handler=_shards)
 
 
 def _create(args: argparse.Namespace, settings: Settings) -> int:
@@ -69,9 +105,14 @@ def _create(args: argparse.Namespace, settings: Settings) -> int:
         name=args.name, dim=args.dim, metric=args.metric, partitions=args.partitions,
         index=args.index, seal_rows=args.seal_rows, seal_seconds=args.seal_seconds,
         seal_bytes=args.seal_bytes, model_version=args.model_version,
+        partitioner=args.partitioner, search_ef=args.ef, search_nprobe=args.nprobe,
     )
     created = collections.create_collection(settings, spec, replication=args.replication,
                                              adopt_store=args.adopt_store)
+    if args.json:
+        return print_json({"collection": spec.name, "created": created,
+                           "topic": spec.collection.topic, "partitions": spec.partitions,
+                           "dlq_topic": spec.collection.dlq_topic})
     state = "created" if created else "already exists with this spec"
     print(f"collection {spec.name} {state}: topic {spec.collection.topic} "
           f"({spec.partitions} partitions), dead letters {spec.collection.dlq_topic}")
@@ -120,5 +161,49 @@ def _drop(args: argparse.Namespace, settings: Settings) -> int:
     if not args.yes:
         raise UsageError(f"dropping {args.name} deletes its topics and snapshots; add --yes")
     collections.drop_collection(settings, args.name)
+    if args.json:
+        return print_json({"collection": args.name, "dropped": True})
     print(f"collection {args.name} dropped")
+    return 0
+
+
+def _reshard(args: argparse.Namespace, settings: Settings) -> int:
+    from lifecycle import shards
+
+    if args.wait < 0:
+        raise UsageError(f"--wait must be >= 0 seconds, got {args.wait:g}")
+    done = shards.reshard(settings, args.name, args.shards, wait_s=args.wait)
+    if args.json:
+        return print_json(done.to_json())
+    if not done.changed:
+        print(f"collection {args.name} already served as {', '.join(done.to_json()['shards'])}")
+        return 0
+    info = done.to_json()
+    print(f"collection {args.name} shard map version {info['version']}: "
+          f"{', '.join(info['shards'])}; retired (draining, then exiting): "
+          f"{', '.join(info['retired']) or 'none'}")
+    return 0
+
+
+def _shards(args: argparse.Namespace, settings: Settings) -> int:
+    from ingest import catalog
+    from searcher import shards
+
+    client = settings.redis_client()
+    catalog.load_spec(client, args.name)  # a missing collection is an error, not "unsharded"
+    current = shards.read_map(client, args.name)
+    adverts = shards.read_adverts(client, args.name)
+    if args.json:
+        return print_json({
+            "collection": args.name, "version": 0 if current is None else current.version,
+            "shards": ["all"] if current is None else [s.name for s in current.shards],
+            "searchers": [{**json.loads(a.to_json()), "segments_total": sum(a.segments.values())}
+                          for a in adverts]})
+    layout = "unsharded (all partitions)" if current is None else (
+        f"version {current.version}: " + ", ".join(s.name for s in current.shards))
+    print(f"collection {args.name} shard map {layout}")
+    print(f"{'SHARD':<16} {'REPLICA':<28} {'STATE':<9} {'READY':<5} {'SEGMENTS':>8}  REASON")
+    for a in adverts:
+        print(f"{a.shard or 'all':<16} {a.replica[:28]:<28} {a.state:<9} "
+              f"{'yes' if a.ready else 'no':<5} {sum(a.segments.values()):>8}  {a.reason or ''}")
     return 0

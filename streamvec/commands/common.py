@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -50,8 +51,12 @@ def add_collection(parser: argparse.ArgumentParser, help: str = "collection name
     parser.add_argument("--collection", required=True, help=help)
 
 
-def add_json(parser: argparse.ArgumentParser, help: str = "print JSON") -> None:
-    """The `--json` flag: machine-readable output instead of text."""
+def add_json(parser: argparse._ActionsContainer, help: str = "print JSON") -> None:
+    """The `--json` flag: one JSON document on stdout instead of text.
+
+    Every command that prints declares it (tests/streamvec/commands/test_json.py walks the
+    parser to check); in JSON mode `main` reports a failure as {"error", "status"} on stderr.
+    """
     parser.add_argument("--json", action="store_true", help=help)
 
 
@@ -87,9 +92,23 @@ def run_role_command(component: str, args: argparse.Namespace, settings: Setting
 
 
 def print_json(value: Any) -> int:
-    """Print `value` as indented JSON; the exit status 0, for handlers that stop there."""
-    print(json.dumps(value, indent=2))
+    """Print `value` as one indented JSON document; the exit status 0, for handlers that stop there.
+
+    NaN and infinities, which JSON cannot hold, are printed as null.
+    """
+    print(json.dumps(_finite(value), indent=2, allow_nan=False))
     return 0
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every non-finite float (at any depth) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def utc(seconds: float) -> str:

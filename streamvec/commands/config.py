@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from streamvec import configdoc, files
-from streamvec.commands.common import add_group
+from streamvec.commands.common import add_group, add_json, print_json
 from streamvec.commands.errors import CommandError, UsageError
 from streamvec.settings import Settings
 
@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                      f"default {configdoc.DOC_PATH})")
     ref.add_argument("--check", action="store_true",
                      help="write nothing; exit 1 with the first difference if FILE is stale")
+    add_json(ref, "print JSON: the Markdown as a string, or what was written or checked")
     ref.set_defaults(handler=_reference)
 
 
@@ -58,12 +59,18 @@ def _reference(args: argparse.Namespace, settings: Settings) -> int:
         if reason is not None:
             raise CommandError(f"the configuration reference is stale: {reason}; "
                                f"regenerate it with {REGENERATE}")
+        if args.json:
+            return print_json({"path": str(path), "up_to_date": True})
         print(f"{path} is up to date")
         return 0
     if args.output is None:
+        if args.json:
+            return print_json({"markdown": rendered})
         sys.stdout.write(rendered)
         return 0
     _write(args.output, rendered)
+    if args.json:
+        return print_json({"path": str(args.output), "written": True})
     print(f"wrote {args.output}")
     return 0
 

@@ -87,7 +87,7 @@ def _print_summary(settings: Settings, spec: CollectionSpec, ids: list[str],
     from ingest import admin
     from ingest.partition import partitions_for
 
-    rows_per_partition = np.bincount(partitions_for(ids, spec.partitions),
+    rows_per_partition = np.bincount(partitions_for(ids, spec.partitions, spec.partitioner),
                                      minlength=spec.partitions)
     print(f"published {len(ids)} rows in {elapsed:.2f}s ({len(ids) / elapsed:,.0f} rows/s)")
     print(f"{'PARTITION':>9} {'ROWS SENT':>10} {'LAST OFFSET':>12} {'LOG END':>8}")

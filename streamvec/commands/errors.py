@@ -5,6 +5,9 @@ The statuses are documented in docs/operations.md ("Exit statuses"); scripts rel
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import IntEnum
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -22,6 +25,51 @@ class CommandError(StreamvecError):
 
 class UsageError(CommandError, InvalidInput):
     """A flag, argument or value the command line refuses (exit status 2)."""
+
+
+class MissingDependency(CommandError):
+    """A command needs a package of an optional extra that is not installed (exit status 1)."""
+
+
+# Import name -> (distribution, extra) of each optional dependency. pyproject.toml's extras are
+# the truth; tests/streamvec/test_packaging.py checks that this table agrees with them.
+OPTIONAL_MODULES = {
+    "faiss": ("faiss-cpu", "server"),
+    "prometheus_client": ("prometheus-client", "server"),
+    "tqdm": ("tqdm", "server"),
+    "fsspec": ("fsspec", "server"),
+    "s3fs": ("s3fs", "server"),
+    "tokenizers": ("tokenizers", "demo"),
+    "safetensors": ("safetensors", "demo"),
+}
+_ROLE_NAMES = {"indexer": "the indexer", "searcher": "the searcher", "monitor": "the monitor"}
+
+
+@contextmanager
+def optional_dependencies(command: str | None) -> Iterator[None]:
+    """Turn a missing optional package into a MissingDependency that names the install to run."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").partition(".")[0]
+        if top not in OPTIONAL_MODULES:
+            raise
+        extra = OPTIONAL_MODULES[top][1]
+        # Every package of the extra that is absent, so one install fixes it in one go.
+        missing = {OPTIONAL_MODULES[top][0]} | {
+            dist for module, (dist, of) in OPTIONAL_MODULES.items()
+            if of == extra and not _installed(module)}
+        who = _ROLE_NAMES.get(command or "", f"`streamvec {command}`")
+        raise MissingDependency(
+            f"{who} needs {', '.join(sorted(missing))}: pip install 'streamvec[{extra}]'"
+        ) from None
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken or half-removed install counts as missing
+        return False
 
 
 class ExitCode(IntEnum):
@@ -42,7 +90,7 @@ _CATEGORIES = ((NotFound, ExitCode.NOT_FOUND), (Conflict, ExitCode.CONFLICT),
                (Unavailable, ExitCode.UNAVAILABLE), (InvalidInput, ExitCode.USAGE))
 # A query's error reply carries its kind as a code; the rest of the codes are bad requests.
 _QUERY_CODES = {"unknown_collection": ExitCode.NOT_FOUND,
-                "consistency_timeout": ExitCode.UNAVAILABLE,
+                "consistency_timeout": ExitCode.UNAVAILABLE, "timeout": ExitCode.UNAVAILABLE,
                 "internal": ExitCode.FAILED}
 # librdkafka's codes for a cluster that cannot be reached or does not answer in time.
 _KAFKA_UNAVAILABLE = frozenset({

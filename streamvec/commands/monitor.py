@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--collection", help="only entries about this collection")
     a.add_argument("--limit", type=common.positive_int, default=50,
                    help="latest entries to show (default 50)")
-    common.add_json(a, "print JSON lines")
+    common.add_json(a, "print JSON: a list of entries, oldest first")
     a.set_defaults(handler=_audit)
 
 
@@ -74,6 +74,7 @@ def _register_drift(sub: argparse._SubParsersAction) -> None:
                      help=f"rows to pin (default {DEFAULT_REFERENCE_ROWS})")
     pin.add_argument("--source", choices=REFERENCE_SOURCES, default="auto",
                      help="where to read them (default auto: segments, else the topic)")
+    common.add_json(pin)
     pin.set_defaults(handler=_pin)
 
 
@@ -104,6 +105,9 @@ def _pin(args: argparse.Namespace, settings: Settings) -> int:
 
     ref = pin_latest(settings, args.collection, rows=args.rows, source=args.source)
     rows, dim = ref.vectors.shape
+    if args.json:
+        return common.print_json({"collection": args.collection, "rows": rows, "dim": dim,
+                                  "source": ref.source})
     print(f"drift reference of {args.collection} pinned: {rows} rows of dim {dim} "
           f"from the {ref.source}")
     return 0
@@ -114,9 +118,7 @@ def _audit(args: argparse.Namespace, settings: Settings) -> int:
 
     entries = audit.read(settings.redis_client(), args.limit, collection=args.collection)
     if args.json:
-        for entry in entries:
-            print(json.dumps(entry.to_json(), sort_keys=True))
-        return 0
+        return common.print_json([entry.to_json() for entry in entries])
     if not entries:
         print("no audit entries")
         return 0

@@ -10,7 +10,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from streamvec.commands.common import add_group
+from streamvec.commands.common import add_group, add_json, print_json
 from streamvec.commands.errors import UsageError
 from streamvec.settings import Settings
 
@@ -46,6 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="distinct ids before they repeat (default 100000)")
     syn.add_argument("--clusters", type=int, default=16, help="cluster centres (default 16)")
     syn.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_json(syn, "print the final summary as JSON (progress still goes to the log)")
+    syn.add_argument("--format", choices=("binary", "json"), default="binary",
+                     help="binary batches of rows (default), or one keyed JSON record per row "
+                          "as any Kafka producer could send (docs/protocol.md)")
     syn.set_defaults(handler=_synthetic)
 
 
@@ -66,7 +70,7 @@ def _synthetic(args: argparse.Namespace, settings: Settings) -> int:
     from streamvec.synthetic import Clusters
 
     _check(args)
-    producer = Producer(args.collection, settings=settings)
+    producer = Producer(args.collection, settings=settings, format=args.format)
     stop = threading.Event()
 
     def _stop(signum, _frame):
@@ -83,6 +87,10 @@ def _synthetic(args: argparse.Namespace, settings: Settings) -> int:
     sent = _publish(producer, stream, args, stop, started)
     offsets = producer.close()
     elapsed = max(time.monotonic() - started, 1e-9)
+    if args.json:
+        return print_json({"collection": args.collection, "topic": producer.topic,
+                           "rows": sent, "seconds": round(elapsed, 3),
+                           "offsets": {str(p): o for p, o in sorted(offsets.items())}})
     print(f"published {sent} rows to {producer.topic} in {elapsed:.1f}s "
           f"({sent / elapsed:,.0f} rows/s); last offsets {offsets}")
     return 0

@@ -14,7 +14,7 @@ from streamvec.settings import Settings
 
 if TYPE_CHECKING:
     from indexer.rebuild import RebuildReport
-    from indexer.store import SegmentStore
+    from indexer.store import FetchReport, SegmentStore
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     rebuild_p.add_argument("--from-remote", action="store_true",
                            help="first copy the collection's folders and markers from the object "
                                 "store (STREAMVEC_STORE_URL) into the local segment store")
+    add_json(rebuild_p, "print the plan or the rebuilt registry as JSON")
     rebuild_p.set_defaults(handler=_rebuild)
 
 
@@ -84,14 +85,19 @@ def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
                          "(and STREAMVEC_STORE_OPTIONS)")
     if args.generation is None:
         args.generation = Registry(settings.redis_client(), name).active_generation()
-    if args.from_remote:
-        _fetch_remote(store, name, args.generation)
+    fetched = _fetch_remote(store, name, args.generation, args.json) if args.from_remote else None
     if args.yes:
         # Folders fetched from the object store get their recovered markers there too.
         report = rebuild(settings.redis_client(), store, name, args.generation,
                          mirror_markers=args.from_remote)
     else:
         report = plan_rebuild(store, name, args.generation)
+    if args.json:
+        return print_json({"collection": report.collection, "generation": report.generation,
+                           "dry_run": report.version is None, "version": report.version,
+                           "partitions": [asdict(p) for p in report.partitions],
+                           "recovered": list(report.recovered), "ignored": list(report.ignored),
+                           "fetched": None if fetched is None else asdict(fetched)})
     _print_report(report)
     if report.version is None:
         print("dry run: nothing written; add --yes to replace the registry")
@@ -100,16 +106,19 @@ def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _fetch_remote(store: SegmentStore, name: str, generation: int) -> None:
+def _fetch_remote(store: SegmentStore, name: str, generation: int, quiet: bool) -> FetchReport:
     """Copy the collection's remote folders (verified) and markers into the local store.
 
-    The caller has checked that the store has a remote.
+    The caller has checked that the store has a remote. Prints what was fetched unless `quiet`.
     """
     fetched = store.fetch_collection(name, generation)
+    if quiet:
+        return fetched
     print(f"from {store.remote.url}: {len(fetched.fetched)} folders fetched, "
           f"{len(fetched.kept)} already here, {fetched.markers} markers copied")
     for rel, why in fetched.refused.items():
         print(f"refused {rel}: {why}")
+    return fetched
 
 
 def _print_report(report: RebuildReport) -> None:

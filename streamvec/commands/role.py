@@ -20,7 +20,10 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+from prometheus_client import REGISTRY
+
 from streamvec.health import Health, TurnHook, redis_check, serve
+from streamvec.metrics import register_build_info
 from streamvec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,8 @@ def run_role(component: str, settings: Settings, metrics_port: int | None, start
              max_seconds: float | None = None) -> int:
     """Run one long-running role to its end and return the exit status (0: stopped cleanly)."""
     health = Health(component)
+    # /metrics says which build runs, from the start on (the role's own metrics come later).
+    register_build_info(REGISTRY, component, revision=settings.revision)
     stopper = _Stopper(health)
     signal.signal(signal.SIGTERM, stopper)
     signal.signal(signal.SIGINT, stopper)

@@ -64,6 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                           "removed by the next `streamvec gc`.")
     delete.add_argument("name", help="collection name")
     delete.add_argument("--snapshot", required=True, help="snapshot id")
+    add_json(delete)
     delete.set_defaults(handler=_delete)
     _register_gc(sub)
 
@@ -133,6 +134,8 @@ def _delete(args: argparse.Namespace, settings: Settings) -> int:
     from lifecycle import snapshots
 
     pit = snapshots.delete(settings, _name(args.name), args.snapshot)
+    if args.json:
+        return print_json({**pit.summary(), "deleted": True})
     print(f"snapshot {pit.snapshot_id} of {pit.collection} deleted; run `streamvec gc` to "
           "free folders only it referenced")
     return 0

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import asdict
 
+from streamvec.commands.common import add_json, print_json
+from streamvec.commands.errors import UsageError
 from streamvec.settings import Settings
 
 DEFAULT_WATCH_S = 2.0
@@ -22,12 +25,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--watch", nargs="?", type=float, const=DEFAULT_WATCH_S, default=None,
                    metavar="SECONDS", help=f"refresh every SECONDS (default {DEFAULT_WATCH_S:g})"
                    " until Ctrl-C")
+    add_json(p, "print the rows once as JSON (not with --watch)")
     p.set_defaults(handler=_status)
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
     from monitor.status import collect, render
 
+    if args.json:
+        if args.watch is not None:
+            raise UsageError("--json prints the rows once; drop --watch (or poll the command)")
+        return print_json([asdict(row) for row in collect(settings, args.collection)])
     if args.watch is None:
         print(render(collect(settings, args.collection)))
         return 0

@@ -13,44 +13,74 @@ import time
 import xml.etree.ElementTree as ET  # noqa: S405 - parses our own pom.xml only
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
+from streamvec import files
 from streamvec.errors import DevStackError
 from streamvec.settings import Settings
 
-DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "local"
-POM = DEPLOY_DIR / "pom.xml"
 MIN_JAVA = 17
 _COMPLETE = ".complete"
 _DOWNLOADED = re.compile(r"^\[INFO\] Downloaded from ")
 _POM_NS = "{http://maven.apache.org/POM/4.0.0}"
 
 
+def resource(*parts: str) -> Traversable:
+    """Return a file the dev stack ships inside the package: a pom or a JVM logging config."""
+    # Package data rather than a path into the source tree, so that an installed wheel
+    # finds them as well as a checkout does.
+    return resources.files("streamvec.devstack").joinpath("resources", *parts)
+
+
+def install_resource(source: Traversable, target: Path) -> Path:
+    """Copy a packaged file to `target` (where a JVM or Maven reads it) and return `target`."""
+    # Servers and Maven get a copy outside the installed package: Maven writes its `target/`
+    # beside the pom, and a running JVM must not lose its config when the package is upgraded.
+    data = _read(source)
+    if not (target.is_file() and target.read_bytes() == data):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        files.write_atomic(target, data, durable=False)
+    return target
+
+
+def _read(source: Traversable) -> bytes:
+    try:
+        return source.read_bytes()
+    except OSError as exc:
+        raise DevStackError(
+            f"the packaged dev stack file {source} cannot be read ({exc}); "
+            "reinstall streamvec") from None
+
+
 @dataclass(frozen=True, slots=True)
 class JarSet:
-    """The runtime jars of one server, named by a pom in deploy/local and cached per version."""
+    """The runtime jars of one server, named by a packaged pom and cached per version."""
 
-    name: str  # cache folder prefix: <name>-<version>/libs
+    name: str  # cache folder prefix: <name>-<version>/libs; also its resources folder
     title: str  # how messages name the server
-    pom: Path
     version_property: str
+
+    @property
+    def pom(self) -> Traversable:
+        """The packaged pom whose runtime dependencies are this server's jars."""
+        return resource(self.name, "pom.xml")
 
     def version(self) -> str:
         """Return the version pinned in the pom's `version_property`."""
         return pinned_version(self.pom, self.version_property)
 
 
-KAFKA = JarSet("kafka", "Kafka broker", POM, "kafka.version")
+KAFKA = JarSet("kafka", "Kafka broker", "kafka.version")
 # The S3-compatible server the object-store tests run against; a pom of its own, because
 # Maven picks one version per artifact and its Jackson must not follow Kafka's.
-S3PROXY = JarSet("s3proxy", "S3Proxy", DEPLOY_DIR / "s3proxy" / "pom.xml", "s3proxy.version")
+S3PROXY = JarSet("s3proxy", "S3Proxy", "s3proxy.version")
 
 
-def pinned_version(pom: Path, prop: str) -> str:
+def pinned_version(pom: Traversable | Path, prop: str) -> str:
     """Return the `<prop>` property of `pom`."""
-    if not pom.is_file():
-        raise DevStackError(f"{pom} not found: `streamvec dev` runs from a source checkout")
-    root = ET.parse(pom).getroot()  # noqa: S314 - our own file, not untrusted input
+    root = ET.fromstring(_read(pom))  # noqa: S314 - our own packaged file, not untrusted input
     found = root.find(f"{_POM_NS}properties/{_POM_NS}{prop}")
     version = (found.text or "").strip() if found is not None else ""
     if not version:
@@ -58,9 +88,9 @@ def pinned_version(pom: Path, prop: str) -> str:
     return version
 
 
-def kafka_version(pom: Path = POM) -> str:
-    """Return the Kafka version pinned in deploy/local/pom.xml."""
-    return pinned_version(pom, KAFKA.version_property)
+def kafka_version() -> str:
+    """Return the Kafka version pinned in the packaged Kafka pom."""
+    return KAFKA.version()
 
 
 def java_executable() -> str:
@@ -95,8 +125,8 @@ def jars_dir(cache_dir: Path, jars: JarSet = KAFKA) -> Path:
 
 
 def _pom_stamp(jars: JarSet) -> str:
-    # The pom's content, not its mtime: a fresh clone must not refetch what the cache holds.
-    return f"{jars.version()} {hashlib.sha256(jars.pom.read_bytes()).hexdigest()}\n"
+    # The pom's content, not its mtime: a fresh install must not refetch what the cache holds.
+    return f"{jars.version()} {hashlib.sha256(_read(jars.pom)).hexdigest()}\n"
 
 
 def ensure_jars(cache_dir: Path, echo: Callable[[str], None] | None = None,
@@ -128,12 +158,13 @@ def _fetch(mvn: str, jars: JarSet, libs: Path, echo: Callable[[str], None]) -> N
     staging = libs.with_name(f"libs.tmp{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     fetch_log = libs.parent / "fetch.log"
+    pom = install_resource(jars.pom, libs.parent / "pom.xml")
     argv = [
         mvn,
         "-B",
         "-Dstyle.color=never",
         "-f",
-        str(jars.pom),
+        str(pom),
         "dependency:copy-dependencies",
         "-DincludeScope=runtime",
         f"-DoutputDirectory={staging}",

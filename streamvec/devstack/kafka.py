@@ -9,7 +9,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from streamvec.devstack.jars import DEPLOY_DIR, KAFKA, default_libs, ensure_jars, java_executable
+from streamvec.devstack.jars import (
+    KAFKA,
+    default_libs,
+    ensure_jars,
+    install_resource,
+    java_executable,
+    resource,
+)
 from streamvec.devstack.ports import LOOPBACK
 from streamvec.devstack.process import ServerProcess, write_properties
 from streamvec.errors import DevStackError
@@ -18,7 +25,6 @@ __all__ = ["KafkaServer", "cluster_id", "ensure_jars"]
 
 log = logging.getLogger(__name__)
 
-LOG4J_CONFIG = DEPLOY_DIR / "log4j2.yaml"
 JVM_OPTS = (
     "-Xmx512m",
     "-Xms256m",
@@ -61,6 +67,11 @@ class KafkaServer(ServerProcess):
     def properties_path(self) -> Path:
         """The broker's server.properties, rewritten on every start."""
         return self.data_dir / "server.properties"
+
+    @property
+    def log_config_path(self) -> Path:
+        """The broker's log4j2 configuration, copied from the package on every start."""
+        return self.data_dir / "log4j2.yaml"
 
     @property
     def log_dirs(self) -> Path:
@@ -112,7 +123,7 @@ class KafkaServer(ServerProcess):
         return [
             java_executable(),
             *JVM_OPTS,
-            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+            f"-Dlog4j2.configurationFile={self.log_config_path}",
             f"-Dkafka.logs.dir={self.data_dir}",
             "-cp",
             f"{libs}/*",
@@ -140,6 +151,7 @@ class KafkaServer(ServerProcess):
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
         write_properties(self.properties_path, self.properties())
+        install_resource(resource(KAFKA.name, "log4j2.yaml"), self.log_config_path)
         self.format_storage()
         self.spawn(
             self._java("kafka.Kafka", str(self.properties_path)), die_with_parent=die_with_parent

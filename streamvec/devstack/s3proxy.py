@@ -7,14 +7,19 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from streamvec.devstack.jars import DEPLOY_DIR, S3PROXY, default_libs, java_executable
+from streamvec.devstack.jars import (
+    S3PROXY,
+    default_libs,
+    install_resource,
+    java_executable,
+    resource,
+)
 from streamvec.devstack.ports import LOOPBACK
 from streamvec.devstack.process import ServerProcess, write_properties
 
 log = logging.getLogger(__name__)
 
 MAIN_CLASS = "org.gaul.s3proxy.Main"
-LOGBACK_CONFIG = DEPLOY_DIR / "s3proxy" / "logback.xml"
 # Fixed credentials of a server that listens on loopback only and holds throwaway data;
 # they exist so that requests are signed (AWS v4) exactly as against a real object store.
 IDENTITY = "streamvec-local"
@@ -49,6 +54,11 @@ class S3ProxyServer(ServerProcess):
         return self.data_dir / "s3proxy.conf"
 
     @property
+    def log_config_path(self) -> Path:
+        """The server's logback configuration, copied from the package on every start."""
+        return self.data_dir / "logback.xml"
+
+    @property
     def blobs_dir(self) -> Path:
         """The folder that holds one subfolder per bucket."""
         return self.data_dir / "blobs"
@@ -79,8 +89,9 @@ class S3ProxyServer(ServerProcess):
             return
         self.blobs_dir.mkdir(parents=True, exist_ok=True)
         write_properties(self.properties_path, self.properties())
+        install_resource(resource(S3PROXY.name, "logback.xml"), self.log_config_path)
         libs = self.libs or default_libs(S3PROXY)
-        argv = [java_executable(), *JVM_OPTS, f"-Dlogback.configurationFile={LOGBACK_CONFIG}",
+        argv = [java_executable(), *JVM_OPTS, f"-Dlogback.configurationFile={self.log_config_path}",
                 "-cp", f"{libs}/*", MAIN_CLASS, "--properties", str(self.properties_path)]
         self.spawn(argv, die_with_parent=die_with_parent)
         log.debug("s3proxy starting: pid=%s endpoint=%s", self.pid, self.endpoint)

@@ -52,7 +52,7 @@ def test_rule_unit_tests_pass(promtool):
     assert output.split() == ["Unit", "Testing:", "rules_test.yml", "SUCCESS"]
 
 
-def test_every_rule_is_an_alert_with_severity_summary_and_description():
+def test_every_rule_is_an_alert_with_severity_summary_description_and_runbook():
     rules = alert_rules()
     assert [r["alert"] for r in rules] == [
         "StreamvecTargetDown", "StreamvecCheckpointLagGrowing", "StreamvecFreshnessSlow",
@@ -64,7 +64,8 @@ def test_every_rule_is_an_alert_with_severity_summary_and_description():
     ]
     for rule in rules:
         assert rule["labels"]["severity"] in SEVERITIES, rule["alert"]
-        assert set(rule["annotations"]) == {"summary", "description"}, rule["alert"]
+        assert set(rule["annotations"]) == {"summary", "description", "runbook_url"}, \
+            rule["alert"]
 
 
 def test_the_unit_tests_fire_every_alert():

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import redis
 
 from indexer.registry import Registry
 from ingest import admin
 from ingest.spec import CollectionSpec
 from searcher import protocol
 from searcher.client import Client
+from streamvec.redisconn import connect
 from tests.support.faultload import (
     HOSTILE_KINDS,
     Ingest,
@@ -175,7 +175,7 @@ def test_poison_messages_of_every_kind_reach_the_dead_letter_topic(fault):
 
 def test_hostile_requests_get_an_error_or_an_answer(fault):
     mark = len(fault.queries.outcomes)
-    conn = redis.Redis.from_url(fault.stack.settings.redis_url)
+    conn = connect(fault.stack.settings.redis_url)
     try:
         report = send_hostile(conn, SPEC.name, SPEC.dim, SCALE.hostile)
         stream = protocol.queue_key(SPEC.name)

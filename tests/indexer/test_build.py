@@ -33,11 +33,13 @@ def recall(found, truth):
                                                                   strict=True)])
 
 
-def test_auto_is_flat_below_the_threshold_then_hnsw():
-    assert build.AUTO_FLAT_MAX_ROWS == 50_000
+def test_auto_is_flat_below_the_threshold_then_hnsw_whatever_the_dim():
+    assert build.AUTO_GRAPH_MIN_ROWS == 1_000
     assert build.resolve_factory("auto", 0, 8) == "Flat"
-    assert build.resolve_factory("auto", 49_999, 8) == "Flat"
-    assert build.resolve_factory("auto", 50_000, 8) == "HNSW32"
+    for dim in (8, 128, 384, 1536):
+        assert build.resolve_factory("auto", 999, dim) == "Flat"
+        assert build.resolve_factory("auto", 1_000, dim) == "HNSW32"
+    assert build.resolve_factory(" AUTO ", 50_000, 8) == "HNSW32"
     assert build.resolve_factory(" IVF64,PQ8 ", 10, 8) == "IVF64,PQ8"
     with pytest.raises(ValueError):
         build.resolve_factory("auto", 10, 0)
@@ -73,9 +75,9 @@ def test_normalize_scales_rows_along_the_last_axis_and_keeps_zero_rows():
 
 @pytest.mark.parametrize("metric", ["l2", "ip"])
 def test_flat_is_exact(metric):
-    base, queries = dataset(2000, 16)
+    base, queries = dataset(build.AUTO_GRAPH_MIN_ROWS - 1, 16)
     index, factory = build.build_index(base, metric=metric, index="auto")
-    assert factory == "Flat" and index.ntotal == 2000
+    assert factory == "Flat" and index.ntotal == build.AUTO_GRAPH_MIN_ROWS - 1
     assert index.metric_type == build.faiss_metric(metric)
     _, found = index.search(queries, 10)
     truth = exact_rows(base, queries, 10, metric)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from indexer.dlq import HEADER_RESERVE_BYTES, MAX_KEY_COPY_BYTES, copy_limit, make_letter
+from indexer.dlq import HEADER_RESERVE_BYTES, MAX_KEY_COPY_BYTES, _recut, copy_limit, make_letter
 from ingest.errors import RecordError
 
 
@@ -47,3 +47,13 @@ def test_the_copy_limit_leaves_room_for_headers_under_the_topic_limit():
     assert copy_limit(16 * 2**20, 2**20) == 2**20
     assert copy_limit(2**20, 2**20) == 2**20 - HEADER_RESERVE_BYTES
     assert copy_limit(100, 2**20) == 0
+
+
+def test_the_dead_letter_of_a_tombstone_is_a_tombstone_whatever_the_limit():
+    letter = make_letter(None, None, topic="sv.products", partition=0, offset=7, limit=0,
+                         error=RecordError("bad_id", "json: the record has no key"))
+    assert letter.value is None and letter.key is None
+    assert "sv-truncated" not in dict(letter.headers)
+    assert dict(letter.headers)["sv-reason"] == b"bad_id"
+    assert _recut(letter, 0) is letter
+    assert letter.nbytes == sum(len(v) for _, v in letter.headers)

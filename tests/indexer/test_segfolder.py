@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import mmap as mmap_module
 import os
 from pathlib import Path
 from unittest import mock
@@ -19,6 +21,7 @@ from streamvec import files
 
 DIM = 8
 COLLECTION = "docs@v2"
+GRAPH = "HNSW4"
 
 
 def make_sealed(partition: int = 1, start: int = 100, end: int = 120, rows: int = 12,
@@ -42,9 +45,23 @@ def flat_index(sealed: SealedRows) -> faiss.Index:
     return index
 
 
-def write(root: Path, sealed: SealedRows, hides: dict | None = None) -> segfolder.SegmentManifest:
-    return SegmentStore(root).write(COLLECTION, 0, sealed, flat_index(sealed), "Flat", "l2",
-                                    hides or {})
+def graph_index(sealed: SealedRows) -> faiss.Index:
+    index = faiss.index_factory(DIM, GRAPH)
+    index.add(sealed.vectors)
+    return index
+
+
+def write(root: Path, sealed: SealedRows, hides: dict | None = None,
+          factory: str = "Flat") -> segfolder.SegmentManifest:
+    index = flat_index(sealed) if factory == "Flat" else graph_index(sealed)
+    return SegmentStore(root).write(COLLECTION, 0, sealed, index, factory, "l2", hides or {})
+
+
+def owner(array: np.ndarray) -> object:
+    """What finally holds an array's memory: the end of its chain of bases."""
+    while isinstance(array, np.ndarray) and array.base is not None:
+        array = array.base
+    return array.obj if isinstance(array, memoryview) else array
 
 
 def sealed_id(sealed: SealedRows) -> str:
@@ -74,8 +91,18 @@ def test_round_trip(tmp_path: Path, mmap: bool) -> None:
     assert seg.manifest == manifest and manifest.segment_id == sealed_id(sealed)
     assert manifest.fingerprint == {"dim": DIM, "metric": "l2", "factory": "Flat", "rows": 12,
                                     "start_offset": 100, "end_offset": 120}
-    assert set(manifest.files) == segfolder.FILES
-    assert isinstance(seg.vectors, np.memmap) is mmap
+    # A Flat folder holds no index: its search scans the vectors, which are all it needs.
+    # Format 3 adds the metadata columns (indexer/columns.py).
+    assert set(manifest.files) == segfolder.DATA_FILES | segfolder.COLUMN_FILES
+    assert manifest.format == 3
+    assert sorted(os.listdir(folder(tmp_path, sealed))) == sorted(
+        segfolder.DATA_FILES | segfolder.COLUMN_FILES | {segfolder.MANIFEST})
+    assert seg.index is None
+    assert isinstance(owner(seg.vectors), mmap_module.mmap) is mmap  # a view, never a copy
+    assert not seg.vectors.flags.writeable and not seg.ids.flags.writeable
+    # The files are plain .npy files, as np.save writes them.
+    plain = np.load(folder(tmp_path, sealed) / "vectors.npy", allow_pickle=False)
+    assert plain.tobytes() == sealed.vectors.tobytes()
     assert seg.ids.tolist() == sealed.ids.tolist()
     assert seg.vectors.dtype == np.float32 and seg.vectors.tobytes() == sealed.vectors.tobytes()
     assert seg.offsets.tolist() == sealed.offsets.tolist()
@@ -87,10 +114,18 @@ def test_round_trip(tmp_path: Path, mmap: bool) -> None:
                                                    {"n": 3, "tag": "é"}]
     with pytest.raises(IndexError):
         seg.metadata(12)
+
+
+def test_a_segment_with_an_index_keeps_it(tmp_path: Path) -> None:
+    sealed = make_sealed()
+    manifest = write(tmp_path, sealed, factory=GRAPH)
+    assert set(manifest.files) == segfolder.FILES and manifest.factory == GRAPH
+    seg = segfolder.load_segment(folder(tmp_path, sealed))
     queries = np.random.default_rng(1).standard_normal((5, DIM)).astype(np.float32)
-    want_d, want_i = flat_index(sealed).search(queries, 4)
+    want_d, want_i = graph_index(sealed).search(queries, 4)
     got_d, got_i = seg.index.search(queries, 4)
     assert np.array_equal(got_i, want_i) and np.array_equal(got_d, want_d)
+    assert seg.vectors.tobytes() == sealed.vectors.tobytes()
 
 
 def test_segment_of_deletes_only(tmp_path: Path) -> None:
@@ -98,8 +133,83 @@ def test_segment_of_deletes_only(tmp_path: Path) -> None:
                         np.array([], np.int64), np.array([], np.int64), [], np.array([b"x"]))
     manifest = write(tmp_path, sealed)
     seg = segfolder.load_segment(folder(tmp_path, sealed))
-    assert (manifest.rows, seg.index.ntotal, seg.deleted_ids.tolist()) == (0, 0, [b"x"])
+    assert (manifest.rows, seg.index, seg.deleted_ids.tolist()) == (0, None, [b"x"])
     assert seg.vectors.shape == (0, DIM) and len(seg.meta_blob) == 0
+
+
+def as_format_1(path: Path, index: faiss.Index) -> None:
+    """Turn a Flat folder into what format 1 wrote: the data files plus an index.faiss."""
+    faiss.write_index(index, str(path / segfolder.INDEX_FILE))
+    data = (path / segfolder.INDEX_FILE).read_bytes()
+    entry = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    for name in segfolder.COLUMN_FILES:
+        (path / name).unlink()
+
+    def older(body: dict) -> None:
+        body.update(format=1)
+        body["files"] = {n: e for n, e in body["files"].items() if n not in segfolder.COLUMN_FILES}
+        body["files"]["index.faiss"] = entry
+    edit_manifest(path, older, reseal=True)
+
+
+def test_a_format_1_flat_folder_with_its_index_still_loads_and_is_checked(tmp_path: Path) -> None:
+    sealed = make_sealed()
+    write(tmp_path, sealed)
+    path = folder(tmp_path, sealed)
+    as_format_1(path, flat_index(sealed))
+    seg = segfolder.load_segment(path)
+    assert (seg.manifest.format, set(seg.manifest.files)) == (
+        1, segfolder.DATA_FILES | {segfolder.INDEX_FILE})
+    # Served by the same exact scan as a format 2 folder: the index is checked, never loaded.
+    assert seg.index is None and seg.vectors.tobytes() == sealed.vectors.tobytes()
+    data = bytearray((path / segfolder.INDEX_FILE).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (path / segfolder.INDEX_FILE).write_bytes(bytes(data))
+    assert expect_corrupt(path, segfolder.INDEX_FILE).reason == (
+        "sha256 does not match the manifest")
+    (path / segfolder.INDEX_FILE).unlink()
+    assert expect_corrupt(path, segfolder.INDEX_FILE).reason == "missing"
+
+
+def test_a_file_list_that_does_not_fit_the_format_and_factory_is_refused(tmp_path: Path) -> None:
+    flat = make_sealed()
+    write(tmp_path, flat)
+    path = folder(tmp_path, flat)
+    # A format 2 Flat folder that claims an index, and one of format 1 without it.
+    edit_manifest(path, lambda b: b["files"].update({"index.faiss": b["files"]["ids.npy"]}),
+                  reseal=True)
+    assert "file list" in expect_corrupt(path, segfolder.MANIFEST).reason
+    edit_manifest(path, lambda b: (b.update(format=1), b["files"].pop("index.faiss")),
+                  reseal=True)
+    assert "file list" in expect_corrupt(path, segfolder.MANIFEST).reason
+    graph = make_sealed(start=120, end=140)
+    write(tmp_path, graph, factory=GRAPH)
+    path = folder(tmp_path, graph)
+    edit_manifest(path, lambda b: b["files"].pop("index.faiss"), reseal=True)
+    assert "file list" in expect_corrupt(path, segfolder.MANIFEST).reason
+
+
+def test_an_npy_file_of_objects_or_with_a_wrong_length_is_refused(tmp_path: Path) -> None:
+    sealed = make_sealed()
+    write(tmp_path, sealed)
+    path = folder(tmp_path, sealed)
+    np.save(path / "ids.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    np.save(path / "offsets.npy", np.zeros(3, np.int64))
+    for name in ("ids.npy", "offsets.npy"):
+        data = (path / name).read_bytes()
+        entry = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        edit_manifest(path, lambda b, n=name, e=entry: b["files"].update({n: e}), reseal=True)
+    with pytest.raises(CorruptSegment) as info:
+        segfolder.load_segment(path)
+    assert (info.value.file, info.value.reason) == (
+        "ids.npy", "unreadable (an .npy file of Python objects is refused)")
+    np.save(path / "ids.npy", sealed.ids)
+    data = (path / "ids.npy").read_bytes()
+    (path / "ids.npy").write_bytes(data[:-1])  # one byte short of its header's shape
+    entry = {"sha256": hashlib.sha256(data[:-1]).hexdigest(), "bytes": len(data) - 1}
+    edit_manifest(path, lambda b: b["files"].update({"ids.npy": entry}), reseal=True)
+    with pytest.raises(CorruptSegment, match=r"ids.npy: unreadable \(\d+ data bytes for shape"):
+        segfolder.load_segment(path)
 
 
 def test_rewrite_of_a_valid_segment_keeps_it(tmp_path: Path) -> None:
@@ -139,11 +249,15 @@ def test_a_writer_that_loses_the_race_returns_the_winner(tmp_path: Path,
     assert os.listdir(folder(tmp_path, sealed).parent) == [winner[0].segment_id]
 
 
-def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("factory", ["Flat", GRAPH])
+def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     factory: str) -> None:
     sealed = make_sealed()
-    monkeypatch.setattr(faiss, "write_index", mock.Mock(side_effect=RuntimeError("disk full")))
-    with pytest.raises(RuntimeError, match="disk full"):
-        write(tmp_path, sealed)
+    monkeypatch.setattr(faiss, "serialize_index",
+                        mock.Mock(side_effect=RuntimeError("disk full")))
+    monkeypatch.setattr(files, "fsync_file", mock.Mock(side_effect=OSError("disk full")))
+    with pytest.raises((RuntimeError, OSError), match="disk full"):
+        write(tmp_path, sealed, factory=factory)
     assert os.listdir(folder(tmp_path, sealed).parent) == []
 
 
@@ -191,10 +305,12 @@ def test_write_rejects_inconsistent_input(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="metric must be one of"):
         SegmentStore(tmp_path).write(COLLECTION, 0, sealed, flat_index(sealed), "Flat",
                                      "hamming", {})
+    with pytest.raises(ValueError, match="a 'HNSW4' segment needs its built index"):
+        SegmentStore(tmp_path).write(COLLECTION, 0, sealed, None, GRAPH, "l2", {})
     assert SegmentStore(tmp_path).list_segments(COLLECTION) == []
 
 
-ALL_FILES = sorted(segfolder.FILES | {segfolder.MANIFEST})
+ALL_FILES = sorted(segfolder.DATA_FILES | {segfolder.MANIFEST})
 
 
 def corrupted(tmp_path: Path) -> Path:

@@ -90,16 +90,29 @@ def test_last_op_per_id_wins():
     assert seg.rows == 12  # the buffer keeps every op; only the seal deduplicates
 
 
-def test_seal_copies_and_leaves_the_segment_usable():
+def test_sealed_rows_are_read_only_and_later_appends_leave_them_as_sealed():
     seg = GrowingSegment(0, 0, DIM, created_at=0.0)
     seg.append(message(["a"]), 0)
     first = seg.seal()
-    first.vectors[0, 0] = -1.0
+    with pytest.raises(ValueError, match="read-only"):
+        first.vectors[0, 0] = -1.0
     assert seg.seal().vectors[0, 0] == 1000.0
-    seg.append(message(["a"], t0=50), 1)
+    for offset in range(1, 200):  # past the buffer's first capacity: it is reallocated
+        seg.append(message(["a"], t0=50), offset)
     second = seg.seal()
-    assert (first.end_offset, second.end_offset) == (1, 2)
-    assert second.vectors[0].tolist() == [50.0, 51.0, 52.0]
+    assert (first.end_offset, second.end_offset) == (1, 200)
+    assert first.vectors.tolist() == [[1000.0, 1001.0, 1002.0]]
+    assert second.vectors.tolist() == [[50.0, 51.0, 52.0]] and not second.vectors.flags.writeable
+
+
+def test_sealed_rows_count_the_whole_buffer_their_vectors_keep():
+    seg = GrowingSegment(0, 0, DIM, created_at=0.0)
+    seg.append(message(["a", "b"]), 0)
+    view = seg.seal()  # every row live: the first rows of a 64-row buffer
+    assert view.vectors.nbytes == 2 * DIM * 4 and view.held_bytes == 64 * DIM * 4
+    seg.append(message(["a"]), 1)
+    copied = seg.seal()  # "a" written twice: its last row only, copied out
+    assert copied.held_bytes == copied.vectors.nbytes == 2 * DIM * 4
 
 
 def test_metadata_stays_the_raw_bytes_of_the_payload():

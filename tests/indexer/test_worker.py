@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from indexer.errors import CheckpointOutOfRange
 from indexer.registry import Registry
 from indexer.worker import Worker
-from ingest import admin, record
+from ingest import admin, message, record
 from ingest.producer import Producer
 from ingest.spec import CollectionSpec
 from tests.support.polling import wait_until
@@ -83,11 +83,18 @@ def test_poison_goes_to_the_dlq_with_its_reason_and_good_rows_all_land(settings,
         if reason is not None:
             assert dead[position] == reason, position
     reasons = {r for r in dead.values()}
-    assert reasons <= record.REASONS, reasons - record.REASONS
+    assert reasons <= message.REASONS, reasons - message.REASONS
     for reason in reasons:
         counted = running.sample("streamvec_indexer_dlq_messages_total",
                                  collection=spec.name, reason=reason)
         assert counted == sum(1 for r in dead.values() if r == reason), reason
+
+
+@pytest.mark.redis_cluster
+def test_poison_and_good_rows_on_a_redis_cluster(settings, spec):
+    """The same ingest with the registry on a three-master Redis Cluster."""
+    assert settings.redis_url.startswith("redis+cluster://")
+    test_poison_goes_to_the_dlq_with_its_reason_and_good_rows_all_land(settings, spec)
 
 
 def read_dlq(settings, topic: str, expect: int) -> dict[tuple[int, int], str]:

@@ -71,6 +71,13 @@ def test_kill_9_at_every_step_loses_nothing_and_duplicates_nothing(settings, col
     assert (registry.checkpoints(), registry.segments()) == before
 
 
+@pytest.mark.redis_cluster
+def test_kill_9_on_a_redis_cluster(settings, collection, tmp_path):
+    """The same kills with every worker on a three-master Redis Cluster."""
+    assert settings.redis_url.startswith("redis+cluster://")
+    test_kill_9_at_every_step_loses_nothing_and_duplicates_nothing(settings, collection, tmp_path)
+
+
 def test_rebalance_with_a_third_worker_joining_and_leaving(settings, collection, tmp_path):
     name = collection.name
     workers = [spawn_worker(settings, name, tmp_path, tag=str(i)) for i in range(2)]

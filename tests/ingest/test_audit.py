@@ -86,7 +86,7 @@ def test_audit_command_lists_a_collections_latest_entries(settings, collection_n
     capsys.readouterr()
     assert main(cli(settings, "audit", "--collection", spec.name, "--limit", "2",
                     "--json")) == 0
-    listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    listed = json.loads(capsys.readouterr().out)
     assert [(e["action"], e["actor"], e["target"]) for e in listed] == [
         ("collection.drop", "dave", spec.name), ("collection.create", "erin", spec.name)]
     assert main(cli(settings, "audit", "--collection", spec.name)) == 0

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.partition import _finalize, hash_id, partitions_for
+from ingest.partition import _finalize, hash_id, murmur2, partition_of, partitions_for
 
 # Values of the reference implementation, pinned so that a change to the hash is caught:
 # every producer in every language must keep computing exactly these.
@@ -86,3 +86,56 @@ def test_partition_count_out_of_range_is_refused(partitions):
 def test_partition_count_must_be_an_integer():
     with pytest.raises(TypeError):
         partitions_for(["a"], 2.0)
+
+
+# Kafka's murmur2, as org.apache.kafka.common.utils.Utils.murmur2 returns it (a signed Java
+# int): these were printed by that method, run on the broker's own kafka-clients jar.
+JAVA_MURMUR2 = {
+    "": 275646681,
+    "a": -1563381124,
+    "user-42": 1459644460,
+    "21": -973932308,
+    "foobar": -790332482,
+    "商品-7": 2076954301,
+    "a\0": -1853091852,
+}
+
+
+@pytest.mark.parametrize(("key", "java"), JAVA_MURMUR2.items())
+def test_murmur2_matches_the_java_client(key, java):
+    assert murmur2(key) == java & 0xFFFFFFFF
+    assert murmur2(key.encode("utf-8")) == java & 0xFFFFFFFF
+    # Kafka's toPositive(murmur2(key)) % partitions
+    assert partition_of(key, 8, "kafka") == (java & 0x7FFFFFFF) % 8
+
+
+def test_murmur2_test_vectors_in_the_docs():
+    assert [murmur2(k) for k in (b"", b"a", b"user-42")] == [0x106E08D9, 0xA2D0B27C, 0x5700682C]
+    assert partitions_for(["", "a", "21", "foobar", "user-42", "商品-7"], 8, "kafka").tolist() == [
+        1, 4, 4, 6, 4, 5]
+
+
+@settings(max_examples=300, derandomize=True, database=None, deadline=None)
+@given(st.lists(st.binary(max_size=23), max_size=30), st.integers(1, 1000))
+def test_vectorized_murmur2_equals_the_reference_at_every_length(keys, partitions):
+    result = partitions_for(keys, partitions, "kafka")
+    assert result.dtype == np.int32
+    assert result.tolist() == [partition_of(k, partitions, "kafka") for k in keys]
+
+
+def test_the_two_partitioners_differ_and_streamvec_stays_the_default():
+    ids = [f"user-{i}" for i in range(200)]
+    assert partitions_for(ids, 16).tolist() == partitions_for(ids, 16, "streamvec").tolist()
+    assert partitions_for(ids, 16, "kafka").tolist() != partitions_for(ids, 16).tolist()
+    assert partition_of("user-42", 8) == hash_id("user-42") % 8
+    assert partitions_for([], 4, "kafka").shape == (0,)
+    counts = np.bincount(partitions_for([f"user-{i}" for i in range(100_000)], 8, "kafka"),
+                         minlength=8)
+    assert ((counts - 12_500) ** 2 / 12_500).sum() < 24.32  # chi-square 0.999, as above
+
+
+def test_an_unknown_partitioner_is_refused():
+    with pytest.raises(ValueError, match="partitioner must be one of kafka, streamvec, not 'crc'"):
+        partitions_for(["a"], 4, "crc")
+    with pytest.raises(ValueError, match="partitioner must be one of"):
+        partition_of("a", 4, "crc")

@@ -11,6 +11,7 @@ from ingest.errors import DeliveryError, RecordError
 from ingest.partition import partitions_for
 from ingest.producer import Producer
 from ingest.spec import CollectionSpec
+from tests.support.polling import wait_until
 from tests.support.topics import read_topic
 
 pytestmark = pytest.mark.integration
@@ -49,7 +50,10 @@ def test_100k_rows_round_trip_bit_identical(settings, spec):
     assert all(got_meta[id_] == metadata[position[id_]] for id_ in ids)
 
 
-def test_every_op_on_an_id_lands_in_one_partition(settings, spec):
+@pytest.mark.parametrize("partitioner", ["kafka", "streamvec"])
+def test_every_op_on_an_id_lands_in_one_partition(settings, collection_name, partitioner):
+    spec = CollectionSpec(collection_name, dim=64, partitions=4, partitioner=partitioner)
+    admin.create_collection(settings, spec)
     rng = np.random.default_rng(3)
     ids = [f"user:{i}" for i in range(2000)]
     with Producer(spec.name, settings=settings) as producer:
@@ -61,7 +65,8 @@ def test_every_op_on_an_id_lands_in_one_partition(settings, spec):
         for raw in record.decode(msg.value()).ids.tolist():
             id_ = raw.decode()
             seen.setdefault(id_, set()).add(msg.partition())
-    expected = dict(zip(ids, partitions_for(ids, spec.partitions).tolist(), strict=True))
+    expected = dict(zip(ids, partitions_for(ids, spec.partitions, spec.partitioner).tolist(),
+                        strict=True))
     assert set(seen) == set(ids)
     assert {id_: parts for id_, parts in seen.items()} == {i: {p} for i, p in expected.items()}
 
@@ -79,7 +84,7 @@ def test_flush_offsets_are_what_a_consumer_reads(settings, spec):
     assert later == last_read
     assert all(later[p] >= offsets[p] for p in offsets)
     assert sum(1 for p in later if later[p] > offsets.get(p, -1)) == len(
-        set(partitions_for(["k1", "k2"], spec.partitions).tolist())
+        set(partitions_for(["k1", "k2"], spec.partitions, spec.partitioner).tolist())
     )
 
 
@@ -100,6 +105,9 @@ def test_delivery_failure_is_a_clear_error(settings, spec):
     producer = Producer(spec.name, settings=settings)
     kafka_admin = AdminClient(settings.kafka_config())  # must outlive its futures
     kafka_admin.delete_topics([spec.collection.topic])[spec.collection.topic].result(30)
+    # The deletion is accepted before the broker applies it; a write in between would land.
+    wait_until(lambda: spec.collection.topic not in kafka_admin.list_topics(timeout=10).topics,
+               timeout=30, what=f"{spec.collection.topic} to be gone from the broker")
     producer.upsert(["x"], np.ones((1, spec.dim), dtype=np.float32))
     with pytest.raises(DeliveryError, match=r"undelivered after 2s|failed"):
         producer.flush(timeout=2)

@@ -51,3 +51,14 @@ def test_a_restored_collection_is_read_only_and_names_a_valid_source():
     assert CollectionSpec.from_json(spec.to_json()) == spec
     with pytest.raises(InvalidName, match="'Not A Name'"):
         CollectionSpec("copy", dim=4, restored_from="Not A Name")
+
+
+def test_new_collections_use_kafkas_partitioner_and_stored_specs_without_one_read_as_streamvec():
+    assert CollectionSpec("c", dim=4).partitioner == "kafka"
+    legacy = CollectionSpec("c", dim=4, partitioner="streamvec")
+    assert CollectionSpec.from_json(legacy.to_json()) == legacy
+    assert CollectionSpec.from_json(CollectionSpec("c", dim=4).to_json()).partitioner == "kafka"
+    stored_before = '{"dim":4,"index":"auto","metric":"l2","name":"c","partitions":4}'
+    assert CollectionSpec.from_json(stored_before).partitioner == "streamvec"
+    with pytest.raises(SpecError, match="partitioner must be one of kafka, streamvec"):
+        CollectionSpec("c", dim=4, partitioner="crc32")

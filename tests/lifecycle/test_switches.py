@@ -14,7 +14,7 @@ import threading
 import numpy as np
 import pytest
 
-from indexer import build
+from indexer import publish
 from indexer.rebuild import plan_rebuild
 from indexer.registry import Registry
 from indexer.store import SegmentStore
@@ -271,10 +271,10 @@ def test_a_segment_sealed_just_before_a_switch_is_indexed_into_the_new_generatio
     rows = stable_rows()
     registry = Registry(settings.redis_client(), spec.name)
     building, release = threading.Event(), threading.Event()
-    real = build.build_index
+    real = publish.write
 
     def held(*args, **kwargs):
-        # Only the worker's builder thread waits; the reindex builds on this thread at once.
+        # Only the worker's builder thread waits; the reindex writes on this thread at once.
         if threading.current_thread() is not threading.main_thread() and not release.is_set():
             building.set()
             release.wait(SWITCH_TIMEOUT_S)
@@ -284,7 +284,7 @@ def test_a_segment_sealed_just_before_a_switch_is_indexed_into_the_new_generatio
         first = {f"stable-{i}": rows[f"stable-{i}"] for i in range(1000)}
         late = {f"stable-{i}": rows[f"stable-{i}"] for i in range(1000, 1000 + SEAL_ROWS)}
         load_sealed(settings, spec, first)
-        monkeypatch.setattr(build, "build_index", held)
+        monkeypatch.setattr(publish, "write", held)
         with Producer(spec.name, settings=settings) as producer:
             producer.upsert(list(late), np.stack(list(late.values())))
             offsets = producer.flush()

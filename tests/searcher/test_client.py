@@ -42,6 +42,13 @@ def test_read_your_writes_1000_trials(settings, running):
                 assert f"ryw-{trial}" not in set(after.ids[0]), trial
 
 
+@pytest.mark.redis_cluster
+def test_read_your_writes_on_a_redis_cluster(settings, running):
+    """The same trials with the searcher, the indexer and the client on a Redis Cluster."""
+    assert settings.redis_url.startswith("redis+cluster://")
+    test_read_your_writes_1000_trials(settings, running)
+
+
 def test_answers_equal_exact_search_while_ingest_and_seals_run(settings, running):
     client = Client(settings=settings)
     workload = Workload(DIM, np.random.default_rng(22))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from searcher.consistency import reached
+import threading
+
+from searcher.consistency import Progress, reached
 from searcher.query import Consistency
 
 POSITIONS = {0: 10, 1: 4, 2: 0}
@@ -31,3 +33,19 @@ def test_bounded_needs_every_partition_caught_up_recently() -> None:
     assert reached(level, None, POSITIONS, recent, 100.0)
     assert not reached(level, None, POSITIONS, recent, 100.2)
     assert not reached(level, None, POSITIONS, {0: 100.0, 1: 100.0}, 100.0)
+
+
+def test_progress_wakes_a_waiter_once_it_moved_past_what_the_waiter_saw() -> None:
+    progress = Progress()
+    seen = progress.version
+    assert not progress.wait(seen, 0.001)  # nothing moved: the wait runs out
+    progress.notify()
+    assert progress.version == seen + 1
+    assert progress.wait(seen, 30)  # moved since `seen`: answered without waiting
+    now = progress.version
+    woke: list[bool] = []
+    waiter = threading.Thread(target=lambda: woke.append(progress.wait(now, 30)))
+    waiter.start()
+    progress.notify()  # before or after the waiter blocks: either way it returns True
+    waiter.join(30)
+    assert woke == [True]

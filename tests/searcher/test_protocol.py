@@ -106,7 +106,8 @@ MALFORMED = [
     ({"n": b"1024", "dim": b"65536"}, "field 'vectors': must be n*dim*4 = 268435456 bytes of "
                                       "float32 (at most 67108864), got 24"),
     ({"filter": b"[1]"},
-     "field 'filter': must be a JSON object of field -> value or {\"in\": [values]}"),
+     "field 'filter': must be a JSON object: {\"field\": value}, {\"field\": {\"op\": value}}, "
+     "{\"and\": [filters]}, {\"or\": [filters]} or {\"not\": filter}"),
     ({"filter": b"{"}, "field 'filter': is not valid JSON (Expecting property name enclosed in "
                        "double quotes: line 1 column 2 (char 1))"),
     ({"filter": b"\xff"}, "field 'filter': is not valid JSON ('utf-8' codec can't decode byte "
@@ -115,9 +116,10 @@ MALFORMED = [
     ({"filter": b"[" * 60000}, "field 'filter': is not valid JSON (maximum recursion depth "
                                "exceeded while decoding a JSON array from a unicode string)"),
     ({"filter": b'{"a": {"x": 1}}'},
-     "field 'filter': 'a': a condition must be {\"in\": [1..1024 values]}"),
+     "field 'filter': 'a': unknown operator 'x'; expected one of eq, ne, in, not_in, gt, gte, "
+     "lt, lte, exists"),
     ({"filter": b'{"a": {"in": []}}'},
-     "field 'filter': 'a': a condition must be {\"in\": [1..1024 values]}"),
+     "field 'filter': 'a': 'in' needs a list of 1..1024 values"),
     ({"filter": b'{"a": [1, 2]}'},
      "field 'filter': 'a': values must be strings, finite numbers, booleans or null"),
     ({"filter": b'{"a": NaN}'},

@@ -12,7 +12,7 @@ import pytest
 from searcher import SearchError, SearchTimeout, protocol
 from searcher import client as client_module
 from searcher.errors import QueryError
-from searcher.query import Consistency
+from searcher.query import Consistency, Filter
 from searcher.server import GROUP
 from tests.support.polling import wait_until
 from tests.support.standin import (
@@ -50,9 +50,9 @@ def test_round_trip_through_redis(redis_settings, engine, client) -> None:
     assert padded.metadata[0] == [{"rank": j, "base": 6} for j in range(HITS)]
     assert padded.rows(2)[4] == ("h38-4", 12.0, {"rank": 4, "base": 38})
     sent = engine.requests[-1]
-    assert (sent.k, sent.with_metadata, sent.timeout_ms, sent.consistency, sent.filter.allowed) \
+    assert (sent.k, sent.with_metadata, sent.timeout_ms, sent.consistency, sent.filter) \
         == (7, True, 2500, Consistency("session", offsets={0: 36, 1: 4}),
-            {"color": ("red",), "size": (1, 2)})
+            Filter({"color": ("red",), "size": (1, 2)}))
     assert metrics.get("queries_total") == 2 and metrics.get("batch_size_count") == 2
     assert metrics.get("queue_wait_seconds_count") == 2
     assert metrics.get("total_seconds_count") == 2

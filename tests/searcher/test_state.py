@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +21,11 @@ from indexer.store import SegmentStore
 from indexer.view import hidden_rows
 from ingest import record
 from lifecycle import rewrite
-from searcher import segments
+from searcher import execute, segments
+from searcher import state as state_module
 from searcher.metrics import SearcherMetrics
-from searcher.state import ServingState
+from searcher.query import QueryRequest
+from searcher.state import ServingState, View
 from searcher.tail import TailMessage
 
 DIM = 4
@@ -70,17 +74,17 @@ class Chain:
                 if v is not None and self.written_at[k] >= since}
 
 
-def visible(state: ServingState) -> dict[str, np.ndarray]:
-    """Every row a search can return, by id; fails if an id is visible twice."""
+def visible(state: ServingState | View) -> dict[str, np.ndarray]:
+    """Every row a search can return now (or from a view), by id; fails on an id seen twice."""
+    view = state if isinstance(state, View) else state.view()
     out: dict[str, np.ndarray] = {}
-    with state.lock:
-        for item in state.searchables():
-            hidden = item.source.hidden
-            for row in range(item.source.rows):
-                if hidden is None or not hidden[row]:
-                    key = item.id_of(row)
-                    assert key not in out, f"{key} visible twice"
-                    out[key] = np.asarray(item.source.vectors[row])
+    for item in view.searchables:
+        hidden = item.source.hidden
+        for row in range(item.source.rows):
+            if hidden is None or not hidden[row]:
+                key = item.id_of(row)
+                assert key not in out, f"{key} visible twice"
+                out[key] = np.array(item.source.vectors[row])
     return out
 
 
@@ -128,7 +132,7 @@ def state_after(chain: Chain, upto: int) -> dict[str, np.ndarray]:
     return {k: v for k, v in latest.items() if v is not None}
 
 
-def assert_state(state: ServingState, expected: dict[str, np.ndarray]) -> None:
+def assert_state(state: ServingState | View, expected: dict[str, np.ndarray]) -> None:
     got = visible(state)
     assert sorted(got) == sorted(expected)
     for key, vector in expected.items():
@@ -233,10 +237,10 @@ def test_a_corrupt_segment_is_refused_by_load_and_an_io_error_is_not_corruption(
     vectors.write_bytes(good)
 
     def no_more_maps(*args, **kwargs):
-        raise RuntimeError("Error in mmap: could not open index.faiss (Cannot allocate memory)")
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
 
-    monkeypatch.setattr(segfolder.faiss, "read_index", no_more_maps)
-    with pytest.raises(segments.SegmentUnavailable, match="index.faiss"):
+    monkeypatch.setattr(segfolder.mmap_module, "mmap", no_more_maps)
+    with pytest.raises(segments.SegmentUnavailable, match="Cannot allocate memory"):
         segments.load(chain.store, rec)
     monkeypatch.undo()
     moved = dataclasses.replace(rec, path=f"{rec.path}-moved")
@@ -281,3 +285,93 @@ def test_replacing_segments_by_a_merge_is_one_swap_without_rewind(tmp_path, stat
                                                                            moved.record))])
     assert_serves(state, chain)
     assert state.served() == {moved.record.segment_id: moved.record.path}
+
+
+def test_a_view_stays_as_published_while_messages_and_swaps_go_on(tmp_path, state) -> None:
+    chain = Chain(tmp_path, 0, np.random.default_rng(8))
+    first = rounds(chain, 10)
+    state.replace(set(), [chain.seal()])
+    state.apply(first + rounds(chain, 6))  # a tail over sealed rows, some of them rewritten
+    old = state.view()
+    assert old.positions == {0: 16, 1: 0}
+    expected = state_after(chain, 16)
+    later = rounds(chain, 30)  # rewrites and deletes of the same ids; the tail grows and trims
+    state.apply(later[:20])
+    state.replace(set(), [chain.seal()])
+    state.apply(later[20:])
+    assert_state(old, expected)
+    assert old.positions == {0: 16, 1: 0}
+    assert_serves(state, chain)
+    assert state.view().positions == {0: 46, 1: 0}
+
+
+def test_a_search_completes_while_a_swap_holds_the_lock(tmp_path, state) -> None:
+    chain = Chain(tmp_path, 0, np.random.default_rng(9))
+    state.apply(rounds(chain, 12))
+    rec, seg = chain.seal()
+    expected = state_after(chain, 12)
+    inside, release = threading.Event(), threading.Event()
+    swap_segments = state.segments.replace
+
+    def held_swap(gone, loaded):  # the swap stops here, the serving lock held
+        inside.set()
+        release.wait(30)
+        return swap_segments(gone, loaded)
+
+    state.segments.replace = held_swap
+    swap = threading.Thread(target=state.replace, args=(set(), [(rec, seg)]))
+    swap.start()
+    try:
+        assert inside.wait(30)
+        ids = sorted(expected)
+        query = expected[ids[0]]
+        view = state.view()
+        (answer,) = execute.execute([QueryRequest("q", COLLECTION, query[None, :], 3)],
+                                    [query[None, :]], view.searchables, "l2", view.positions)
+        assert state.lock.locked() and swap.is_alive()  # answered while the swap was held
+    finally:
+        release.set()
+        swap.join(30)
+    truth = sorted(ids, key=lambda key: (float(((expected[key] - query) ** 2).sum()), key))
+    assert answer.ids == [truth[:3]] and answer.offsets == {0: 12, 1: 0}
+    assert state.tail.row_count() == 0 and state.positions() == {0: 12, 1: 0}
+    assert_serves(state, chain)
+
+
+def test_a_long_catch_up_is_published_in_steps_between_holds_of_the_lock(
+        tmp_path, state, monkeypatch) -> None:
+    monkeypatch.setattr(state_module, "APPLY_ROWS", 10)
+    chain = Chain(tmp_path, 1, np.random.default_rng(10))
+    msgs = rounds(chain, 12)
+    steps: list[tuple[bool, int]] = []
+    notify = state.progress.notify
+
+    def noted() -> None:
+        steps.append((state.lock.locked(), state.positions()[1]))
+        notify()
+
+    monkeypatch.setattr(state.progress, "notify", noted)
+    state.apply(msgs)
+    ends, rows = [], 0  # where each step ends: after the message that brings 10 rows or more
+    for msg in msgs:
+        rows += len(msg.batch)
+        if rows >= 10 or msg is msgs[-1]:
+            ends.append(msg.offset + 1)
+            rows = 0
+    assert steps == [(False, end) for end in ends] and len(ends) > 1
+    assert_serves(state, chain)
+
+
+def test_every_change_a_waiting_request_may_need_moves_the_progress(tmp_path, state) -> None:
+    chain = Chain(tmp_path, 0, np.random.default_rng(11))
+    msgs = rounds(chain, 4)
+    versions = [state.progress.version]
+    state.apply(msgs)
+    versions.append(state.progress.version)
+    state.replace(set(), [chain.seal()])
+    versions.append(state.progress.version)
+    state.observe({0: 4, 1: 0}, now=5.0)  # both partitions at their log ends
+    versions.append(state.progress.version)
+    state.observe({0: 9}, now=6.0)  # behind the log end: nothing a request waits for moved
+    versions.append(state.progress.version)
+    assert versions == [0, 1, 2, 3, 3]

@@ -94,3 +94,51 @@ def test_growth_keeps_rows_and_metadata_in_order() -> None:
     tail.trim(0, 190)
     (rows,) = list(tail.sources())
     assert rows.id_of(1) == "id-191" and rows.metadata(1) == {"n": 191}
+
+
+def snapshot(tail: TailBuffer) -> list[tuple[int, list[tuple[str, float, bool]]]]:
+    """Every source's rows as (id, first component, hidden), read now."""
+    return [(rows.partition, [(rows.id_of(r), float(rows.source.vectors[r, 0]),
+                               bool(rows.source.hidden[r])) for r in range(rows.source.rows)])
+            for rows in tail.sources()]
+
+
+def test_sources_handed_out_stay_as_they_were_while_the_tail_moves_on() -> None:
+    tail = TailBuffer(DIM)
+    for offset in range(40):
+        tail.append(0, offset, upserts([f"a{offset % 7}", f"b{offset}"], float(offset)))
+    handed = list(tail.sources())
+    before = snapshot(tail)
+    assert tail.sources().__next__() is handed[0]  # nothing changed: the same source again
+    # Overwrites, deletes, trims and growth past the arrays' capacity all happen after it.
+    tail.append(0, 40, deletes(["a1", "b39"]))
+    tail.trim(0, 30)
+    for offset in range(41, 200):
+        tail.append(0, offset, upserts([f"a{offset % 7}", f"b{offset}"], float(offset)))
+        if offset % 50 == 0:
+            tail.trim(0, offset - 20)
+    assert [(rows.partition, [(rows.id_of(r), float(rows.source.vectors[r, 0]),
+                               bool(rows.source.hidden[r])) for r in range(rows.source.rows)])
+            for rows in handed] == before
+    # The last trim was at offset 150 and kept offsets 130 and up.
+    assert visible(tail) == {**{f"a{o % 7}": float(o) for o in range(193, 200)},
+                             **{f"b{o}": float(o) for o in range(130, 200)}}
+
+
+def test_trims_and_growth_keep_the_latest_op_of_every_id() -> None:
+    tail = TailBuffer(DIM)
+    latest: dict[str, tuple[int, bool]] = {}
+    for offset in range(300):
+        key = f"k{offset % 23}"
+        if offset % 5 == 4:
+            tail.append(2, offset, deletes([key]))
+        else:
+            tail.append(2, offset, upserts([key], float(offset)))
+        latest[key] = (offset, offset % 5 != 4)
+        if offset % 40 == 39:
+            below = offset - 15
+            tail.trim(2, below)
+            latest = {k: v for k, v in latest.items() if v[0] >= below}
+    assert {k.decode(): tail.latest(2, k) for k in tail.ids(2)} == latest
+    assert tail.row_count() == 300 - 264  # the last trim kept offsets 264..299
+    assert visible(tail) == {k: float(o) for k, (o, alive) in latest.items() if alive}

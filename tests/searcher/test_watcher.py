@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import logging
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +22,15 @@ from indexer.store import SegmentStore
 from ingest import catalog, record
 from ingest.spec import CollectionSpec
 from monitor import status
+from searcher import segments
 from searcher.metrics import SearcherMetrics
 from searcher.segments import SegmentIdentity
 from searcher.state import ServingState
 from searcher.tail import TailMessage
 from searcher.watcher import SegmentWatcher, read_unloaded
+from streamvec.redisconn import is_cluster_client
 from streamvec.settings import Settings
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -156,14 +161,44 @@ def test_a_corrupt_segment_is_not_covered_the_tail_serves_it_and_a_good_copy_hea
     assert status.collect(settings, [str(setup.registry.collection)])[0].unserved == {}
 
 
+def test_segments_are_verified_in_parallel_and_a_corrupt_one_is_still_refused(
+        setup, monkeypatch) -> None:
+    recs = [setup.register(setup.log.segment()) for _ in range(4)]
+    good = corrupt(setup.store, recs[1])
+    loads: list[tuple[str, str]] = []
+    plain = segments.load
+
+    def noted(store, record, identity=None):
+        loads.append((record.segment_id, threading.current_thread().name))
+        return plain(store, record, identity)
+
+    monkeypatch.setattr(segments, "load", noted)
+    setup.watcher.reconcile()
+    assert sorted(sid for sid, _ in loads) == sorted(r.segment_id for r in recs)
+    assert all(thread.startswith("sv-load") for _, thread in loads)
+    # Served up to the corrupt one; those behind it wait, verified already.
+    assert setup.state.served() == {recs[0].segment_id: recs[0].path}
+    unloaded = setup.watcher.unloaded()
+    assert list(unloaded) == [recs[1].segment_id] and unloaded[recs[1].segment_id].corrupt
+    assert "vectors.npy: sha256 does not match" in unloaded[recs[1].segment_id].reason
+
+    (setup.store.path(recs[1].path) / "vectors.npy").write_bytes(good)
+    loads.clear()
+    setup.watcher.reconcile()
+    assert setup.state.served() == {r.segment_id: r.path for r in recs}
+    assert [sid for sid, _ in loads] == [recs[1].segment_id]  # the others were not read again
+    setup.read_tail()
+    assert setup.visible() == sorted(f"r{i}" for i in range(20))
+
+
 def test_an_io_error_is_trouble_retried_and_never_covered(setup, monkeypatch) -> None:
     rec = setup.register(setup.log.segment())
-    plain = segfolder.np.load
+    plain = segfolder.mmap_module.mmap
 
     def failing(*args, **kwargs):
         raise OSError(errno.EMFILE, "Too many open files")
 
-    monkeypatch.setattr(segfolder.np, "load", failing)
+    monkeypatch.setattr(segfolder.mmap_module, "mmap", failing)
     setup.watcher.reconcile()
     assert setup.state.served() == {}
     assert setup.state.positions() == {0: 0}
@@ -174,7 +209,7 @@ def test_an_io_error_is_trouble_retried_and_never_covered(setup, monkeypatch) ->
     setup.read_tail()
     assert setup.visible() == [f"r{i}" for i in range(5)]
 
-    monkeypatch.setattr(segfolder.np, "load", plain)
+    monkeypatch.setattr(segfolder.mmap_module, "mmap", plain)
     setup.watcher.reconcile()
     assert setup.state.served() == {rec.segment_id: rec.path}
     assert setup.visible() == [f"r{i}" for i in range(5)]
@@ -251,3 +286,35 @@ def test_a_malformed_registry_record_is_skipped_and_the_rest_served(setup) -> No
             setup.registry.segments()
     finally:  # the session's Redis is shared: leave no bad record for other tests to meet
         setup.registry.client.hdel(setup.registry.segments_key, *bad)
+
+
+@pytest.mark.parametrize("redis_kind", ["server", pytest.param(
+    "cluster", marks=pytest.mark.redis_cluster)])
+def test_events_load_segments_and_a_broken_subscription_is_renewed(
+        setup, redis_client, redis_kind, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="searcher.watcher")
+    assert is_cluster_client(redis_client) == (redis_kind == "cluster")
+    spec = CollectionSpec(str(setup.registry.collection), dim=DIM, partitions=1)
+    # No timer to speak of: only an event can make a new segment served within the test.
+    watcher = SegmentWatcher(setup.registry, setup.store, setup.state, 3600.0,
+                             identity=SegmentIdentity.of(spec), retry_max_s=0.0)
+    watcher.subscribe()
+    watcher.reconcile()
+    watcher.start()
+    try:
+        first = setup.register(setup.log.segment())
+        wait_until(lambda: setup.state.served() == {first.segment_id: first.path}, timeout=30,
+                   what="the registered segment served on its event")
+        # Every subscriber's connection dropped, as a restart or a failover would.
+        if is_cluster_client(redis_client):
+            redis_client.client_kill_filter(_type="pubsub", target_nodes="all")
+        else:
+            redis_client.client_kill_filter(_type="pubsub")
+        wait_until(lambda: "registry events received again" in caplog.text, timeout=30,
+                   what="the watcher to subscribe again")
+        assert "registry events lost" in caplog.text
+        second = setup.register(setup.log.segment())
+        wait_until(lambda: set(setup.state.served()) == {first.segment_id, second.segment_id},
+                   timeout=30, what="a segment registered later served on its event")
+    finally:
+        watcher.stop()

@@ -64,6 +64,8 @@ def test_rows_of_the_current_settings():
 def test_env_vars_read_outside_settings_are_listed():
     extras = configdoc.extra_variables(commands.build_parser())
     assert [(e.env, e.flags, e.description) for e in extras] == [
+        ("STREAMVEC_LOG_FORMAT", ("`--log-format`",),
+         "Text (default), or json: one JSON object per line"),
         ("STREAMVEC_LOG_LEVEL", ("`--log-level`",), "DEBUG, INFO, WARNING...")]
 
 

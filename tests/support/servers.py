@@ -1,4 +1,8 @@
-"""Server fixtures: a real Kafka broker, Redis and S3 server per session, started on first use."""
+"""Server fixtures: real Kafka, Redis, Redis Cluster and S3 servers per session, on first use.
+
+A test marked `redis_cluster` gets the three-master Redis Cluster instead of the single Redis
+in its `settings` and `redis_client`; everything else about it stays the same.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +23,9 @@ from streamvec.devstack.process import ServerProcess
 from streamvec.devstack.redis import RedisServer
 from streamvec.devstack.s3proxy import S3ProxyServer
 from streamvec.errors import DevStackError
+from streamvec.redisconn import connect
 from streamvec.settings import Settings
+from tests.support.redis_cluster import MASTERS, ClusterNode, LocalCluster
 
 # A cold JVM on a busy two-core CI machine; a warm start takes a few seconds.
 KAFKA_START_TIMEOUT_S = 180.0
@@ -30,15 +36,25 @@ S3_BUCKET = "streamvec-test"
 START_ATTEMPTS = 3
 # Port 1 on loopback: nothing listens there, so a unit test that connects fails at once.
 NOWHERE_PORT = 1
-SERVER_FIXTURES = frozenset({"kafka_server", "redis_server", "redis_client", "s3_server"})
+SERVER_FIXTURES = frozenset({"kafka_server", "redis_server", "redis_client", "redis_cluster",
+                             "s3_server"})
+CLUSTER_MARK = "redis_cluster"
 
 S = TypeVar("S", bound=ServerProcess)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Declare the marker that points a test's settings at the Redis Cluster."""
+    config.addinivalue_line(
+        "markers", f"{CLUSTER_MARK}: the test's settings and redis_client use the session's "
+                   "three-master Redis Cluster (redis+cluster://) instead of the single Redis")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test that uses a server as integration, so `-m "not integration"` starts none."""
     for item in items:
-        uses_server = SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
+        uses_server = SERVER_FIXTURES & set(getattr(item, "fixturenames", ())) or (
+            item.get_closest_marker(CLUSTER_MARK) is not None)
         if uses_server and item.get_closest_marker("integration") is None:
             item.add_marker(pytest.mark.integration)
 
@@ -91,6 +107,46 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         server.stop()
 
 
+def start_cluster(mkdir: Callable[[], Path]) -> LocalCluster:
+    """Start three cluster nodes on fresh ports, each in a folder from `mkdir`, and join them."""
+    nodes: list[ClusterNode] = []
+
+    def make() -> ClusterNode:
+        port, bus_port = free_ports(2)
+        return ClusterNode(mkdir(), port, bus_port)
+
+    try:
+        for _ in range(MASTERS):
+            nodes.append(_start(make, REDIS_START_TIMEOUT_S))
+        cluster = LocalCluster(nodes)
+        cluster.create()
+        return cluster
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        raise
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A three-master Redis Cluster on free loopback ports, for the whole session.
+
+    Started only when a test asks for it (directly or through the `redis_cluster` marker).
+    """
+    cluster = start_cluster(lambda: tmp_path_factory.mktemp("redis-node"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """The Redis URL of a test's servers: the cluster's if it is marked so, else the server's."""
+    if request.node.get_closest_marker(CLUSTER_MARK) is not None:
+        return request.getfixturevalue("redis_cluster").url
+    return request.getfixturevalue("redis_server").url
+
+
 @dataclass(frozen=True)
 class S3Endpoint:
     """The session's S3-compatible server: where it listens, its bucket, fsspec options."""
@@ -129,14 +185,14 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     """Settings for one test: the session's servers if it is an integration test, else nowhere."""
     if request.node.get_closest_marker("integration") is not None:
         kafka = request.getfixturevalue("kafka_server").bootstrap
-        redis_url = request.getfixturevalue("redis_server").url
+        url = redis_url(request)
     else:
         kafka = f"{LOOPBACK}:{NOWHERE_PORT}"
-        redis_url = f"redis://{LOOPBACK}:{NOWHERE_PORT}/0"
+        url = f"redis://{LOOPBACK}:{NOWHERE_PORT}/0"
     # Every field is explicit so a developer's STREAMVEC_* variables never leak into a test.
     return Settings(
         kafka=kafka,
-        redis=redis_url,
+        redis=url,
         store=tmp_path / "snapshots",
         kafka_options={},
         home=tmp_path / "home",
@@ -150,9 +206,9 @@ def collection_name() -> str:
 
 
 @pytest.fixture
-def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    """A client of the session's Redis (bytes in, bytes out), closed after the test."""
-    client = redis.Redis.from_url(redis_server.url)
+def redis_client(request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
+    """A client of the session's Redis, or of its cluster (bytes in, bytes out), closed after."""
+    client = connect(redis_url(request))
     try:
         yield client
     finally:

@@ -102,13 +102,16 @@ def test_every_command_module_is_registered() -> None:
 def test_the_flags_show_the_libraries_defaults() -> None:
     """The command modules name these defaults so that `--help` loads no role package."""
     from indexer.worker import DEFAULT_MAX_HELD_BYTES
-    from ingest.spec import METRICS
+    from ingest.partition import PARTITIONERS
+    from ingest.spec import METRICS, CollectionSpec
     from lifecycle import gc, generations
     from monitor.reference import DEFAULT_ROWS, SOURCES
     from monitor.service import MonitorOptions
 
     assert indexer.DEFAULT_MAX_HELD_MB * 2**20 == DEFAULT_MAX_HELD_BYTES
     assert collection.METRICS == METRICS
+    assert sorted(collection.PARTITIONERS) == sorted(PARTITIONERS)
+    assert CollectionSpec("x", dim=1).partitioner == "kafka"  # the flag's default
     assert generation.DEFAULT_KEEP == generations.DEFAULT_KEEP
     assert (snapshot.DEFAULT_GRACE_S, snapshot.DEFAULT_KEEP_GENERATIONS) == (
         gc.DEFAULT_GRACE_S, gc.DEFAULT_KEEP_GENERATIONS)

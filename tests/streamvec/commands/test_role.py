@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from ingest import admin
 from ingest.spec import CollectionSpec
+from streamvec import __version__
 from streamvec.commands.errors import ExitCode
 from streamvec.devstack.ports import LOOPBACK, free_port
 from streamvec.devstack.redis import RedisServer
@@ -16,6 +18,13 @@ from tests.support.polling import wait_until
 from tests.support.roles import READY_TIMEOUT_S, RoleProcess, answer, get
 
 pytestmark = pytest.mark.integration
+
+
+def build_info(text: str) -> list[dict[str, str]]:
+    """The label sets of the streamvec_build_info samples of a /metrics page."""
+    return [s.labels for f in text_string_to_metric_families(text) for s in f.samples
+            if s.name == "streamvec_build_info" and s.value == 1]
+
 
 @pytest.fixture
 def start(settings, collection_name, tmp_path) -> Iterator:
@@ -45,6 +54,7 @@ def test_every_role_turns_ready_and_serves_health_and_metrics(start, collection_
     status, ctype, text = get(searcher.port, "/metrics")
     assert (status, ctype) == (200, "text/plain; version=0.0.4; charset=utf-8")
     assert "# TYPE streamvec_searcher_queries_total counter\n" in text
+    assert [(b["role"], b["version"]) for b in build_info(text)] == [("searcher", __version__)]
 
     # The monitor's canary needs a serving searcher to finish its first pass.
     indexer, monitor = start("indexer"), start("monitor")
@@ -55,6 +65,7 @@ def test_every_role_turns_ready_and_serves_health_and_metrics(start, collection_
     for role, prefix in ((indexer, "streamvec_indexer_"), (monitor, "streamvec_monitor_")):
         status, _, text = get(role.port, "/metrics")
         assert status == 200 and f"# TYPE {prefix}" in text, role.role
+        assert [b["role"] for b in build_info(text)] == [role.role]
         assert answer(role.port, "/healthz") == (
             200, {"component": role.role, "status": "ok", "reason": "alive"})
     assert get(searcher.port, "/nowhere")[0] == 404

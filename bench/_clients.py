@@ -1,0 +1,128 @@
+"""Query clients in processes of their own: a load whose clients share no interpreter with the
+benchmark, its ingest thread or each other.
+
+The benchmark writes the query pool to a .npy file and starts one `python bench/_clients.py`
+per client with the collection's settings in its environment. Each child connects, says
+`ready` on stdout, waits for `go` on stdin, sends one-vector searches back to back for the
+run's length, then prints one JSON line: its latencies, answers and the seconds it ran.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: the repo root must win over bench/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import argparse
+import json
+import subprocess
+import tempfile
+import time
+
+import numpy as np
+
+from bench._load import LoadResult
+from streamvec.settings import Settings
+
+START_TIMEOUT_S = 120.0
+# A child's last search may have started just before the deadline and waits this long at most.
+SEARCH_TIMEOUT_S = 30.0
+READY = "ready"
+GO = "go"
+
+
+def query_load(settings: Settings, collection: str, queries: np.ndarray, *, clients: int,
+               seconds: float, k: int = 10, seed: int = 0, ef: int | None = None) -> LoadResult:
+    """`clients` processes send one-vector searches back to back for `seconds`, at HNSW
+    efSearch `ef` if given (else the collection's default)."""
+    given = [] if ef is None else ["--ef", str(ef)]
+    with tempfile.TemporaryDirectory(prefix="sv-clients-") as tmp:
+        pool = Path(tmp) / "queries.npy"
+        np.save(pool, np.ascontiguousarray(queries, dtype=np.float32), allow_pickle=False)
+        procs = [subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--collection", collection,
+             "--queries", str(pool), "--seconds", str(seconds), "--k", str(k),
+             "--seed", str(seed * 1000 + c), *given],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=settings.child_env())
+            for c in range(clients)]
+        try:
+            for proc in procs:  # every client connected before any starts: one common start
+                line = _line(proc, START_TIMEOUT_S)
+                if line != READY:
+                    raise RuntimeError(f"a query client did not start: {line!r}")
+            for proc in procs:
+                proc.stdin.write(GO + "\n")
+                proc.stdin.flush()
+            reports = [json.loads(_line(proc, seconds + SEARCH_TIMEOUT_S + START_TIMEOUT_S))
+                       for proc in procs]
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait(30)
+    failed = [r["error"] for r in reports if r.get("error")]
+    if failed:
+        raise RuntimeError(f"{len(failed)} query client(s) failed: {failed[0]}")
+    latencies = [ms for r in reports for ms in r["latencies_ms"]]
+    answers = [(q, ids) for r in reports for q, ids in r["answers"]]
+    # Each client's rate over its own run (in-flight searches at the deadline included), summed.
+    qps = sum(len(r["latencies_ms"]) / r["elapsed_s"] for r in reports if r["elapsed_s"] > 0)
+    return LoadResult(qps, latencies, answers)
+
+
+def _line(proc: subprocess.Popen, timeout: float) -> str:
+    """The child's next stdout line, or an error naming what it printed before it died."""
+    deadline = time.monotonic() + timeout
+    while True:
+        line = proc.stdout.readline()
+        if line:
+            return line.strip()
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"a query client exited with status {proc.poll()} before "
+                               "reporting")
+
+
+def _client(args: argparse.Namespace) -> dict:
+    """One client's run: searches back to back from `go` until the run's length has passed."""
+    from searcher.client import Client
+
+    queries = np.load(args.queries, allow_pickle=False)
+    rng = np.random.default_rng(args.seed)
+    latencies: list[float] = []
+    answers: list[tuple[int, list[str]]] = []
+    with Client(settings=Settings()) as client:
+        print(READY, flush=True)
+        if sys.stdin.readline().strip() != GO:
+            return {"error": "no start signal"}
+        started = time.perf_counter()
+        deadline = started + args.seconds
+        try:
+            while time.perf_counter() < deadline:
+                q = int(rng.integers(0, len(queries)))
+                t0 = time.perf_counter()
+                got = client.search(args.collection, queries[q], k=args.k,
+                                    timeout=SEARCH_TIMEOUT_S, ef=args.ef)
+                latencies.append((time.perf_counter() - t0) * 1e3)
+                answers.append((q, [i for i in got.ids[0] if i is not None]))
+        except Exception as exc:  # reported to the benchmark, which fails the run
+            return {"error": f"{type(exc).__name__}: {exc}"}
+        elapsed = time.perf_counter() - started
+    return {"latencies_ms": latencies, "answers": answers, "elapsed_s": elapsed}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run one query client (started by `query_load`, not by hand)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--collection", required=True)
+    parser.add_argument("--queries", type=Path, required=True, help=".npy file of query rows")
+    parser.add_argument("--seconds", type=float, required=True)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ef", type=int, default=None, help="HNSW efSearch of every search")
+    print(json.dumps(_client(parser.parse_args(argv))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
