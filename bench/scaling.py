@@ -1,10 +1,11 @@
 """Capacity: memory per searcher, QPS and the scatter-gather overhead at 1, 2 and 4 shards.
 
-One collection of 8 partitions per index type (Flat, then HNSW32) is sealed and its indexer
-stopped. The same rows are then served as 1, 2 and 4 shards in turn: one `streamvec searcher
---shard I/N` process per shard (an unsharded searcher for 1), each measured once it serves
-every segment of its partitions (and, for HNSW32, once its fold is built); the shard map is
-switched with `collection reshard` and the previous layout's searchers drain and exit.
+One collection of 8 partitions per index type (Flat, then HNSW32) is sealed, one segment per
+partition, and its indexer stopped. The same rows are then served as 1, 2 and 4 shards in
+turn: one `streamvec searcher --shard I/N` process per shard (an unsharded searcher for 1),
+each measured once it serves every segment of its partitions (and, for HNSW32, once its fold
+is built); the shard map is switched with `collection reshard` and the previous layout's
+searchers drain and exit.
 
 For each layout: peak and current memory per searcher (VmHWM, VmRSS, RssAnon and RssFile of
 /proc/<pid>/status), the searchers' CPU per query, QPS with client processes
@@ -16,8 +17,9 @@ in the same layout and run; for QPS and memory it is the single searcher of the 
 
 The same run measures the constants of docs/operations.md, "Sizing": bytes per served row and
 the fixed cost of a searcher (a line fitted to memory against rows over every searcher), the
-record bytes per row on Kafka, the segment store's bytes per row, Redis bytes per request and
-reply, registry keys per segment, and CPU per query; then it prints the sizing plans they give.
+record bytes per row on Kafka, the segment store's bytes per row, Redis bytes per request,
+reply, answered-request marker and sealed segment, and CPU per query; then it prints the sizing
+plans they give.
 """
 
 from __future__ import annotations
@@ -405,9 +407,9 @@ def stored_bytes(store: Path) -> int:
 
 def registry_figures(settings: Settings, name: str, segments: int) -> dict[str, Any]:
     """The collection's Redis keys and their bytes (MEMORY USAGE), sealed and idle."""
-    client = settings.redis_client()
-    keys = list(client.scan_iter(match=f"sv:{{{name}}}:*", count=1000))
-    used = sum(int(client.memory_usage(key) or 0) for key in keys)
+    with settings.redis_client() as client:
+        keys = list(client.scan_iter(match=f"sv:{{{name}}}:*", count=1000))
+        used = sum(int(client.memory_usage(key) or 0) for key in keys)
     return {"redis_keys": len(keys), "redis_bytes": used,
             "redis_bytes_per_segment": used / max(1, segments)}
 
@@ -415,10 +417,10 @@ def registry_figures(settings: Settings, name: str, segments: int) -> dict[str, 
 def marker_figures(settings: Settings, name: str, sample: int = 500) -> dict[str, Any]:
     """The answered-request markers (`done:<id>`, one per request and shard, kept for
     DONE_TTL_S): how many the run left, and their mean bytes over a sample."""
-    client = settings.redis_client()
-    keys = [key for pattern in (f"sv:{{{name}}}:done:*", f"sv:{{{name}~*}}:done:*")
-            for key in client.scan_iter(match=pattern, count=1000)]
-    sizes = [int(client.memory_usage(key) or 0) for key in keys[:sample]]
+    with settings.redis_client() as client:
+        keys = [key for pattern in (f"sv:{{{name}}}:done:*", f"sv:{{{name}~*}}:done:*")
+                for key in client.scan_iter(match=pattern, count=1000)]
+        sizes = [int(client.memory_usage(key) or 0) for key in keys[:sample]]
     return {"done_markers": len(keys),
             "done_marker_bytes": sum(sizes) / len(sizes) if sizes else 0.0}
 

@@ -252,8 +252,13 @@ class Producer:
             if err is not None:
                 self._errors.append(f"partition {msg.partition()}: {err.str()}")
                 return
-            p = msg.partition()
-            self._last[p] = max(self._last.get(p, -1), msg.offset())
+            p, offset = msg.partition(), msg.offset()
+            if offset is None or offset < 0:
+                # Delivered, but the broker named no offset (seen rarely under load): the
+                # session position keeps the last offset known rather than guessing one.
+                log.warning("partition %s: delivery reported without an offset", p)
+                return
+            self._last[p] = max(self._last.get(p, -1), offset)
 
 
 def _named(collection: str | None) -> str:
