@@ -9,8 +9,8 @@ from prometheus_client import CollectorRegistry
 from lifecycle.shards import write_map
 from monitor.collectors import QueryStreamCollector, StreamBacklog, read_backlog
 from searcher import protocol
-from searcher.shards import ShardMap
 from searcher.server import GROUP
+from searcher.shards import ShardMap
 
 BACKLOG = "streamvec_monitor_query_stream_backlog"
 PENDING = "streamvec_monitor_query_stream_pending"
