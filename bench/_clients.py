@@ -38,20 +38,30 @@ def query_load(settings: Settings, collection: str, queries: np.ndarray, *, clie
     """`clients` processes send one-vector searches back to back for `seconds`, at HNSW
     efSearch `ef` if given (else the collection's default)."""
     given = [] if ef is None else ["--ef", str(ef)]
+    return drive(settings, Path(__file__).resolve(), ["--collection", collection, *given],
+                 queries, clients=clients, seconds=seconds, k=k, seed=seed)
+
+
+def drive(settings: Settings, script: Path, flags: list[str], queries: np.ndarray, *,
+          clients: int, seconds: float, k: int, seed: int) -> LoadResult:
+    """Run `clients` copies of a client `script` (with `flags`) over the query pool together.
+
+    Each copy says `ready`, waits for `go`, searches for `seconds` and prints its JSON report;
+    the reports are summed into one LoadResult.
+    """
     with tempfile.TemporaryDirectory(prefix="sv-clients-") as tmp:
         pool = Path(tmp) / "queries.npy"
         np.save(pool, np.ascontiguousarray(queries, dtype=np.float32), allow_pickle=False)
         procs = [subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--collection", collection,
-             "--queries", str(pool), "--seconds", str(seconds), "--k", str(k),
-             "--seed", str(seed * 1000 + c), *given],
+            [sys.executable, str(script), *flags, "--queries", str(pool), "--seconds",
+             str(seconds), "--k", str(k), "--seed", str(seed * 1000 + c)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=settings.child_env())
             for c in range(clients)]
         try:
             for proc in procs:  # every client connected before any starts: one common start
                 line = _line(proc, START_TIMEOUT_S)
                 if line != READY:
-                    raise RuntimeError(f"a query client did not start: {line!r}")
+                    raise RuntimeError(f"a query client ({script.name}) did not start: {line!r}")
             for proc in procs:
                 proc.stdin.write(GO + "\n")
                 proc.stdin.flush()
@@ -66,7 +76,7 @@ def query_load(settings: Settings, collection: str, queries: np.ndarray, *, clie
     if failed:
         raise RuntimeError(f"{len(failed)} query client(s) failed: {failed[0]}")
     latencies = [ms for r in reports for ms in r["latencies_ms"]]
-    answers = [(q, ids) for r in reports for q, ids in r["answers"]]
+    answers = [(q, ids) for r in reports for q, ids in r.get("answers", [])]
     # Each client's rate over its own run (in-flight searches at the deadline included), summed.
     qps = sum(len(r["latencies_ms"]) / r["elapsed_s"] for r in reports if r["elapsed_s"] > 0)
     return LoadResult(qps, latencies, answers)

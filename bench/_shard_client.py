@@ -18,14 +18,12 @@ if __package__ in (None, ""):  # run as a file: the repo root must win over benc
 
 import argparse
 import json
-import subprocess
-import tempfile
 import time
 import uuid
 
 import numpy as np
 
-from bench._clients import GO, READY, SEARCH_TIMEOUT_S, START_TIMEOUT_S, _line
+from bench._clients import GO, READY, SEARCH_TIMEOUT_S, drive
 from bench._load import LoadResult
 from streamvec.settings import Settings
 
@@ -33,37 +31,9 @@ from streamvec.settings import Settings
 def shard_load(settings: Settings, collection: str, label: str, queries: np.ndarray, *,
                clients: int, seconds: float, k: int = 10, seed: int = 0) -> LoadResult:
     """`clients` processes send one-vector requests to the stream of shard `label` only."""
-    with tempfile.TemporaryDirectory(prefix="sv-shard-clients-") as tmp:
-        pool = Path(tmp) / "queries.npy"
-        np.save(pool, np.ascontiguousarray(queries, dtype=np.float32), allow_pickle=False)
-        procs = [subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--collection", collection,
-             "--shard", label, "--queries", str(pool), "--seconds", str(seconds),
-             "--k", str(k), "--seed", str(seed * 1000 + c)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=settings.child_env())
-            for c in range(clients)]
-        try:
-            for proc in procs:  # every client connected before any starts: one common start
-                line = _line(proc, START_TIMEOUT_S)
-                if line != READY:
-                    raise RuntimeError(f"a shard query client did not start: {line!r}")
-            for proc in procs:
-                proc.stdin.write(GO + "\n")
-                proc.stdin.flush()
-            reports = [json.loads(_line(proc, seconds + SEARCH_TIMEOUT_S + START_TIMEOUT_S))
-                       for proc in procs]
-        finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-                proc.wait(30)
-    failed = [r["error"] for r in reports if r.get("error")]
-    if failed:
-        raise RuntimeError(f"{len(failed)} shard query client(s) failed: {failed[0]}")
-    latencies = [ms for r in reports for ms in r["latencies_ms"]]
-    answers = [(q, ids) for r in reports for q, ids in r["answers"]]
-    qps = sum(len(r["latencies_ms"]) / r["elapsed_s"] for r in reports if r["elapsed_s"] > 0)
-    return LoadResult(qps, latencies, answers)
+    return drive(settings, Path(__file__).resolve(),
+                 ["--collection", collection, "--shard", label], queries, clients=clients,
+                 seconds=seconds, k=k, seed=seed)
 
 
 def ask_shard(conn, collection: str, label: str, vector: np.ndarray, k: int,

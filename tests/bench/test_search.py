@@ -110,9 +110,8 @@ def test_raw_run_answers_each_query_once_with_row_ids() -> None:
     data, queries = vectors[:560], vectors[560:]
     index = search.raw_index(data)
     assert index.ntotal == 560
-    qps, answers = search.raw_run(index, queries, ef=200, seconds=0.01)
+    _, answers = search.raw_run(index, queries, ef=200, seconds=0.01)
     truth = search.corpus_vectors.exact_top_k(data, queries, search.K)
-    assert qps > 0
     assert [q for q, _ in answers] == list(range(40))
     assert all(len(ids) == search.K and ids[0].startswith("r") for _, ids in answers)
     assert recall(answers, truth) >= 0.95  # an HNSW at ef 200 over 560 rows is near exact

@@ -38,7 +38,7 @@ def test_the_scaled_object_targets_the_searchers_on_their_collections_backlog():
     searcher = of_kind("Deployment")[spec["scaleTargetRef"]["name"]]
     assert searcher["metadata"]["name"] == SEARCHER
     served = parsed(searcher["spec"]["template"]["spec"]["containers"][0]["args"]).collection
-    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (2, 8)
     (trigger,) = spec["triggers"]
     assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue"
     query = trigger["metadata"]["query"]
