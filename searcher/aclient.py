@@ -27,7 +27,6 @@ from redis.exceptions import (
 from searcher import calls, shadow
 from searcher.calls import REPLY_MARGIN_S, GetResult, SearchResult
 from searcher.client import Client
-from searcher.errors import InvalidRequest
 from searcher.query import Consistency
 from streamvec import redisconn
 from streamvec.settings import Settings
@@ -48,11 +47,7 @@ class AsyncClient:
 
     def __init__(self, redis_url: str | None = None, *, settings: Settings | None = None,
                  shadow_workers: int = shadow.DEFAULT_WORKERS, retries: int = 0) -> None:
-        if redis_url is not None and settings is not None:
-            raise InvalidRequest("give either redis_url or settings, not both")
-        if settings is None:
-            settings = Settings() if redis_url is None else Settings(redis=redis_url)
-        self.settings = settings
+        self.settings = settings = calls.settings_of(redis_url, settings)
         self.retries = calls.retries_of(retries)
         self._links = _AsyncLinks(settings.redis_url)
         self._known = calls.Known()

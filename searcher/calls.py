@@ -51,6 +51,7 @@ from searcher.query import (
     QueryRequest,
     check_params,
 )
+from streamvec.settings import Settings
 
 # Waited beyond the request's own timeout: a searcher answers a consistency timeout only once
 # that timeout has run out, counted from when it read the request off a possibly busy stream.
@@ -649,6 +650,15 @@ def threshold_of(value: Any) -> float | None:
             or not math.isfinite(float(value)):
         raise InvalidRequest(f"score_threshold must be a finite number, not {value!r}")
     return float(value)
+
+
+def settings_of(redis_url: str | None, settings: Settings | None) -> Settings:
+    """A client's settings: given ones, or the environment's with `redis_url` if one is given."""
+    if redis_url is not None and settings is not None:
+        raise InvalidRequest("give either redis_url or settings, not both")
+    if settings is not None:
+        return settings
+    return Settings() if redis_url is None else Settings(redis=redis_url)
 
 
 def retries_of(value: Any) -> int:

@@ -31,7 +31,6 @@ from searcher.calls import (
     Row,
     SearchResult,
 )
-from searcher.errors import InvalidRequest
 from searcher.query import Consistency, QueryRequest
 from searcher.routing import Challenge
 from streamvec import redisconn
@@ -55,11 +54,7 @@ class Client:
 
     def __init__(self, redis_url: str | None = None, *, settings: Settings | None = None,
                  shadow_workers: int = shadow.DEFAULT_WORKERS, retries: int = 0) -> None:
-        if redis_url is not None and settings is not None:
-            raise InvalidRequest("give either redis_url or settings, not both")
-        if settings is None:
-            settings = Settings() if redis_url is None else Settings(redis=redis_url)
-        self.settings = settings
+        self.settings = settings = calls.settings_of(redis_url, settings)
         self.retries = calls.retries_of(retries)
         self._links = _Links(settings.redis_url)
         self._known = calls.Known()
