@@ -20,6 +20,7 @@ import json
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -94,32 +95,46 @@ def _line(proc: subprocess.Popen, timeout: float) -> str:
                                "reporting")
 
 
-def _client(args: argparse.Namespace) -> dict:
-    """One client's run: searches back to back from `go` until the run's length has passed."""
-    from searcher.client import Client
+def run_client(queries_file: Path, seed: int, seconds: float,
+               ask: Callable[[np.ndarray], list[str]]) -> dict:
+    """One client process's run: say `ready`, wait for `go`, then `ask` queries back to back.
 
-    queries = np.load(args.queries, allow_pickle=False)
-    rng = np.random.default_rng(args.seed)
+    `ask` sends one query vector and returns its answer's ids; the report holds every
+    latency, every (query, ids) answer and the seconds the run took, or the error that ended it.
+    """
+    queries = np.load(queries_file, allow_pickle=False)
+    rng = np.random.default_rng(seed)
     latencies: list[float] = []
     answers: list[tuple[int, list[str]]] = []
+    print(READY, flush=True)
+    if sys.stdin.readline().strip() != GO:
+        return {"error": "no start signal"}
+    started = time.perf_counter()
+    deadline = started + seconds
+    try:
+        while time.perf_counter() < deadline:
+            q = int(rng.integers(0, len(queries)))
+            t0 = time.perf_counter()
+            ids = ask(queries[q])
+            latencies.append((time.perf_counter() - t0) * 1e3)
+            answers.append((q, ids))
+    except Exception as exc:  # reported to the benchmark, which fails the run
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    return {"latencies_ms": latencies, "answers": answers,
+            "elapsed_s": time.perf_counter() - started}
+
+
+def _client(args: argparse.Namespace) -> dict:
+    """One client's run through `Client.search`."""
+    from searcher.client import Client
+
     with Client(settings=Settings()) as client:
-        print(READY, flush=True)
-        if sys.stdin.readline().strip() != GO:
-            return {"error": "no start signal"}
-        started = time.perf_counter()
-        deadline = started + args.seconds
-        try:
-            while time.perf_counter() < deadline:
-                q = int(rng.integers(0, len(queries)))
-                t0 = time.perf_counter()
-                got = client.search(args.collection, queries[q], k=args.k,
-                                    timeout=SEARCH_TIMEOUT_S, ef=args.ef)
-                latencies.append((time.perf_counter() - t0) * 1e3)
-                answers.append((q, [i for i in got.ids[0] if i is not None]))
-        except Exception as exc:  # reported to the benchmark, which fails the run
-            return {"error": f"{type(exc).__name__}: {exc}"}
-        elapsed = time.perf_counter() - started
-    return {"latencies_ms": latencies, "answers": answers, "elapsed_s": elapsed}
+        def ask(vector: np.ndarray) -> list[str]:
+            got = client.search(args.collection, vector, k=args.k, timeout=SEARCH_TIMEOUT_S,
+                                ef=args.ef)
+            return [i for i in got.ids[0] if i is not None]
+
+        return run_client(args.queries, args.seed, args.seconds, ask)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,7 +23,7 @@ import uuid
 
 import numpy as np
 
-from bench._clients import GO, READY, SEARCH_TIMEOUT_S, drive
+from bench._clients import SEARCH_TIMEOUT_S, drive, run_client
 from bench._load import LoadResult
 from streamvec.settings import Settings
 
@@ -64,33 +64,15 @@ def ask_shard(conn, collection: str, label: str, vector: np.ndarray, k: int,
 
 
 def _client(args: argparse.Namespace) -> dict:
-    """One client's run: requests back to back from `go` until the run's length has passed."""
-    queries = np.load(args.queries, allow_pickle=False)
-    rng = np.random.default_rng(args.seed)
-    latencies: list[float] = []
-    answers: list[tuple[int, list[str]]] = []
+    """One client's run: requests to one shard's stream, back to back."""
     # The socket waits past the longest BLPOP a request asks for.
     conn = Settings().redis_client(timeout=SEARCH_TIMEOUT_S + 10)
     try:
         conn.ping()
-        print(READY, flush=True)
-        if sys.stdin.readline().strip() != GO:
-            return {"error": "no start signal"}
-        started = time.perf_counter()
-        deadline = started + args.seconds
-        try:
-            while time.perf_counter() < deadline:
-                q = int(rng.integers(0, len(queries)))
-                t0 = time.perf_counter()
-                ids = ask_shard(conn, args.collection, args.shard, queries[q], args.k)
-                latencies.append((time.perf_counter() - t0) * 1e3)
-                answers.append((q, ids))
-        except Exception as exc:  # reported to the benchmark, which fails the run
-            return {"error": f"{type(exc).__name__}: {exc}"}
-        elapsed = time.perf_counter() - started
+        return run_client(args.queries, args.seed, args.seconds,
+                          lambda v: ask_shard(conn, args.collection, args.shard, v, args.k))
     finally:
         conn.close()
-    return {"latencies_ms": latencies, "answers": answers, "elapsed_s": elapsed}
 
 
 def main(argv: list[str] | None = None) -> None:
