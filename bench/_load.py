@@ -1,10 +1,19 @@
 """Load for the search benchmarks: what a query load measured, recall, background ingest.
 
-The query clients themselves run in processes of their own (bench/_clients.py).
+The query clients (bench/_clients.py) and the ingest run in processes of their own.
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: the repo root must win over bench/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import argparse
+import json
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -16,6 +25,10 @@ from ingest.producer import Producer
 from streamvec.settings import Settings
 
 INGEST_TICK_S = 0.01
+START_TIMEOUT_S = 60.0
+FLUSH_TIMEOUT_S = 90.0
+READY = "ready"
+STOP = "stop"
 
 
 @dataclass
@@ -47,50 +60,104 @@ def recall(answers: list[tuple[int, list[str]]], truth: np.ndarray, prefix: str 
 
 
 class Ingest:
-    """A thread upserting fresh rows at a fixed rate into a collection while others measure."""
+    """Fresh rows upserted at a fixed rate by a process of its own while the benchmark measures.
+
+    The child (`python bench/_load.py`) gets the collection's settings in its environment,
+    says `ready` once its producer is up, sends until it reads `stop` on stdin, flushes, and
+    prints one JSON line: rows sent, seconds it sent for, and the last offset per partition.
+    """
 
     def __init__(self, settings: Settings, collection: str, dim: int, rate: int,
                  seed: int = 1) -> None:
-        self.settings, self.collection, self.rate = settings, collection, rate
-        rng = np.random.default_rng(seed)
-        self._vectors = rng.standard_normal((max(rate, 100), dim)).astype(np.float32) * 5
+        self.settings, self.collection, self.dim, self.rate, self.seed = (
+            settings, collection, dim, rate, seed)
         self.rows_sent = 0
         self.elapsed_s = 0.0
         self.offsets: dict[int, int] = {}  # the last offset delivered per partition
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._error: BaseException | None = None
+        self._proc: subprocess.Popen | None = None
 
     def __enter__(self) -> Ingest:
-        self._thread.start()
+        self._proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--collection", self.collection,
+             "--dim", str(self.dim), "--rate", str(self.rate), "--seed", str(self.seed)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env=self.settings.child_env())
+        line = self._line(START_TIMEOUT_S)
+        if line != READY:
+            self._proc.kill()
+            raise RuntimeError(f"the ingest process did not start: {line!r}")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(60)
-        if self._error is not None:
-            raise RuntimeError("the ingest thread failed") from self._error
+        proc = self._proc
+        try:
+            proc.stdin.write(STOP + "\n")
+            proc.stdin.flush()
+            report = json.loads(self._line(FLUSH_TIMEOUT_S))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(30)
+        if report.get("error"):
+            raise RuntimeError(f"the ingest process failed: {report['error']}")
+        self.rows_sent, self.elapsed_s = report["rows_sent"], report["elapsed_s"]
+        self.offsets = {int(p): o for p, o in report["offsets"].items()}
 
     @property
     def achieved_rate(self) -> float:
         """Rows per second actually delivered."""
         return self.rows_sent / self.elapsed_s if self.elapsed_s else 0.0
 
-    def _run(self) -> None:
-        n = len(self._vectors)
-        try:
-            with Producer(self.collection, settings=self.settings) as producer:
-                started = time.perf_counter()
-                while not self._stop.is_set():
-                    # Send what keeps the total on rate, so a slow tick is caught up on the next.
-                    lo, due = self.rows_sent, round(self.rate * (time.perf_counter() - started))
-                    if due > lo:
-                        picked = np.arange(lo, due) % n  # the buffer repeats, the ids do not
-                        producer.upsert([f"fresh-{i}" for i in range(lo, due)],
-                                        self._vectors[picked])
-                        self.rows_sent = due
-                    time.sleep(INGEST_TICK_S)  # pacing
-                self.offsets = producer.flush(60)
-                self.elapsed_s = time.perf_counter() - started
-        except BaseException as exc:  # re-raised by __exit__ in the measuring thread
-            self._error = exc
+    def _line(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self._proc.stdout.readline()
+            if line:
+                return line.strip()
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the ingest process exited with status {self._proc.poll()} "
+                                   "before reporting")
+
+
+def _send(collection: str, dim: int, rate: int, seed: int) -> dict:
+    """The ingest process's run: upsert `rate` rows/s until `stop` arrives on stdin."""
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((max(rate, 100), dim)).astype(np.float32) * 5
+    n = len(vectors)
+    stop = threading.Event()
+    sent = 0
+    try:
+        with Producer(collection, settings=Settings()) as producer:
+            print(READY, flush=True)
+            threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()),
+                             daemon=True).start()
+            started = time.perf_counter()
+            while not stop.is_set():
+                # Send what keeps the total on rate, so a slow tick is caught up on the next.
+                due = round(rate * (time.perf_counter() - started))
+                if due > sent:
+                    picked = np.arange(sent, due) % n  # the buffer repeats, the ids do not
+                    producer.upsert([f"fresh-{i}" for i in range(sent, due)], vectors[picked])
+                    sent = due
+                stop.wait(INGEST_TICK_S)  # pacing
+            offsets = producer.flush(60)
+            elapsed = time.perf_counter() - started
+    except Exception as exc:  # reported to the benchmark, which fails the run
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    return {"rows_sent": sent, "elapsed_s": elapsed,
+            "offsets": {str(p): o for p, o in offsets.items()}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ingest process (started by Ingest)."""
+    parser = argparse.ArgumentParser(description="Background ingest for a benchmark.")
+    parser.add_argument("--collection", required=True)
+    parser.add_argument("--dim", type=int, required=True)
+    parser.add_argument("--rate", type=int, required=True, help="rows/s")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    print(json.dumps(_send(args.collection, args.dim, args.rate, args.seed)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

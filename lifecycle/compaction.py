@@ -20,6 +20,7 @@ from indexer.view import hidden_rows
 from ingest import audit, catalog
 from lifecycle import rewrite
 from lifecycle.lock import LifecycleLock
+from streamvec import background
 from streamvec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,7 @@ class AutoCompactor:
             self._thread.join()
 
     def _run(self) -> None:
+        background.lower_priority(self.settings.build_nice)
         while not self._stop.wait(self.interval_s):
             try:
                 report = compact(self.settings, self.collection, self.policy)

@@ -87,7 +87,8 @@ class Engine:
         chosen = self.selection.resolve(self._total)
         self.shard = None if chosen.whole else chosen
         partitions = list(chosen.partitions)
-        fold = (FoldConfig(self.spec.metric, self.settings.searcher_fold_min_segments)
+        fold = (FoldConfig(self.spec.metric, self.settings.searcher_fold_min_segments,
+                           nice=self.settings.build_nice)
                 if self.settings.searcher_fold else None)
         self.state = ServingState(self.spec.dim, partitions, self.metrics, progress=self.progress,
                                   fold=fold)

@@ -47,6 +47,7 @@ from searcher.execute import Searchable
 from searcher.metrics import SearcherMetrics
 from searcher.search import Source
 from searcher.segments import Entry
+from streamvec import background
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class FoldConfig:
 
     metric: str
     min_segments: int = MIN_SEGMENTS
+    nice: int = 0  # added to the build thread's niceness (streamvec/background.py)
     # False: no thread; the owner calls Folds.settle() (tests, benchmarks).
     background: bool = True
 
@@ -230,6 +232,7 @@ class Folds:
 
     def _run(self) -> None:
         faiss.omp_set_num_threads(1)  # a build must not take the cores that answer queries
+        background.lower_priority(self.config.nice)
         while not self._stop.is_set():
             self._wake.wait(RETRY_S)
             self._wake.clear()
@@ -257,6 +260,7 @@ class Folds:
             return False
         with self.lock:
             self._install(fold)
+        _give_back_memory()  # after the lock: a trim of a large heap takes milliseconds
         return True
 
     def _plan(self, entries: list[Entry]) -> _Job | None:
@@ -326,7 +330,6 @@ class Folds:
                 entry.changed()  # forget the cached source that still points at the old index
         served = {id(e.segment): e for e in entries}
         self.publish()
-        _give_back_memory()
         self._report(served)
         if self.metrics is not None:
             self.metrics.labels(self.metrics.fold_build_seconds).observe(fold.build_s)

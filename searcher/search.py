@@ -118,6 +118,10 @@ class Source:
     hidden: np.ndarray | None = None
     index: Any = None
     exact: bool | None = None
+    # Each row's squared norm (float32), kept by an owner that scans the rows often (the tail,
+    # a Flat segment): a scan then reads it instead of working it out from the rows per query,
+    # which cost as much as the scan's matrix product.
+    sqnorms: np.ndarray | None = None
     hidden_count: int = field(init=False)
     _visible: np.ndarray | None = field(default=None, init=False, repr=False)
     _gathered: np.ndarray | None = field(default=None, init=False, repr=False)
@@ -503,17 +507,30 @@ def _costs(src: Source, prepared: np.ndarray, metric: str, lo: int, hi: int) -> 
     dots = prepared @ v.T
     if metric == "ip":
         costs = np.negative(dots, out=dots)
-    elif metric == "cosine":
-        norms = np.sqrt(np.einsum("ij,ij->i", v, v))
-        dots /= np.maximum(norms, np.finfo(np.float32).tiny)[None, :]
-        costs = np.negative(dots, out=dots)
+        sq = None
     else:
+        sq = src.sqnorms[lo:hi] if src.sqnorms is not None else squared_norms(v)
+    if metric == "cosine":
+        dots /= np.maximum(np.sqrt(sq), np.finfo(np.float32).tiny)[None, :]
+        costs = np.negative(dots, out=dots)
+    elif metric == "l2":
         costs = dots
         costs *= -2.0
-        costs += np.einsum("ij,ij->i", v, v)[None, :]
+        costs += sq[None, :]
     if src.hidden is not None:
         costs[:, src.hidden[lo:hi]] = math.inf
     return costs
+
+
+def squared_norms(vectors: np.ndarray) -> np.ndarray:
+    """Each row's squared L2 norm as float32, in blocks: a memory-mapped file is never copied."""
+    n = int(vectors.shape[0])
+    out = np.empty(n, dtype=np.float32)
+    step = max(1, SCAN_BLOCK_PAIRS // max(1, int(vectors.shape[1]) if vectors.ndim == 2 else 1))
+    for lo in range(0, n, step):
+        v = np.asarray(vectors[lo:lo + step], dtype=np.float32)
+        out[lo:lo + len(v)] = np.einsum("ij,ij->i", v, v)
+    return out
 
 
 def _lowest(costs: np.ndarray, m: int) -> np.ndarray:

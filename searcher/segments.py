@@ -18,7 +18,7 @@ from indexer.registry import SegmentRecord
 from indexer.segfolder import MANIFEST, LoadedSegment, load_segment
 from indexer.store import SegmentStore
 from ingest.spec import CollectionSpec
-from searcher.search import Source
+from searcher.search import Source, squared_norms
 from streamvec.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ class Entry:
     # Changes with every change of the masks, never repeats: folds rebuild a mask on a change.
     revision: int = field(default_factory=lambda: next(_revisions))
     _source: Source | None = field(default=None, repr=False)
+    _sqnorms: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def segment_id(self) -> str:
@@ -123,8 +124,11 @@ class Entry:
     def source(self) -> Source:
         """The segment as a search source; the mask is rebuilt only after a change."""
         if self._source is None:
+            index = self.segment.index
+            if index is None and self._sqnorms is None:  # scanned: norms once per segment
+                self._sqnorms = squared_norms(self.segment.vectors)
             self._source = Source(self.segment.vectors, self.sealed_hidden | self.tail_hidden,
-                                  self.segment.index)
+                                  index, sqnorms=None if index is not None else self._sqnorms)
         return self._source
 
     def changed(self) -> None:

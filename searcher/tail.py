@@ -27,7 +27,7 @@ from ingest.errors import RecordError
 from ingest.record import OP_UPSERT, Batch
 from ingest.spec import CollectionSpec
 from searcher import filters
-from searcher.search import Source
+from searcher.search import Source, squared_norms
 from streamvec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,7 @@ class PartitionTail:
         self.meta: list[bytes] = []
         self.columns = TailColumns(self.meta)  # replaced with `meta`
         self.vectors = np.zeros((0, dim), np.float32)
+        self.sqnorms = np.zeros(0, np.float32)  # of `vectors`' rows, for exact scans
         self.offsets = np.zeros(0, np.int64)
         self.alive = np.zeros(0, bool)
         self.latest: dict[bytes, int] = {}  # id -> array row of its latest op
@@ -111,6 +112,7 @@ class PartitionTail:
         self._reserve(n)
         rows = slice(self.n, self.n + n)
         self.vectors[rows] = batch.vectors
+        self.sqnorms[rows] = squared_norms(self.vectors[rows])
         self.offsets[rows] = offset
         upserts = (batch.ops == OP_UPSERT).tolist()
         self.alive[rows] = upserts
@@ -145,8 +147,8 @@ class PartitionTail:
         """The partition's held rows as a search source, made once per change."""
         if self._rows is None:
             live = slice(self.lo, self.n)
-            self._rows = TailRows(partition, Source(self.vectors[live], ~self.alive[live]),
-                                  self.ids, self.meta, self.lo, self.columns)
+            source = Source(self.vectors[live], ~self.alive[live], sqnorms=self.sqnorms[live])
+            self._rows = TailRows(partition, source, self.ids, self.meta, self.lo, self.columns)
         return self._rows
 
     def _reserve(self, n: int) -> None:
@@ -155,7 +157,7 @@ class PartitionTail:
             return
         held = self.n - self.lo
         capacity = max(2 * (held + n), _MIN_CAPACITY)
-        for name in ("vectors", "offsets", "alive"):
+        for name in ("vectors", "sqnorms", "offsets", "alive"):
             old = getattr(self, name)
             new = np.zeros((capacity, *old.shape[1:]), old.dtype)
             new[:held] = old[self.lo: self.n]

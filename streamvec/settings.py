@@ -303,6 +303,12 @@ class Settings(BaseSettings):
                     "index type over the segments of every partition, built in the background "
                     "(docs/operations.md, \"Folds\"); false searches each segment's own index.",
     )
+    build_nice: int = Field(
+        default=10, ge=0, le=19,
+        description="Indexer and searcher: niceness added to the threads that build indexes "
+                    "(seals, compaction, folds), so that tailing and answering keep the CPU "
+                    "they need on a shared host; 0 builds at the process's own priority.",
+    )
     searcher_fold_min_segments: int = Field(
         default=2, ge=2,
         description="Searcher: HNSW segments of one index type that start a fold; fewer are "

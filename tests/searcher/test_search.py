@@ -228,3 +228,23 @@ def test_an_exact_scan_in_blocks_finds_what_one_block_finds(metric: str, monkeyp
     blocks = search.search(source, queries, 20, metric)
     assert blocks[1].tolist() == whole[1].tolist()
     np.testing.assert_array_equal(blocks[0], whole[0])
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_a_scan_with_kept_norms_ranks_as_one_that_works_them_out(metric: str) -> None:
+    rng = np.random.default_rng(23)
+    vectors = rng.standard_normal((900, DIM)).astype(np.float32) * 4
+    hidden = rng.random(900) < 0.2
+    queries = rng.standard_normal((4, DIM)).astype(np.float32)
+    plain = search.search(Source(vectors, hidden), queries, 15, metric)
+    kept = search.search(Source(vectors, hidden, sqnorms=search.squared_norms(vectors)),
+                         queries, 15, metric)
+    assert kept[1].tolist() == plain[1].tolist()
+    np.testing.assert_allclose(kept[0], plain[0], rtol=1e-5, atol=1e-5)
+
+
+def test_squared_norms_in_blocks_match_numpy(monkeypatch) -> None:
+    vectors = np.arange(70 * 6, dtype=np.float32).reshape(70, 6) / 7
+    monkeypatch.setattr(search, "SCAN_BLOCK_PAIRS", 6 * 8)  # blocks of 8 rows, the last short
+    np.testing.assert_allclose(search.squared_norms(vectors), (vectors ** 2).sum(axis=1),
+                               rtol=1e-6)

@@ -94,6 +94,10 @@ def test_growth_keeps_rows_and_metadata_in_order() -> None:
     tail.trim(0, 190)
     (rows,) = list(tail.sources())
     assert rows.id_of(1) == "id-191" and rows.metadata(1) == {"n": 191}
+    # The norms kept for scans follow the rows through growth and trims.
+    np.testing.assert_allclose(rows.source.sqnorms,
+                               (rows.source.vectors.astype(np.float64) ** 2).sum(axis=1),
+                               rtol=1e-6)
 
 
 def snapshot(tail: TailBuffer) -> list[tuple[int, list[tuple[str, float, bool]]]]:
