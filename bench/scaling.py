@@ -260,7 +260,7 @@ def start_layout(settings: Settings, name: str, log_dir: Path, records: list[Seg
                                     [*flags, "--replica", f"s{i}of{count}-{uuid.uuid4().hex[:4]}"])
         own = served(records, partitions)
         started.append(Searcher(role, port, partitions, sum(r.rows for r in own), len(own),
-                                expected_folded([r.factory for r in own], True)))
+                                expected_folded([(r.factory, r.rows) for r in own], True)))
     try:
         for s in started:
             wait_served(s.role, s.port, name, s.segments, s.folded)

@@ -41,7 +41,7 @@ from bench.common import Result, machine_info, parse_scaled, print_table, raw_fa
 from indexer import build
 from indexer.registry import Registry
 from ingest.spec import MAX_EF
-from searcher.fold import FOLDABLE, MIN_SEGMENTS
+from searcher.fold import FOLDABLE, MIN_SEGMENTS, fold_group, starts_fold
 from searcher.search import DEFAULT_EF
 from streamvec.devstack.ports import LOOPBACK, free_port
 from streamvec.health import METRICS_PATH, READINESS_PATH
@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         records = Registry(settings.redis_client(), spec.name).segments()
         searcher, port = start_searcher(settings, spec.name, tmp, searcher_flags(args))
         try:
-            folded = expected_folded([r.factory for r in records if r.rows], args.fold)
+            folded = expected_folded([(r.factory, r.rows) for r in records], args.fold,
+                                     auto=build.is_auto(args.index))
             wait_s = wait_served(searcher, port, spec.name, len(records), folded)
             print(f"# searcher: {len(records)} segments served, {folded} through a fold, "
                   f"ready {wait_s:.1f} s after start", flush=True)
@@ -231,17 +232,19 @@ def start_searcher(settings: Settings, collection: str, log_dir: Path,
     return Role(proc, log), port
 
 
-def expected_folded(factories: Iterable[str], fold: bool,
+def expected_folded(segments: Iterable[tuple[str, int]], fold: bool, *, auto: bool = False,
                     min_segments: int = MIN_SEGMENTS) -> int:
-    """How many segments of these index factories a searcher serves through folds."""
+    """How many of these segments, given as (factory, rows), a searcher serves through folds
+    (in an "auto" collection when `auto`)."""
     if not fold:
         return 0
-    groups: dict[str, int] = {}
-    for factory in factories:
-        spec = factory.strip()
-        if FOLDABLE.fullmatch(spec):
-            groups[spec] = groups.get(spec, 0) + 1
-    return sum(n for n in groups.values() if n >= min_segments)
+    groups: dict[str, list[tuple[str, int]]] = {}
+    for factory, rows in segments:
+        group = fold_group(factory, rows, auto=auto)
+        if group is not None:
+            groups.setdefault(group, []).append((factory, rows))
+    return sum(len(members) for members in groups.values()
+               if starts_fold(members, min_segments))
 
 
 def gauge(text: str, name: str, collection: str) -> float | None:

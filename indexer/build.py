@@ -11,14 +11,21 @@ from indexer.errors import BuildError
 
 logger = logging.getLogger(__name__)
 
-# "auto" builds a graph from this many rows, Flat below. bench/crossover.py measured where
+# "auto" is a graph from this many rows, an exact scan below. bench/crossover.py measured where
 # HNSW32, at the efSearch that reaches recall@10 0.99, gets faster than the searcher's exact
 # scan (clustered rows, one thread, a shared 2-core Xeon, faiss 1.15): at 384-d below 500 rows
 # for one query (the graph won at every size measured) and about 720 rows for 64 queries
 # searched together; at 128-d about 850 and 1,040 rows. The crossover holds in rows, not in
-# rows x dim (a graph search pays per dimension too), so one threshold serves every dim. A
-# searcher folds small graph segments into one graph, so their number costs little.
+# rows x dim (a graph search pays per dimension too), so one threshold serves every dim.
 AUTO_GRAPH_MIN_ROWS = 1_000
+# Under "auto" a segment is written with its graph only from this many rows. A graph build
+# costs about a core-second per 6,000 rows at 384-d, and the searcher builds one graph over
+# the small segments of every partition anyway (searcher/fold.py): writing a graph into each
+# fresh seal as well doubled the CPU spent per ingested row, starved tailing and answering
+# (freshness p99 534 ms at 5,000 rows/s on 2 cores) and let seals fall behind ingest. Small
+# auto segments are therefore written Flat, once, and folded by the searchers; compaction
+# rewrites them into graph segments of this size, which a searcher loads ready-made.
+AUTO_WRITTEN_GRAPH_MIN_ROWS = 50_000
 AUTO_GRAPH_FACTORY = "HNSW32"
 FLAT = "Flat"
 # k-means and PQ training gain little past ~100k points and cost time linear in them.
@@ -35,19 +42,24 @@ _METRICS = {
 
 
 def resolve_factory(index: str, rows: int, dim: int) -> str:
-    """The index_factory string to build for `rows` vectors of `dim`.
+    """The index_factory string to write into a segment of `rows` vectors of `dim`.
 
-    "auto" means exact search while a scan is as fast as a graph: "Flat" below
-    AUTO_GRAPH_MIN_ROWS rows (1,000, the crossover bench/crossover.py measured), "HNSW32"
-    (graph, efConstruction 80) from there on, whatever the dim. Any other value is a FAISS
-    index_factory string, returned as given (stripped).
+    "auto" writes "Flat" below AUTO_WRITTEN_GRAPH_MIN_ROWS rows (50,000) and "HNSW32" (graph,
+    efConstruction 80) from there on, whatever the dim; searchers fold auto segments of 1,000
+    rows and more into a graph of their own (`is_auto`, searcher/fold.py). Any other value is
+    a FAISS index_factory string, returned as given (stripped).
     """
     if dim < 1 or rows < 0:
         raise ValueError(f"need dim >= 1 and rows >= 0, got dim={dim} rows={rows}")
     spec = index.strip()
-    if spec.lower() == "auto":
-        return FLAT if rows < AUTO_GRAPH_MIN_ROWS else AUTO_GRAPH_FACTORY
+    if is_auto(spec):
+        return FLAT if rows < AUTO_WRITTEN_GRAPH_MIN_ROWS else AUTO_GRAPH_FACTORY
     return spec
+
+
+def is_auto(index: str) -> bool:
+    """Whether a collection's index spec is "auto" (any case, any surrounding space)."""
+    return index.strip().lower() == "auto"
 
 
 def faiss_metric(metric: str) -> int:
@@ -112,7 +124,7 @@ def build_index(vectors: np.ndarray, *, metric: str, index: str) -> tuple[faiss.
 
 def check_factory(index: str, dim: int, metric: str) -> None:
     """Raise BuildError now if FAISS cannot make `index` for `dim`, before any rows are read."""
-    for rows in (0, AUTO_GRAPH_MIN_ROWS):  # "auto" resolves to a different factory by size
+    for rows in (0, AUTO_WRITTEN_GRAPH_MIN_ROWS):  # "auto" resolves to a factory by size
         _make(dim, resolve_factory(index, rows, dim), metric)
 
 

@@ -27,7 +27,6 @@ from indexer.segment import GrowingSegment, SealedRows, segment_id
 from indexer.store import SegmentStore
 from ingest import catalog, message
 from ingest.errors import ReadOnlyCollection, RecordError
-from streamvec import background
 from streamvec.health import KafkaProbe, TurnHook
 from streamvec.settings import Settings
 
@@ -102,9 +101,9 @@ class Worker:
             "error_cb": self._on_kafka_error,
             **CONSUMER_FETCH,
         }))
-        self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sv-build",
-                                           initializer=background.lower_priority,
-                                           initargs=(settings.build_nice,))
+        # Seal builds keep the process's priority: a seal that falls behind ingest leaves its
+        # rows in every searcher's tail, where each query scans them.
+        self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sv-build")
         # Asks the brokers on a thread of its own: a frozen broker never says it is down.
         self._kafka_probe = KafkaProbe(settings.kafka_config(), self.topic,
                                        on_change=self._kafka_changed)

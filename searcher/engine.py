@@ -9,6 +9,7 @@ import time
 import numpy as np
 from confluent_kafka.admin import AdminClient
 
+from indexer import build
 from indexer.registry import Registry
 from indexer.segment import parse_segment_id
 from indexer.store import SegmentStore
@@ -88,7 +89,7 @@ class Engine:
         self.shard = None if chosen.whole else chosen
         partitions = list(chosen.partitions)
         fold = (FoldConfig(self.spec.metric, self.settings.searcher_fold_min_segments,
-                           nice=self.settings.build_nice)
+                           nice=self.settings.build_nice, auto=build.is_auto(self.spec.index))
                 if self.settings.searcher_fold else None)
         self.state = ServingState(self.spec.dim, partitions, self.metrics, progress=self.progress,
                                   fold=fold)

@@ -10,9 +10,11 @@
 # - What is folded: segments whose factory is a graph over flat storage (HNSW32, HNSW16,Flat,
 #   ...), grouped by factory string, across partitions. Such an index takes new rows without
 #   training and its distances are exact, so a fold scores a row as the segment's own index
-#   does. Flat segments are left alone: they are scanned from their memory-mapped vectors, and
-#   one scan over 80k rows took what four scans over 20k took (within noise, 384-d, one
-#   thread). Nothing approximate is ever folded with something exact.
+#   does. In a collection whose index is "auto", Flat segments join the HNSW32 group too: auto
+#   writes small segments without a graph (indexer/build.py) so that the graph over fresh rows
+#   is built once, here; such a group starts a fold once it holds AUTO_GRAPH_MIN_ROWS rows,
+#   below which a scan is as fast. Otherwise Flat segments are left alone (the user asked for
+#   exact answers): they are scanned from their memory-mapped vectors.
 # - Rows: a fold row maps to (segment, row) by contiguous ranges, one per member, in the order
 #   members were added. The hidden mask is the members' masks side by side, with every row of
 #   a member no longer served ("dead") hidden; it is rebuilt only when a member's entry
@@ -67,6 +69,8 @@ class FoldConfig:
     metric: str
     min_segments: int = MIN_SEGMENTS
     nice: int = 0  # added to the build thread's niceness (streamvec/background.py)
+    # The collection's index is "auto": its Flat segments are folded into an HNSW32 graph.
+    auto: bool = False
     # False: no thread; the owner calls Folds.settle() (tests, benchmarks).
     background: bool = True
 
@@ -274,7 +278,7 @@ class Folds:
         self._report(served)
         groups: dict[str, list[LoadedSegment]] = {}
         for entry in entries:
-            factory = foldable(entry.segment)
+            factory = foldable(entry.segment, auto=self.config.auto)
             if factory is not None:
                 groups.setdefault(factory, []).append(entry.segment)
         now = time.monotonic()
@@ -284,7 +288,7 @@ class Folds:
             fold = self._folds.get(factory)
             new = [s for s in groups[factory] if fold is None or id(s) not in fold.keys]
             if fold is None:
-                if len(new) >= self.config.min_segments:
+                if self._starts(new):
                     return _Job(factory, None, tuple(new))
             elif fold.dead_rows(served) > MAX_DEAD_FRACTION * fold.rows:
                 live = [m.segment for m in fold.live(served)]
@@ -292,6 +296,11 @@ class Folds:
             elif new:
                 return _Job(factory, fold, tuple(new))
         return None
+
+    def _starts(self, segments: list[LoadedSegment]) -> bool:
+        """Whether these segments of one group, none folded yet, make a new fold worth it."""
+        return starts_fold([(s.manifest.factory, s.manifest.rows) for s in segments],
+                           self.config.min_segments)
 
     def _build(self, job: _Job) -> Fold:
         """Build a fold without the lock: copy a graph, then add the other rows."""
@@ -346,12 +355,29 @@ class Folds:
             sum(len(f.live(served)) for f in folds))
 
 
-def foldable(segment: LoadedSegment) -> str | None:
-    """The fold group of a segment (its factory), or None when it is searched on its own."""
-    factory = segment.manifest.factory.strip()
-    if segment.manifest.rows == 0 or not FOLDABLE.fullmatch(factory):
+def foldable(segment: LoadedSegment, *, auto: bool = False) -> str | None:
+    """The fold group of a segment, or None when it is searched on its own."""
+    return fold_group(segment.manifest.factory, segment.manifest.rows, auto=auto)
+
+
+def fold_group(factory: str, rows: int, *, auto: bool = False) -> str | None:
+    """The fold group of a segment of `rows` rows built with `factory`: its factory, HNSW32
+    for a Flat segment of an "auto" collection, None for one searched on its own."""
+    factory = factory.strip()
+    if rows == 0:
         return None
-    return factory
+    if auto and factory == build.FLAT:
+        return build.AUTO_GRAPH_FACTORY
+    return factory if FOLDABLE.fullmatch(factory) else None
+
+
+def starts_fold(members: list[tuple[str, int]], min_segments: int = MIN_SEGMENTS) -> bool:
+    """Whether segments of one group, given as (factory, rows), start a fold: at least
+    `min_segments` graphs, or, with Flat ones among them, AUTO_GRAPH_MIN_ROWS rows in all."""
+    if any(factory.strip() == build.FLAT for factory, _ in members):
+        # Flat rows have no graph at all: one graph pays from the scan/graph crossover on.
+        return sum(rows for _, rows in members) >= build.AUTO_GRAPH_MIN_ROWS
+    return len(members) >= min_segments
 
 
 def _stored_vectors(index: faiss.Index) -> np.ndarray:

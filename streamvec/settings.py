@@ -305,9 +305,9 @@ class Settings(BaseSettings):
     )
     build_nice: int = Field(
         default=10, ge=0, le=19,
-        description="Indexer and searcher: niceness added to the threads that build indexes "
-                    "(seals, compaction, folds), so that tailing and answering keep the CPU "
-                    "they need on a shared host; 0 builds at the process's own priority.",
+        description="Niceness added to the threads that build indexes in the background "
+                    "(searcher folds, automatic compaction), so that tailing and answering keep "
+                    "the CPU they need on a shared host; 0 builds at the process's priority.",
     )
     searcher_fold_min_segments: int = Field(
         default=2, ge=2,

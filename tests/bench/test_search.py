@@ -63,11 +63,20 @@ def test_searcher_flags_pass_fold_and_search_threads() -> None:
 
 
 def test_expected_folded_counts_graph_groups_of_at_least_min_segments() -> None:
-    factories = ["HNSW32", "HNSW32 ", "Flat", "HNSW16", "HNSW32", "IVF8,Flat"]
+    factories = [(f, 100) for f in ["HNSW32", "HNSW32 ", "Flat", "HNSW16", "HNSW32", "IVF8,Flat"]]
     assert search.expected_folded(factories, fold=True) == 3  # the lone HNSW16 is not folded
     assert search.expected_folded(factories, fold=True, min_segments=4) == 0
     assert search.expected_folded(factories, fold=False) == 0
-    assert search.expected_folded(["HNSW16", "HNSW16"], fold=True) == 2
+    assert search.expected_folded([("HNSW16", 5), ("HNSW16", 5)], fold=True) == 2
+    assert search.expected_folded([("HNSW16", 5), ("HNSW16", 0)], fold=True) == 0
+
+
+def test_expected_folded_in_an_auto_collection_folds_flat_from_the_crossover() -> None:
+    small = [("Flat", 400), ("Flat", 598), ("HNSW32", 1)]
+    assert search.expected_folded(small, fold=True, auto=True) == 0  # 999 rows: below the crossover
+    assert search.expected_folded([*small, ("Flat", 1)], fold=True, auto=True) == 4
+    assert search.expected_folded([("Flat", 5_000)], fold=True, auto=True) == 1
+    assert search.expected_folded([("Flat", 5_000)], fold=True) == 0  # Flat asked for: exact
 
 
 EXPOSITION = """\
@@ -127,7 +136,7 @@ def test_a_served_fold_is_waited_for_and_clients_search_at_the_given_ef(settings
     with sealed(settings, "bench-t", data, partitions=2, index="HNSW32", metric="cosine",
                 seal_rows=2000, seal_seconds=0.2) as (loaded, spec, tmp):
         records = Registry(loaded.redis_client(), spec.name).segments()
-        folded = search.expected_folded([r.factory for r in records], fold=True)
+        folded = search.expected_folded([(r.factory, r.rows) for r in records], fold=True)
         assert folded == len(records) == 2  # one HNSW32 segment per partition
         searcher, port = search.start_searcher(loaded, spec.name, tmp, ["--fold"])
         try:

@@ -33,13 +33,14 @@ def recall(found, truth):
                                                                   strict=True)])
 
 
-def test_auto_is_flat_below_the_threshold_then_hnsw_whatever_the_dim():
-    assert build.AUTO_GRAPH_MIN_ROWS == 1_000
+def test_auto_writes_flat_below_the_threshold_then_hnsw_whatever_the_dim():
+    assert build.AUTO_WRITTEN_GRAPH_MIN_ROWS == 50_000
     assert build.resolve_factory("auto", 0, 8) == "Flat"
     for dim in (8, 128, 384, 1536):
-        assert build.resolve_factory("auto", 999, dim) == "Flat"
-        assert build.resolve_factory("auto", 1_000, dim) == "HNSW32"
+        assert build.resolve_factory("auto", 49_999, dim) == "Flat"
+        assert build.resolve_factory("auto", 50_000, dim) == "HNSW32"
     assert build.resolve_factory(" AUTO ", 50_000, 8) == "HNSW32"
+    assert build.is_auto(" Auto ") and not build.is_auto("HNSW32")
     assert build.resolve_factory(" IVF64,PQ8 ", 10, 8) == "IVF64,PQ8"
     with pytest.raises(ValueError):
         build.resolve_factory("auto", 10, 0)

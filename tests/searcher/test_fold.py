@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from indexer import publish
+from indexer import build, publish
 from indexer.idmap import IdMap
 from indexer.registry import SegmentRecord
 from indexer.segfolder import LoadedSegment
@@ -111,9 +111,9 @@ class Log:
 
 
 def folding(metrics: SearcherMetrics, partitions: list[int], *,
-            background: bool = False) -> ServingState:
+            background: bool = False, auto: bool = False) -> ServingState:
     state = ServingState(DIM, partitions, metrics,
-                         fold=FoldConfig("l2", background=background))
+                         fold=FoldConfig("l2", background=background, auto=auto))
     state.reassigned(state.start_offsets()[1])
     return state
 
@@ -292,6 +292,35 @@ def test_only_graph_segments_fold_by_factory_and_never_fewer_than_the_minimum(
         FoldConfig("l2", 1)
     with pytest.raises(ValueError, match="metric"):
         FoldConfig("hamming")
+
+
+@pytest.mark.parametrize("auto", [True, False])
+def test_auto_flat_segments_fold_into_one_graph_from_the_crossover_on(
+        tmp_path, metrics, auto: bool) -> None:
+    store = SegmentStore(tmp_path)
+    logs = [Log(store, p, seed=70 + p) for p in range(3)]
+    state = folding(metrics, [0, 1, 2], auto=auto)
+    for log in logs[:2]:
+        log.rounds(2)
+        state.replace(set(), [log.seal("auto")])
+    rows = sum(e.rows for e in state.segments.entries())
+    assert rows < build.AUTO_GRAPH_MIN_ROWS
+    assert {e.segment.manifest.factory for e in state.segments.entries()} == {"Flat"}
+    assert state.folds.settle() == 0  # below the crossover a scan is as fast
+    logs[2].rounds(2)
+    state.replace(set(), [logs[2].seal("auto")])
+    assert sum(e.rows for e in state.segments.entries()) >= build.AUTO_GRAPH_MIN_ROWS
+    if not auto:
+        assert state.folds.settle() == 0  # Flat asked for by name stays an exact scan
+        return
+    assert state.folds.settle() == 1
+    (built,) = state.folds.folds()
+    assert built.factory == build.AUTO_GRAPH_FACTORY and len(built.members) == 3
+    items = state.searchables()
+    assert len(items) == 1 and items[0].source.index is built.index
+    queries = np.random.default_rng(5).standard_normal((8, DIM)).astype(np.float32)
+    assert_visible(items, merged(*logs))
+    assert_exact(answer(items, queries), brute_force(merged(*logs), queries))
 
 
 def test_a_failed_build_leaves_segments_searched_on_their_own_and_waits(
