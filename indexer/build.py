@@ -23,9 +23,10 @@ AUTO_GRAPH_MIN_ROWS = 1_000
 # the small segments of every partition anyway (searcher/fold.py): writing a graph into each
 # fresh seal as well doubled the CPU spent per ingested row, starved tailing and answering
 # (freshness p99 534 ms at 5,000 rows/s on 2 cores) and let seals fall behind ingest. Small
-# auto segments are therefore written Flat, once, and folded by the searchers; compaction
-# rewrites them into graph segments of this size, which a searcher loads ready-made.
-AUTO_WRITTEN_GRAPH_MIN_ROWS = 50_000
+# auto segments are therefore written Flat, once, and folded by the searchers; bulk loads and
+# compaction write segments of this size and more, with the graph a restarted searcher then
+# loads ready-made instead of folding their rows again.
+AUTO_WRITTEN_GRAPH_MIN_ROWS = 20_000
 AUTO_GRAPH_FACTORY = "HNSW32"
 FLAT = "Flat"
 # k-means and PQ training gain little past ~100k points and cost time linear in them.
@@ -44,7 +45,7 @@ _METRICS = {
 def resolve_factory(index: str, rows: int, dim: int) -> str:
     """The index_factory string to write into a segment of `rows` vectors of `dim`.
 
-    "auto" writes "Flat" below AUTO_WRITTEN_GRAPH_MIN_ROWS rows (50,000) and "HNSW32" (graph,
+    "auto" writes "Flat" below AUTO_WRITTEN_GRAPH_MIN_ROWS rows (20,000) and "HNSW32" (graph,
     efConstruction 80) from there on, whatever the dim; searchers fold auto segments of 1,000
     rows and more into a graph of their own (`is_auto`, searcher/fold.py). Any other value is
     a FAISS index_factory string, returned as given (stripped).

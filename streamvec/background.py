@@ -1,11 +1,11 @@
 """Background work (index builds, folds, compaction) yields the CPU to tailing and answering."""
 
 # Serving and building share a host's cores: an HNSW build at 384-d takes a core for seconds,
-# and when it runs at the priority of the threads that tail Kafka and answer queries, the
-# answers wait behind it (freshness p99 tripled at 5,000 rows/s on 2 cores). A build thread
-# therefore lowers its own scheduling priority, as search engines do for segment merges; with
-# idle cores it still runs at full speed. Linux gives every thread its own nice value, and the
-# worker threads a thread starts (FAISS's OpenMP pool) inherit it.
+# and at the priority of the threads that tail Kafka and answer queries the answers wait
+# behind it. A build thread may therefore lower its own scheduling priority
+# (STREAMVEC_BUILD_NICE), as search engines do for segment merges; with idle cores it still
+# runs at full speed, and under a load that keeps every core busy it waits. Linux gives every
+# thread its own nice value, and the threads a thread starts (FAISS's OpenMP pool) inherit it.
 
 from __future__ import annotations
 

@@ -304,10 +304,12 @@ class Settings(BaseSettings):
                     "(docs/operations.md, \"Folds\"); false searches each segment's own index.",
     )
     build_nice: int = Field(
-        default=10, ge=0, le=19,
+        default=0, ge=0, le=19,
         description="Niceness added to the threads that build indexes in the background "
-                    "(searcher folds, automatic compaction), so that tailing and answering keep "
-                    "the CPU they need on a shared host; 0 builds at the process's priority.",
+                    "(searcher folds, automatic compaction), so that tailing and answering get "
+                    "the CPU first on a shared host; 0 (default) builds at the process's "
+                    "priority. Under a load that keeps every core busy a niced fold waits, and "
+                    "its segments' rows are scanned meanwhile.",
     )
     searcher_fold_min_segments: int = Field(
         default=2, ge=2,

@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     create.add_argument("--partitions", type=int, default=4, help="topic partitions (default 4)")
     create.add_argument("--index", default="auto",
                         help="FAISS index_factory string, or auto (default: segments below "
-                             "50,000 rows are written Flat and folded into one graph by each "
+                             "20,000 rows are written Flat and folded into one graph by each "
                              "searcher from 1,000 rows; larger ones are written HNSW32)")
     create.add_argument("--ef", type=int, default=0, metavar="N",
                         help="HNSW efSearch of queries that name none, 1..4096 (default 0: the "

@@ -34,11 +34,11 @@ def recall(found, truth):
 
 
 def test_auto_writes_flat_below_the_threshold_then_hnsw_whatever_the_dim():
-    assert build.AUTO_WRITTEN_GRAPH_MIN_ROWS == 50_000
+    assert build.AUTO_WRITTEN_GRAPH_MIN_ROWS == 20_000
     assert build.resolve_factory("auto", 0, 8) == "Flat"
     for dim in (8, 128, 384, 1536):
-        assert build.resolve_factory("auto", 49_999, dim) == "Flat"
-        assert build.resolve_factory("auto", 50_000, dim) == "HNSW32"
+        assert build.resolve_factory("auto", 19_999, dim) == "Flat"
+        assert build.resolve_factory("auto", 20_000, dim) == "HNSW32"
     assert build.resolve_factory(" AUTO ", 50_000, 8) == "HNSW32"
     assert build.is_auto(" Auto ") and not build.is_auto("HNSW32")
     assert build.resolve_factory(" IVF64,PQ8 ", 10, 8) == "IVF64,PQ8"
