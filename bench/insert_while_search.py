@@ -4,8 +4,10 @@ One collection is loaded and sealed, an indexer and a searcher keep running, and
 query load (clients in processes of their own, bench/_clients.py) runs in turns: without
 ingest, while a producer upserts at a fixed rate (the indexer sealing and the searcher tailing
 and loading as in production), without ingest again once the indexer has sealed what was
-sent, and so on. Ingest grows the collection, so each ingest run is compared with the mean of
-the quiet runs just before and after it; the figures are the medians over the rounds.
+sent and the searcher serves it settled (every segment loaded and, where the index folds,
+folded: the state it keeps between bursts), and so on. Ingest grows the collection, so each
+ingest run is compared with the mean of the quiet runs just before and after it; the figures
+are the medians over the rounds, and the time the searcher took to settle is reported.
 """
 
 from __future__ import annotations
@@ -18,11 +20,15 @@ if __package__ in (None, ""):  # run as a file: the repo root must win over benc
 
 import argparse
 import statistics
+import time
 
 from bench._clients import query_load
 from bench._load import Ingest, LoadResult
-from bench._stack import rows_and_queries, serving, wait_registered
+from bench._stack import rows_and_queries, running, sealed, wait_registered
 from bench.common import Result, machine_info, parse_scaled, print_table
+from bench.search import expected_folded, start_searcher, wait_served
+from indexer import build
+from indexer.registry import Registry
 from streamvec.settings import Settings
 
 DEFAULTS = {
@@ -52,27 +58,44 @@ def main(argv: list[str] | None = None) -> None:
     quiet: list[LoadResult] = []
     busy: list[LoadResult] = []
     rates: list[float] = []
-    with serving(base, "bench-insert", data, partitions=4, index=args.index,
-                 seal_seconds=args.seal_seconds) as (settings, spec, _):
-        def load(seed: int) -> LoadResult:
-            return query_load(settings, spec.name, queries, clients=args.clients,
-                              seconds=args.seconds, seed=seed)
+    settle_s: list[float] = []
+    with sealed(base, "bench-insert", data, partitions=4, index=args.index,
+                seal_seconds=args.seal_seconds) as (settings, spec, tmp), \
+            running(settings, "indexer", spec.name, tmp):
+        searcher, port = start_searcher(settings, spec.name, tmp, [])
+        try:
+            def load(seed: int) -> LoadResult:
+                return query_load(settings, spec.name, queries, clients=args.clients,
+                                  seconds=args.seconds, seed=seed)
 
-        query_load(settings, spec.name, queries, clients=args.clients, seconds=WARM_S)
-        quiet.append(load(0))
-        for r in range(args.rounds):
-            with Ingest(settings, spec.name, args.dim, args.ingest_rate, seed=r) as ingest:
-                busy.append(load(2 * r + 1))
-            rates.append(ingest.achieved_rate)
-            # Quiet means the indexer has sealed what was sent, not that it is still at work.
-            wait_registered(settings, spec, ingest.offsets)
-            quiet.append(load(2 * r + 2))
-    _record(result, quiet, busy, rates, args)
+            def settled() -> float:
+                """Wait until the searcher serves every registered segment as it will keep them."""
+                records = Registry(settings.redis_client(), spec.name).segments()
+                folded = expected_folded([(r.factory, r.rows) for r in records], True,
+                                         auto=build.is_auto(args.index))
+                return wait_served(searcher, port, spec.name, len(records), folded)
+
+            settled()
+            query_load(settings, spec.name, queries, clients=args.clients, seconds=WARM_S)
+            quiet.append(load(0))
+            for r in range(args.rounds):
+                with Ingest(settings, spec.name, args.dim, args.ingest_rate, seed=r) as ingest:
+                    busy.append(load(2 * r + 1))
+                rates.append(ingest.achieved_rate)
+                stopped = time.monotonic()
+                # Quiet means sealed, loaded and folded, not still at work on the burst.
+                wait_registered(settings, spec, ingest.offsets)
+                settled()
+                settle_s.append(time.monotonic() - stopped)
+                quiet.append(load(2 * r + 2))
+        finally:
+            searcher.stop()
+    _record(result, quiet, busy, rates, settle_s, args)
     result.write()
 
 
 def _record(result: Result, quiet: list[LoadResult], busy: list[LoadResult],
-            rates: list[float], args: argparse.Namespace) -> None:
+            rates: list[float], settle_s: list[float], args: argparse.Namespace) -> None:
     """Print every run; record busy medians against the medians of their quiet neighbours."""
     def around(i: int, field: str) -> float:
         return (getattr(quiet[i], field) + getattr(quiet[i + 1], field)) / 2
@@ -92,6 +115,8 @@ def _record(result: Result, quiet: list[LoadResult], busy: list[LoadResult],
                  for kind, r in runs])
     qps, baseline = medians["qps"]
     print(f"ratio QPS with/without ingest: {qps / baseline:.2f}x (goal >= 0.9x)")
+    print("after each burst the searcher settled (sealed, loaded, folded) in "
+          + ", ".join(f"{s:.1f}" for s in settle_s) + " s")
     label = f"while ingesting {args.ingest_rate} rows/s"
     quiet_label = "same searcher, no ingest (mean of the runs before and after)"
     result.compare("qps", f"QPS {label}", qps, baseline, "queries/s", quiet_label,
@@ -100,6 +125,8 @@ def _record(result: Result, quiet: list[LoadResult], busy: list[LoadResult],
                    summary=True)
     result.compare("p50_ms", f"latency p50 {label}", *medians["p50_ms"], "ms", quiet_label)
     result.figure("ingest_rate", "ingest achieved (median of runs)", rate, "rows/s")
+    result.figure("settle_s", "seconds from the end of a burst to a settled searcher (median)",
+                  statistics.median(settle_s), "s")
     result.samples["runs"] = [{"run": n + 1, "ingest": kind == "ingest", "qps": r.qps,
                                "p50_ms": r.p50_ms, "p99_ms": r.p99_ms}
                               for n, (kind, r) in enumerate(runs)]
