@@ -80,7 +80,7 @@ def drive(settings: Settings, script: Path, flags: list[str], queries: np.ndarra
     answers = [(q, ids) for r in reports for q, ids in r.get("answers", [])]
     # Each client's rate over its own run (in-flight searches at the deadline included), summed.
     qps = sum(len(r["latencies_ms"]) / r["elapsed_s"] for r in reports if r["elapsed_s"] > 0)
-    return LoadResult(qps, latencies, answers)
+    return LoadResult(qps, latencies, answers, sum(r.get("cpu_s", 0.0) for r in reports))
 
 
 def _line(proc: subprocess.Popen, timeout: float) -> str:
@@ -109,7 +109,7 @@ def run_client(queries_file: Path, seed: int, seconds: float,
     print(READY, flush=True)
     if sys.stdin.readline().strip() != GO:
         return {"error": "no start signal"}
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     deadline = started + seconds
     try:
         while time.perf_counter() < deadline:
@@ -121,7 +121,7 @@ def run_client(queries_file: Path, seed: int, seconds: float,
     except Exception as exc:  # reported to the benchmark, which fails the run
         return {"error": f"{type(exc).__name__}: {exc}"}
     return {"latencies_ms": latencies, "answers": answers,
-            "elapsed_s": time.perf_counter() - started}
+            "elapsed_s": time.perf_counter() - started, "cpu_s": time.process_time() - cpu}
 
 
 def _client(args: argparse.Namespace) -> dict:

@@ -38,6 +38,12 @@ class LoadResult:
     qps: float
     latencies_ms: list[float]
     answers: list[tuple[int, list[str]]] = field(repr=False)  # (query number, ids)
+    client_cpu_s: float = 0.0  # CPU time the client processes spent while they searched
+
+    @property
+    def client_cpu_us(self) -> float:
+        """Client CPU per answered query, microseconds (0 when not measured)."""
+        return self.client_cpu_s / len(self.latencies_ms) * 1e6 if self.latencies_ms else 0.0
 
     @property
     def p50_ms(self) -> float:

@@ -24,6 +24,7 @@ from urllib.parse import unquote, urlsplit
 
 from redis import Redis
 from redis.backoff import NoBackoff
+from redis.client import Pipeline
 from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster, key_slot
 from redis.commands.core import Script
 from redis.connection import Encoder, SSLConnection, parse_url
@@ -268,15 +269,17 @@ def is_cluster_client(client: object) -> bool:
 class _Script(Script):
     """A Lua script that runs the same on a single server and on a cluster, pipelined or not.
 
-    A cluster pipeline cannot load a script a node has not seen (after a failover or a
-    restart the node's script cache is empty), so there the script body is sent with EVAL;
-    Redis caches it by its digest all the same. Elsewhere EVALSHA is sent, loading the script
-    on NOSCRIPT (on every primary of a cluster).
+    In a pipeline the script body is sent with EVAL; Redis caches it by its digest all the
+    same. A cluster pipeline cannot load a script a node has not seen (after a failover or a
+    restart the node's script cache is empty), and a plain one would first ask the server
+    whether it has the script (SCRIPT EXISTS): one more round trip in front of every pipeline,
+    on the searcher's reply path for every turn. Outside pipelines EVALSHA is sent, loading the
+    script on NOSCRIPT (on every primary of a cluster).
     """
 
     def __call__(self, keys: Sequence[Any] | None = None, args: Iterable[Any] | None = None,
                  client: Any = None) -> Any:
-        if isinstance(client, ClusterPipeline):
+        if isinstance(client, (ClusterPipeline, Pipeline)):
             keys = list(keys or ())
             return client.execute_command("EVAL", self.script, len(keys), *keys, *(args or ()))
         return super().__call__(keys, args, client)
