@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bench._stack import CLUSTER_SCALE, CLUSTERS
 from bench.common import percentile
 from ingest.producer import Producer
 from streamvec.settings import Settings
+from streamvec.synthetic import Clusters
 
 INGEST_TICK_S = 0.01
 START_TIMEOUT_S = 60.0
@@ -126,10 +128,15 @@ class Ingest:
 
 
 def _send(collection: str, dim: int, rate: int, seed: int) -> dict:
-    """The ingest process's run: upsert `rate` rows/s until `stop` arrives on stdin."""
+    """The ingest process's run: upsert `rate` rows/s until `stop` arrives on stdin.
+
+    Every row is new: drawn around the clusters of the benchmarks' loaded rows
+    (bench/_stack.py `clustered`), as a model's embeddings of new items are. A buffer sent over
+    and over would fill the collection with exact duplicates, which no real stream does and
+    which make a graph slow to build and to search.
+    """
     rng = np.random.default_rng(seed)
-    vectors = rng.standard_normal((max(rate, 100), dim)).astype(np.float32) * 5
-    n = len(vectors)
+    centres = Clusters(dim, CLUSTERS, seed=0, scale=CLUSTER_SCALE).centres
     stop = threading.Event()
     sent = 0
     try:
@@ -142,8 +149,11 @@ def _send(collection: str, dim: int, rate: int, seed: int) -> dict:
                 # Send what keeps the total on rate, so a slow tick is caught up on the next.
                 due = round(rate * (time.perf_counter() - started))
                 if due > sent:
-                    picked = np.arange(sent, due) % n  # the buffer repeats, the ids do not
-                    producer.upsert([f"fresh-{i}" for i in range(sent, due)], vectors[picked])
+                    n = due - sent
+                    rows = centres[rng.integers(0, len(centres), n)] + rng.standard_normal(
+                        (n, dim))
+                    producer.upsert([f"fresh-{i}" for i in range(sent, due)],
+                                    rows.astype(np.float32))
                     sent = due
                 stop.wait(INGEST_TICK_S)  # pacing
             offsets = producer.flush(60)

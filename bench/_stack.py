@@ -34,6 +34,8 @@ SEARCHER_READY = r"collection={}(?: \S+)* serving"  # a pattern: other fields ma
 START_TIMEOUT_S = 120.0
 PRODUCE_STEP = 10_000
 QUERY_POOL = 1000
+# The seeded clusters every benchmark draws its rows from (`clustered`, the ingest process).
+CLUSTERS, CLUSTER_SCALE = 64, 3.0
 
 
 @dataclass
@@ -112,7 +114,7 @@ def running(settings: Settings, role: str, collection: str, log_dir: Path,
 
 def clustered(n: int, dim: int) -> np.ndarray:
     """n float32 rows around 64 seeded centres: structure for an index to find."""
-    return Clusters(dim, 64, seed=0, scale=3.0).draw(n)[0]
+    return Clusters(dim, CLUSTERS, seed=0, scale=CLUSTER_SCALE).draw(n)[0]
 
 
 def rows_and_queries(rows: int, dim: int) -> tuple[np.ndarray, np.ndarray]:

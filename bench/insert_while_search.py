@@ -26,9 +26,7 @@ from bench._clients import query_load
 from bench._load import Ingest, LoadResult
 from bench._stack import rows_and_queries, running, sealed, wait_registered
 from bench.common import Result, machine_info, parse_scaled, print_table
-from bench.search import expected_folded, start_searcher, wait_served
-from indexer import build
-from indexer.registry import Registry
+from bench.search import start_searcher, wait_settled
 from streamvec.settings import Settings
 
 DEFAULTS = {
@@ -69,11 +67,7 @@ def main(argv: list[str] | None = None) -> None:
                                   seconds=args.seconds, seed=seed)
 
             def settled() -> float:
-                """Wait until the searcher serves every registered segment as it will keep them."""
-                records = Registry(settings.redis_client(), spec.name).segments()
-                folded = expected_folded([(r.factory, r.rows) for r in records], True,
-                                         auto=build.is_auto(args.index))
-                return wait_served(searcher, port, spec.name, len(records), folded)
+                return wait_settled(settings, spec.name, searcher, port, args.index)
 
             settled()
             query_load(settings, spec.name, queries, clients=args.clients, seconds=WARM_S)

@@ -247,6 +247,16 @@ def expected_folded(segments: Iterable[tuple[str, int]], fold: bool, *, auto: bo
                if starts_fold(members, min_segments))
 
 
+def wait_settled(settings: Settings, collection: str, searcher: Role, port: int,
+                 index: str) -> float:
+    """Wait until the searcher serves every registered segment of the collection as it will
+    keep serving them (loaded and, where they fold, folded); return the seconds waited."""
+    records = Registry(settings.redis_client(), collection).segments()
+    folded = expected_folded([(r.factory, r.rows) for r in records], True,
+                             auto=build.is_auto(index))
+    return wait_served(searcher, port, collection, len(records), folded)
+
+
 def gauge(text: str, name: str, collection: str) -> float | None:
     """The value of gauge `name` labelled with `collection` in a Prometheus exposition."""
     label = re.escape(f'collection="{collection}"')
