@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, NoReturn, TypeVar
 
 import numpy as np
 import redis
@@ -75,11 +75,14 @@ MAX_RETRIES = 10
 RETRY_BACKOFF_S = 0.1
 RETRY_BACKOFF_MAX_S = 2.0
 
-# KEYS: spec, request stream, shard map version. ARGV: the map version the client follows ('0':
-# none), MAXLEN, then field/value pairs. Checking that the collection exists in the same round
-# trip means a mistyped name never creates a stream nobody reads; checking the version, that a
-# request never lands on the whole collection's stream once a shard map replaced it.
+# KEYS: spec, request stream, shard map version, the name's alias key. ARGV: the map version the
+# client follows ('0': none), MAXLEN, then field/value pairs. Checking that the collection
+# exists in the same round trip means a mistyped name never creates a stream nobody reads;
+# checking the version, that a request never lands on the whole collection's stream once a
+# shard map replaced it; checking the alias key, that a client which skipped reading the alias
+# (it knew the name as a collection) never sends to a name that has become an alias since.
 SUBMIT = """
+if redis.call('EXISTS', KEYS[4]) == 1 then return {'alias'} end
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local version = redis.call('GET', KEYS[3]) or '0'
 if version ~= ARGV[1] then return {'moved', version} end
@@ -212,6 +215,14 @@ class Known:
     def __init__(self) -> None:
         self.specs: dict[str, CollectionSpec] = {}
         self.layouts: dict[str, shards.Layout] = {}
+        # Names a request was last submitted to as a collection: their calls skip reading the
+        # alias (a round trip, a third of a search's Redis calls); the submit script refuses
+        # such a name if it has become an alias since, and the call then reads it.
+        self.plain: set[str] = set()
+
+
+class AliasAppeared(Exception):
+    """A name known as a collection is an alias now: the call resolves it and goes again."""
 
 
 # The calls.
@@ -234,7 +245,7 @@ def search(known: Known, name: str, vectors: Any, *, k: Any = 10, filter: Any = 
     wait = timeout_ms / 1000 + margin
 
     def attempt(n: int) -> Flow[Searched]:
-        route = yield from resolve(name, wait)
+        route = yield from resolve(name, wait, known)
         queries = given if given is not None else queries_of(
             (yield from pick(known, route.target, vectors, wait)))
         request = QueryRequest(new_id(), route.target, queries, k, flt, level, timeout_ms,
@@ -269,7 +280,7 @@ def _lookup(known: Known, name: str, op: str, ids: tuple[str, ...], flt: Filter 
         retries_of(retries)
 
     def attempt(n: int) -> Flow[Any]:
-        route = yield from resolve(name, timeout_ms / 1000 + margin)
+        route = yield from resolve(name, timeout_ms / 1000 + margin, known)
         request = QueryRequest(new_id(), route.target, np.zeros((0, 0), np.float32), 0, flt,
                                level, timeout_ms, op=op, ids=ids)
         return (yield from ask(known, request, margin, started=started if n == 0 else None))
@@ -283,10 +294,15 @@ def retried(attempt: Callable[[int], Flow[T]], retries: int) -> Flow[T]:
     its name resolved again), after a doubling pause. The last attempt's timeout is raised.
     The first attempt's time counts from the call's start, each later one's from its own.
     """
-    n = 0
+    n, rerouted = 0, False
     while True:
         try:
             return (yield from attempt(n))
+        except AliasAppeared as exc:  # not a retry: the name is read again, then sent again
+            if rerouted:
+                raise SearchError("internal", f"{exc} twice during one call; try again") from None
+            rerouted = True
+            continue
         except SearchTimeout:
             if n >= retries:
                 raise
@@ -299,11 +315,14 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-def resolve(name: Any, wait: float) -> Flow[routing.Route]:
-    """Where a call on `name` goes: an alias's target and active challenge, else the name."""
+def resolve(name: Any, wait: float, known: Known | None = None) -> Flow[routing.Route]:
+    """Where a call on `name` goes: an alias's target and active challenge, else the name.
+
+    A name `known` to be no alias is not read again (see Known.plain).
+    """
     parsed = collection_name(name)
     keys = routing.route_keys(parsed)
-    if not keys:
+    if not keys or (known is not None and parsed in known.plain):
         return routing.Route(parsed)
     with bounded(parsed, wait):
         values = yield Command(wait, "mget", (keys,))
@@ -337,8 +356,7 @@ def read_layout(known: Known, name: str, wait: float) -> Flow[shards.Layout]:
     version_raw, map_raw, spec_raw = yield Command(wait, "mget", ([
         protocol.shard_version_key(name), protocol.shard_map_key(name), spec_key(name)],))
     if spec_raw is None:
-        known.layouts.pop(name, None)
-        raise UnknownCollection(f"collection {name!r} does not exist")
+        _missing(known, name)
     try:
         shard_map = shards.map_of(version_raw, map_raw)
     except ShardMapError as exc:
@@ -347,6 +365,17 @@ def read_layout(known: Known, name: str, wait: float) -> Flow[shards.Layout]:
     spec = known.specs[name] = CollectionSpec.from_json(spec_raw)
     layout = known.layouts[name] = shards.Layout.of(shard_map, spec.metric)
     return layout
+
+
+def _missing(known: Known, name: str) -> NoReturn:
+    """Raise for a collection found missing: UnknownCollection, or AliasAppeared where the
+    name was known as a collection and its alias was not read (the call reads it and goes
+    again, and a name that is neither then gets UnknownCollection)."""
+    known.layouts.pop(name, None)
+    if name in known.plain:
+        known.plain.discard(name)
+        raise AliasAppeared(f"{name!r} is no collection any more")
+    raise UnknownCollection(f"collection {name!r} does not exist")
 
 
 def ask(known: Known, request: QueryRequest, margin: float, *, partial: bool = False,
@@ -414,14 +443,18 @@ def send(known: Known, layout: shards.Layout, request: QueryRequest, wait: float
         fields = protocol.encode_request(asked)
         args = [str(layout.version), protocol.QUEUE_MAXLEN,
                 *(x for pair in fields.items() for x in pair)]
-        added = yield Command(wait, "eval", (SUBMIT, 3, spec_key(name), protocol.queue_key(name),
-                                             protocol.shard_version_key(name), *args))
+        added = yield Command(wait, "eval", (SUBMIT, 4, spec_key(name), protocol.queue_key(name),
+                                             protocol.shard_version_key(name),
+                                             routing.alias_key(name), *args))
         if added is None:
-            known.layouts.pop(name, None)
-            raise UnknownCollection(f"collection {name!r} does not exist")
+            _missing(known, name)
+        if isinstance(added, list) and added and added[0] in (b"alias", "alias"):
+            known.plain.discard(name)
+            raise AliasAppeared(f"{name!r} became an alias")
         if isinstance(added, list):
             known.layouts.pop(name, None)
             return None
+        known.plain.add(name)  # a collection, no alias, as of this script
         return [(None, asked)], []
     parts = split(known.specs.get(name), layout, request)
     commands: list[tuple[str, tuple[Any, ...], Mapping[str, Any]]] = [

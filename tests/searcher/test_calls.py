@@ -217,8 +217,8 @@ def test_every_attempt_is_a_fresh_request() -> None:
             return [None, None]
         if step.name == "mget":  # the layout: no shard map
             return [None, None, spec.to_json().encode()]
-        if step.name == "eval":  # SUBMIT, 3, three keys, map version, MAXLEN, then the fields
-            pairs = step.args[7:]
+        if step.name == "eval":  # SUBMIT, 4, four keys, map version, MAXLEN, then the fields
+            pairs = step.args[8:]
             sent.append(dict(zip(pairs[0::2], pairs[1::2], strict=True)))
             return f"{len(sent)}-0".encode()
         return None  # BLPOP: no reply
@@ -229,6 +229,73 @@ def test_every_attempt_is_a_fresh_request() -> None:
               respond)
     assert [f["op"] for f in sent] == [b"count"] * 3
     assert len({f["id"] for f in sent}) == 3
+
+
+class Names:
+    """Redis as the calls see it: which names are aliases (to what) and which are collections."""
+
+    def __init__(self, aliases: dict[str, str], collections: set[str]) -> None:
+        self.aliases, self.collections = aliases, collections
+        self.steps: list[tuple[str, Any]] = []  # (command, the name it was about)
+
+    def respond(self, step: calls.Command) -> Any:
+        if step.name == "mget" and len(step.args[0]) == 2:  # an alias and its challenge
+            name = step.args[0][0].split("{")[1].split("}")[0]
+            self.steps.append(("route", name))
+            target = self.aliases.get(name)
+            alias = {"target": target, "since": 1.0, "actor": "t"}
+            return [None if target is None else json.dumps(alias).encode(), None]
+        if step.name == "mget":  # a collection's layout
+            name = step.args[0][2].split("{")[1].split("}")[0]
+            spec = CollectionSpec(name, dim=2, partitions=1)
+            return [None, None, spec.to_json().encode() if name in self.collections else None]
+        if step.name == "eval":  # SUBMIT: the alias check first, then the collection
+            name = step.args[2].split("{")[1].split("}")[0]
+            self.steps.append(("submit", name))
+            if name in self.aliases:
+                return [b"alias"]
+            return None if name not in self.collections else b"1-0"
+        return None  # BLPOP: no reply
+
+
+def test_a_collection_name_is_read_for_an_alias_once_then_sent_to_directly() -> None:
+    redis = Names({}, {"products"})
+    known = calls.Known()
+    for _ in range(3):
+        with pytest.raises(SearchTimeout):
+            drive(calls.count(known, "products", timeout=0.01, margin=0.0), redis.respond)
+    assert redis.steps == [("route", "products"), ("submit", "products"),
+                           ("submit", "products"), ("submit", "products")]
+
+
+def test_a_name_that_became_an_alias_is_sent_to_its_target_in_the_same_call() -> None:
+    redis = Names({}, {"products", "products-v2"})
+    known = calls.Known()
+    with pytest.raises(SearchTimeout):
+        drive(calls.count(known, "products", timeout=0.01, margin=0.0), redis.respond)
+    redis.collections.discard("products")  # dropped, and its name now an alias
+    redis.aliases["products"] = "products-v2"
+    redis.steps.clear()
+    with pytest.raises(SearchTimeout, match="'products-v2'"):
+        drive(calls.count(known, "products", timeout=0.01, margin=0.0), redis.respond)
+    assert redis.steps == [("submit", "products"), ("route", "products"),
+                           ("submit", "products-v2")]
+    redis.steps.clear()  # an alias is read on every call, as before
+    with pytest.raises(SearchTimeout, match="'products-v2'"):
+        drive(calls.count(known, "products", timeout=0.01, margin=0.0), redis.respond)
+    assert redis.steps == [("route", "products"), ("submit", "products-v2")]
+
+
+def test_a_known_collection_that_is_gone_is_unknown_once_its_alias_was_read() -> None:
+    redis = Names({}, {"products"})
+    known = calls.Known()
+    with pytest.raises(SearchTimeout):
+        drive(calls.count(known, "products", timeout=0.01, margin=0.0), redis.respond)
+    redis.collections.clear()
+    redis.steps.clear()
+    with pytest.raises(UnknownCollection, match="collection 'products' does not exist"):
+        drive(calls.count(known, "products", timeout=0.01, margin=0.0), redis.respond)
+    assert redis.steps == [("submit", "products"), ("route", "products")]  # then its layout
 
 
 def test_a_get_goes_only_to_the_shards_owning_its_ids() -> None:
