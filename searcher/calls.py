@@ -367,6 +367,12 @@ def read_layout(known: Known, name: str, wait: float) -> Flow[shards.Layout]:
     return layout
 
 
+def _alias_slot_key(name: str) -> str:
+    """`sv:{NAME}:alias`: an alias's key for a plain name; for a versioned one (never an
+    alias) a key in the same slot that is never set, so one script serves both."""
+    return CollectionName.parse(name).key("alias")
+
+
 def _missing(known: Known, name: str) -> NoReturn:
     """Raise for a collection found missing: UnknownCollection, or AliasAppeared where the
     name was known as a collection and its alias was not read (the call reads it and goes
@@ -445,7 +451,7 @@ def send(known: Known, layout: shards.Layout, request: QueryRequest, wait: float
                 *(x for pair in fields.items() for x in pair)]
         added = yield Command(wait, "eval", (SUBMIT, 4, spec_key(name), protocol.queue_key(name),
                                              protocol.shard_version_key(name),
-                                             routing.alias_key(name), *args))
+                                             _alias_slot_key(name), *args))
         if added is None:
             _missing(known, name)
         if isinstance(added, list) and added and added[0] in (b"alias", "alias"):

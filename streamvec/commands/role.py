@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import random
 import signal
+import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -125,6 +126,13 @@ class _Stopper:
 
     def __call__(self, signum: int, _frame: object) -> None:
         self.requested = True
+        # A handler runs between two bytecodes of the main thread, which may hold the lock
+        # that Event.set (or a health or logging call) takes: inside Event.wait, it re-takes
+        # its Condition's lock on waking. Setting the event from here then waits for a lock
+        # its own thread holds, forever; a thread of its own waits until the main one lets go.
+        threading.Thread(target=self._stop, args=(signum,), name="sv-stop", daemon=True).start()
+
+    def _stop(self, signum: int) -> None:
         self.health.not_ready("stopping")
         if self.role is not None:
             log.info("signal %s: %s", signal.Signals(signum).name, self.role.stopping)
