@@ -24,13 +24,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from bench._load import LoadResult
+from bench._load import READY, LoadResult, child_line
 from streamvec.settings import Settings
 
 START_TIMEOUT_S = 120.0
 # A child's last search may have started just before the deadline and waits this long at most.
 SEARCH_TIMEOUT_S = 30.0
-READY = "ready"
 GO = "go"
 
 
@@ -60,14 +59,14 @@ def drive(settings: Settings, script: Path, flags: list[str], queries: np.ndarra
             for c in range(clients)]
         try:
             for proc in procs:  # every client connected before any starts: one common start
-                line = _line(proc, START_TIMEOUT_S)
+                line = child_line(proc, START_TIMEOUT_S, f"a query client ({script.name})")
                 if line != READY:
                     raise RuntimeError(f"a query client ({script.name}) did not start: {line!r}")
             for proc in procs:
                 proc.stdin.write(GO + "\n")
                 proc.stdin.flush()
-            reports = [json.loads(_line(proc, seconds + SEARCH_TIMEOUT_S + START_TIMEOUT_S))
-                       for proc in procs]
+            reports = [json.loads(child_line(proc, seconds + SEARCH_TIMEOUT_S + START_TIMEOUT_S,
+                                             "a query client")) for proc in procs]
         finally:
             for proc in procs:
                 if proc.poll() is None:
@@ -81,18 +80,6 @@ def drive(settings: Settings, script: Path, flags: list[str], queries: np.ndarra
     # Each client's rate over its own run (in-flight searches at the deadline included), summed.
     qps = sum(len(r["latencies_ms"]) / r["elapsed_s"] for r in reports if r["elapsed_s"] > 0)
     return LoadResult(qps, latencies, answers, sum(r.get("cpu_s", 0.0) for r in reports))
-
-
-def _line(proc: subprocess.Popen, timeout: float) -> str:
-    """The child's next stdout line, or an error naming what it printed before it died."""
-    deadline = time.monotonic() + timeout
-    while True:
-        line = proc.stdout.readline()
-        if line:
-            return line.strip()
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"a query client exited with status {proc.poll()} before "
-                               "reporting")
 
 
 def run_client(queries_file: Path, seed: int, seconds: float,

@@ -29,7 +29,7 @@ from streamvec.synthetic import Clusters
 INGEST_TICK_S = 0.01
 START_TIMEOUT_S = 60.0
 FLUSH_TIMEOUT_S = 90.0
-READY = "ready"
+READY = "ready"  # what a benchmark's child process prints once it can start
 STOP = "stop"
 
 
@@ -90,7 +90,7 @@ class Ingest:
              "--dim", str(self.dim), "--rate", str(self.rate), "--seed", str(self.seed)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             env=self.settings.child_env())
-        line = self._line(START_TIMEOUT_S)
+        line = child_line(self._proc, START_TIMEOUT_S, "the ingest process")
         if line != READY:
             self._proc.kill()
             raise RuntimeError(f"the ingest process did not start: {line!r}")
@@ -101,7 +101,7 @@ class Ingest:
         try:
             proc.stdin.write(STOP + "\n")
             proc.stdin.flush()
-            report = json.loads(self._line(FLUSH_TIMEOUT_S))
+            report = json.loads(child_line(proc, FLUSH_TIMEOUT_S, "the ingest process"))
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -116,15 +116,17 @@ class Ingest:
         """Rows per second actually delivered."""
         return self.rows_sent / self.elapsed_s if self.elapsed_s else 0.0
 
-    def _line(self, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            line = self._proc.stdout.readline()
-            if line:
-                return line.strip()
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the ingest process exited with status {self._proc.poll()} "
-                                   "before reporting")
+
+
+def child_line(proc: subprocess.Popen, timeout: float, what: str) -> str:
+    """A benchmark child's next stdout line, or an error saying `what` ended without one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        line = proc.stdout.readline()
+        if line:
+            return line.strip()
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} exited with status {proc.poll()} before reporting")
 
 
 def _send(collection: str, dim: int, rate: int, seed: int) -> dict:

@@ -28,9 +28,9 @@ from confluent_kafka import Producer as KafkaProducer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from bench._load import Ingest
-from bench._stack import clustered, running, sealed
+from bench._stack import clustered
 from bench.common import Result, machine_info, parse_scaled, percentile
-from bench.search import start_searcher, wait_settled
+from bench.search import settled_serving
 from ingest import record
 from ingest.producer import Producer
 from searcher.client import Client
@@ -60,17 +60,12 @@ def main(argv: list[str] | None = None) -> None:
     data = clustered(args.rows, args.dim)
     probes = np.random.default_rng(7).standard_normal((args.samples, args.dim)).astype(
         np.float32) * 10
-    with sealed(base, "bench-fresh", data, partitions=4, seal_seconds=5.0) as (
-            settings, spec, tmp), running(settings, "indexer", spec.name, tmp):
-        searcher, port = start_searcher(settings, spec.name, tmp, [])
-        try:
-            # The loaded rows are history: probing starts once the searcher serves them settled.
-            wait_settled(settings, spec.name, searcher, port, spec.index)
-            with _raw_topic(settings) as topic, Ingest(settings, spec.name, args.dim,
-                                                       args.ingest_rate) as ingest:
-                ours, raw = _sample(settings, spec.name, topic, probes)
-        finally:
-            searcher.stop()
+    # The loaded rows are history: probing starts once the searcher serves them settled.
+    with settled_serving(base, "bench-fresh", data, partitions=4, seal_seconds=5.0) as (
+            settings, spec, _):
+        with _raw_topic(settings) as topic, Ingest(settings, spec.name, args.dim,
+                                                   args.ingest_rate) as ingest:
+            ours, raw = _sample(settings, spec.name, topic, probes)
         rate = ingest.achieved_rate
     _record(result, sorted(ours), sorted(raw), rate, args)
     result.write()

@@ -24,9 +24,9 @@ import time
 
 from bench._clients import query_load
 from bench._load import Ingest, LoadResult
-from bench._stack import rows_and_queries, running, sealed, wait_registered
+from bench._stack import rows_and_queries, wait_registered
 from bench.common import Result, machine_info, parse_scaled, print_table
-from bench.search import start_searcher, wait_settled
+from bench.search import settled_serving
 from streamvec.settings import Settings
 
 DEFAULTS = {
@@ -57,33 +57,24 @@ def main(argv: list[str] | None = None) -> None:
     busy: list[LoadResult] = []
     rates: list[float] = []
     settle_s: list[float] = []
-    with sealed(base, "bench-insert", data, partitions=4, index=args.index,
-                seal_seconds=args.seal_seconds) as (settings, spec, tmp), \
-            running(settings, "indexer", spec.name, tmp):
-        searcher, port = start_searcher(settings, spec.name, tmp, [])
-        try:
-            def load(seed: int) -> LoadResult:
-                return query_load(settings, spec.name, queries, clients=args.clients,
-                                  seconds=args.seconds, seed=seed)
+    with settled_serving(base, "bench-insert", data, partitions=4, index=args.index,
+                         seal_seconds=args.seal_seconds) as (settings, spec, settle):
+        def load(seed: int) -> LoadResult:
+            return query_load(settings, spec.name, queries, clients=args.clients,
+                              seconds=args.seconds, seed=seed)
 
-            def settled() -> float:
-                return wait_settled(settings, spec.name, searcher, port, args.index)
-
-            settled()
-            query_load(settings, spec.name, queries, clients=args.clients, seconds=WARM_S)
-            quiet.append(load(0))
-            for r in range(args.rounds):
-                with Ingest(settings, spec.name, args.dim, args.ingest_rate, seed=r) as ingest:
-                    busy.append(load(2 * r + 1))
-                rates.append(ingest.achieved_rate)
-                stopped = time.monotonic()
-                # Quiet means sealed, loaded and folded, not still at work on the burst.
-                wait_registered(settings, spec, ingest.offsets)
-                settled()
-                settle_s.append(time.monotonic() - stopped)
-                quiet.append(load(2 * r + 2))
-        finally:
-            searcher.stop()
+        query_load(settings, spec.name, queries, clients=args.clients, seconds=WARM_S)
+        quiet.append(load(0))
+        for r in range(args.rounds):
+            with Ingest(settings, spec.name, args.dim, args.ingest_rate, seed=r) as ingest:
+                busy.append(load(2 * r + 1))
+            rates.append(ingest.achieved_rate)
+            stopped = time.monotonic()
+            # Quiet means sealed, loaded and folded, not still at work on the burst.
+            wait_registered(settings, spec, ingest.offsets)
+            settle()
+            settle_s.append(time.monotonic() - stopped)
+            quiet.append(load(2 * r + 2))
     _record(result, quiet, busy, rates, settle_s, args)
     result.write()
 

@@ -27,7 +27,8 @@ import subprocess
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import faiss
@@ -36,11 +37,11 @@ import numpy as np
 from bench import _corpus_vectors as corpus_vectors
 from bench._clients import query_load
 from bench._load import LoadResult, recall
-from bench._stack import Role, clustered, sealed
+from bench._stack import Role, clustered, running, sealed
 from bench.common import Result, machine_info, parse_scaled, print_table, raw_faiss_build
 from indexer import build
 from indexer.registry import Registry
-from ingest.spec import MAX_EF
+from ingest.spec import MAX_EF, CollectionSpec
 from searcher.fold import FOLDABLE, MIN_SEGMENTS, fold_group, starts_fold
 from searcher.search import DEFAULT_EF
 from streamvec.devstack.ports import LOOPBACK, free_port
@@ -257,6 +258,25 @@ def wait_settled(settings: Settings, collection: str, searcher: Role, port: int,
     return wait_served(searcher, port, collection, len(records), folded)
 
 
+@contextmanager
+def settled_serving(base: Settings, prefix: str, data: np.ndarray, **spec_fields: Any
+                    ) -> Iterator[tuple[Settings, CollectionSpec, Callable[[], float]]]:
+    """A collection loaded with `data`, an indexer and a searcher running, entered once the
+    searcher serves the loaded rows settled; yields the settings, the spec and `settle`,
+    which waits for that again (after more rows came) and returns the seconds it waited."""
+    with sealed(base, prefix, data, **spec_fields) as (settings, spec, tmp), \
+            running(settings, "indexer", spec.name, tmp):
+        searcher, port = start_searcher(settings, spec.name, tmp, [])
+        try:
+            def settle() -> float:
+                return wait_settled(settings, spec.name, searcher, port, spec.index)
+
+            settle()
+            yield settings, spec, settle
+        finally:
+            searcher.stop()
+
+
 def gauge(text: str, name: str, collection: str) -> float | None:
     """The value of gauge `name` labelled with `collection` in a Prometheus exposition."""
     label = re.escape(f'collection="{collection}"')
@@ -303,7 +323,8 @@ def measure(settings: Settings, collection: str, raw: faiss.Index, queries: np.n
     point = {"param": "ef", "value": raw_ef if ef is None else ef, "default": ef is None,
              "streamvec_qps": load.qps, "streamvec_recall": recall(load.answers, truth),
              "streamvec_p50_ms": load.p50_ms, "streamvec_p99_ms": load.p99_ms,
-             "streamvec_queries": len(load.latencies_ms), "raw_qps": raw_qps,
+             "streamvec_queries": len(load.latencies_ms),
+             "streamvec_client_cpu_us": load.client_cpu_us, "raw_qps": raw_qps,
              "raw_recall": recall(raw_answers, truth)}
     print(f"#   {'default' if ef is None else f'ef {ef}'}: streamvec {load.qps:,.0f} QPS, recall "
           f"{point['streamvec_recall']:.4f}; raw {raw_qps:,.0f} QPS, recall "
@@ -364,6 +385,8 @@ def record(result: Result, sweep: list[dict[str, Any]], default: dict[str, Any],
                       "ms")
         result.figure(f"p99_ms{key}", f"latency p99 via Redis, {what}", point["streamvec_p99_ms"],
                       "ms")
+    result.figure("client_cpu_us", f"client CPU per query, {args.clients} client processes, "
+                  "defaults", default["streamvec_client_cpu_us"], "us")
     result.figure("segments", "sealed segments served", segments, "segments")
     result.figure("folded_segments", "segments searched through a fold", folded, "segments")
     result.figure("raw_build_s", f"raw {RAW_FACTORY} build over all rows", raw_build_s, "s")
@@ -373,6 +396,8 @@ def record(result: Result, sweep: list[dict[str, Any]], default: dict[str, Any],
           f" = {_ratio(ratio)} (goal >= 0.8)")
     print(f"# QPS with {defaults}: streamvec {default['streamvec_qps']:,.0f} vs raw (ef "
           f"{DEFAULT_EF}) {default['raw_qps']:,.0f} = {_ratio(default_ratio)} (goal >= 0.8)")
+    print(f"# client CPU per query (all {args.clients} client processes, defaults): "
+          f"{default['streamvec_client_cpu_us']:,.0f} us")
     result.notes += [
         f"streamvec: {args.clients} client processes send one-vector Client.search calls back "
         "to back through Redis to one searcher process; QPS sums each client's rate, latency "

@@ -524,9 +524,9 @@ def _costs(src: Source, prepared: np.ndarray, metric: str, lo: int, hi: int) -> 
 
 def squared_norms(vectors: np.ndarray) -> np.ndarray:
     """Each row's squared L2 norm as float32, in blocks: a memory-mapped file is never copied."""
-    n = int(vectors.shape[0])
+    n, dim = vectors.shape
     out = np.empty(n, dtype=np.float32)
-    step = max(1, SCAN_BLOCK_PAIRS // max(1, int(vectors.shape[1]) if vectors.ndim == 2 else 1))
+    step = max(1, SCAN_BLOCK_PAIRS // dim)
     for lo in range(0, n, step):
         v = np.asarray(vectors[lo:lo + step], dtype=np.float32)
         out[lo:lo + len(v)] = np.einsum("ij,ij->i", v, v)

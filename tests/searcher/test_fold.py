@@ -31,6 +31,7 @@ from searcher.tail import TailMessage
 from streamvec.synthetic import Clusters
 from tests.support.oracle import exact_scores
 from tests.support.polling import wait_until
+from tests.support.searcher_metrics import sample
 from tests.support.stack import IndexerThread
 from tests.support.workers import Workload, wait_fully_indexed
 
@@ -49,20 +50,6 @@ def one_faiss_thread() -> Iterator[None]:
     faiss.omp_set_num_threads(1)
     yield
     faiss.omp_set_num_threads(before)
-
-
-@pytest.fixture
-def registry() -> CollectorRegistry:
-    return CollectorRegistry()
-
-
-@pytest.fixture
-def metrics(registry: CollectorRegistry) -> SearcherMetrics:
-    return SearcherMetrics(registry, COLLECTION)
-
-
-def sample(registry: CollectorRegistry, name: str) -> float | None:
-    return registry.get_sample_value(f"streamvec_searcher_{name}", {"collection": COLLECTION})
 
 
 class Log:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry
 
 from indexer import publish, segfolder
 from indexer.build import build_index
@@ -27,6 +26,7 @@ from searcher.metrics import SearcherMetrics
 from searcher.query import QueryRequest
 from searcher.state import ServingState, View
 from searcher.tail import TailMessage
+from tests.support.searcher_metrics import sample
 
 DIM = 4
 COLLECTION = "unit"
@@ -90,20 +90,6 @@ def visible(state: ServingState | View) -> dict[str, np.ndarray]:
 
 def assert_serves(state: ServingState, *chains: Chain) -> None:
     assert_state(state, {k: v for c in chains for k, v in c.live().items()})
-
-
-@pytest.fixture
-def registry() -> CollectorRegistry:
-    return CollectorRegistry()
-
-
-@pytest.fixture
-def metrics(registry: CollectorRegistry) -> SearcherMetrics:
-    return SearcherMetrics(registry, COLLECTION)
-
-
-def sample(registry: CollectorRegistry, name: str) -> float | None:
-    return registry.get_sample_value(f"streamvec_searcher_{name}", {"collection": COLLECTION})
 
 
 @pytest.fixture
